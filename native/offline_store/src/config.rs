@@ -1,0 +1,483 @@
+//! Store configuration: typed fields, defaults, and parsing from the string map that the
+//! NIF (and EMQX's plugin config) hands over. Every bad value is an error naming its field.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::time::Duration;
+
+use scylla::statement::Consistency;
+
+use crate::error::StoreError;
+
+/// What to do with a new write when the in-memory write buffer is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OverflowPolicy {
+    /// Refuse the new write (it is counted as dropped); buffered writes stay.
+    DropNew,
+    /// Evict the oldest buffered write (counted as dropped) to make room for the new one.
+    DropOldest,
+}
+
+/// Everything the storage core needs to reach Cassandra and to shape its write pipeline.
+#[derive(Clone)]
+pub struct StoreConfig {
+    /// Contact points, `host:port` each. At least one.
+    pub contact_points: Vec<String>,
+    /// Keyspace holding the `mqtt_msg` table. A plain CQL identifier.
+    pub keyspace: String,
+    /// Credentials for `PasswordAuthenticator`; `None` when the cluster has no auth.
+    pub username: Option<String>,
+    /// Never printed: `Debug` redacts it.
+    pub password: Option<String>,
+    pub write_consistency: Consistency,
+    pub read_consistency: Consistency,
+    /// Client-side timeout of one CQL request.
+    pub request_timeout: Duration,
+    /// Timeout of one TCP/CQL connection attempt.
+    pub connect_timeout: Duration,
+    /// First wait between connection attempts while no node answers; doubles up to the max.
+    pub reconnect_min_backoff: Duration,
+    pub reconnect_max_backoff: Duration,
+    /// Create `mqtt_msg` when the keyspace exists but the table does not. Off by default:
+    /// production schemas are owned by their operators.
+    pub create_table_if_missing: bool,
+    /// Largest payload accepted, in bytes (see README, "Payloads").
+    pub max_payload_bytes: usize,
+    /// Writes buffered in memory while they wait for Cassandra.
+    pub buffer_capacity: usize,
+    pub overflow_policy: OverflowPolicy,
+    /// Most rows in one (single-partition, unlogged) batch.
+    pub max_batch_rows: usize,
+    /// Batches sent to Cassandra at the same time.
+    pub max_in_flight: usize,
+    /// Attempts per batch before its writes are counted as failed.
+    pub write_attempts: u32,
+    /// Most rows one fetch may return.
+    pub max_fetch_rows: u32,
+    /// Rows per page when reading a partition.
+    pub fetch_page_rows: u32,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            contact_points: vec!["127.0.0.1:9042".to_string()],
+            keyspace: "mqtt".to_string(),
+            username: None,
+            password: None,
+            write_consistency: Consistency::LocalQuorum,
+            read_consistency: Consistency::LocalQuorum,
+            request_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            reconnect_min_backoff: Duration::from_millis(100),
+            reconnect_max_backoff: Duration::from_secs(5),
+            create_table_if_missing: false,
+            max_payload_bytes: 8 * 1024 * 1024,
+            buffer_capacity: 100_000,
+            overflow_policy: OverflowPolicy::DropNew,
+            max_batch_rows: 32,
+            max_in_flight: 64,
+            write_attempts: 3,
+            max_fetch_rows: 10_000,
+            fetch_page_rows: 1_000,
+        }
+    }
+}
+
+impl fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("contact_points", &self.contact_points)
+            .field("keyspace", &self.keyspace)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("write_consistency", &self.write_consistency)
+            .field("read_consistency", &self.read_consistency)
+            .field("request_timeout", &self.request_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("reconnect_min_backoff", &self.reconnect_min_backoff)
+            .field("reconnect_max_backoff", &self.reconnect_max_backoff)
+            .field("create_table_if_missing", &self.create_table_if_missing)
+            .field("max_payload_bytes", &self.max_payload_bytes)
+            .field("buffer_capacity", &self.buffer_capacity)
+            .field("overflow_policy", &self.overflow_policy)
+            .field("max_batch_rows", &self.max_batch_rows)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("write_attempts", &self.write_attempts)
+            .field("max_fetch_rows", &self.max_fetch_rows)
+            .field("fetch_page_rows", &self.fetch_page_rows)
+            .finish()
+    }
+}
+
+/// The keys `StoreConfig::from_map` understands.
+pub const CONFIG_KEYS: &[&str] = &[
+    "servers",
+    "keyspace",
+    "username",
+    "password",
+    "write_consistency",
+    "read_consistency",
+    "request_timeout",
+    "connect_timeout",
+    "reconnect_min_backoff",
+    "reconnect_max_backoff",
+    "create_table_if_missing",
+    "max_payload_bytes",
+    "buffer_capacity",
+    "overflow_policy",
+    "max_batch_rows",
+    "max_in_flight",
+    "write_attempts",
+    "max_fetch_rows",
+    "fetch_page_rows",
+];
+
+impl StoreConfig {
+    /// Builds a config from string values (as the plugin's HOCON/dashboard form gives them).
+    /// Missing keys keep their defaults; unknown keys and bad values are errors naming the key.
+    pub fn from_map(map: &HashMap<String, String>) -> Result<Self, StoreError> {
+        let mut cfg = StoreConfig::default();
+        for (key, value) in map {
+            let value = value.trim();
+            match key.as_str() {
+                "servers" => cfg.contact_points = parse_servers(value)?,
+                "keyspace" => cfg.keyspace = value.to_string(),
+                "username" => cfg.username = non_empty(value),
+                "password" => cfg.password = non_empty(value),
+                "write_consistency" => cfg.write_consistency = parse_consistency(key, value)?,
+                "read_consistency" => cfg.read_consistency = parse_consistency(key, value)?,
+                "request_timeout" => cfg.request_timeout = parse_duration(key, value)?,
+                "connect_timeout" => cfg.connect_timeout = parse_duration(key, value)?,
+                "reconnect_min_backoff" => cfg.reconnect_min_backoff = parse_duration(key, value)?,
+                "reconnect_max_backoff" => cfg.reconnect_max_backoff = parse_duration(key, value)?,
+                "create_table_if_missing" => cfg.create_table_if_missing = parse_bool(key, value)?,
+                "max_payload_bytes" => cfg.max_payload_bytes = parse_size(key, value)?,
+                "buffer_capacity" => cfg.buffer_capacity = parse_num(key, value)?,
+                "overflow_policy" => cfg.overflow_policy = parse_policy(key, value)?,
+                "max_batch_rows" => cfg.max_batch_rows = parse_num(key, value)?,
+                "max_in_flight" => cfg.max_in_flight = parse_num(key, value)?,
+                "write_attempts" => cfg.write_attempts = parse_num(key, value)?,
+                "max_fetch_rows" => cfg.max_fetch_rows = parse_num(key, value)?,
+                "fetch_page_rows" => cfg.fetch_page_rows = parse_num(key, value)?,
+                _ => {
+                    return Err(invalid(
+                        key,
+                        format!("unknown key; known keys are {}", CONFIG_KEYS.join(", ")),
+                    ));
+                }
+            }
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks ranges and combinations. Called by `from_map` and by `Store::start`.
+    pub fn validate(&self) -> Result<(), StoreError> {
+        if self.contact_points.is_empty() {
+            return Err(invalid("servers", "at least one host:port is required"));
+        }
+        for cp in &self.contact_points {
+            parse_server(cp)?;
+        }
+        if !is_cql_identifier(&self.keyspace) {
+            return Err(invalid(
+                "keyspace",
+                format!(
+                    "{:?} is not a CQL identifier (letters, digits, _; starts with a letter; at most 48)",
+                    self.keyspace
+                ),
+            ));
+        }
+        if self.username.is_some() != self.password.is_some() {
+            return Err(invalid(
+                "password",
+                "username and password must be given together",
+            ));
+        }
+        for (field, d) in [
+            ("request_timeout", self.request_timeout),
+            ("connect_timeout", self.connect_timeout),
+            ("reconnect_min_backoff", self.reconnect_min_backoff),
+            ("reconnect_max_backoff", self.reconnect_max_backoff),
+        ] {
+            if d.is_zero() {
+                return Err(invalid(field, "must be greater than 0"));
+            }
+        }
+        if self.reconnect_max_backoff < self.reconnect_min_backoff {
+            return Err(invalid(
+                "reconnect_max_backoff",
+                "must not be below reconnect_min_backoff",
+            ));
+        }
+        // Cassandra refuses mutations above half its commitlog segment (16 MiB by default);
+        // base64 makes a non-UTF-8 payload 4/3 larger, so 10 MiB is the most that always fits.
+        if self.max_payload_bytes == 0 || self.max_payload_bytes > 10 * 1024 * 1024 {
+            return Err(invalid(
+                "max_payload_bytes",
+                "must be between 1 and 10485760 (10 MiB)",
+            ));
+        }
+        for (field, v, max) in [
+            ("buffer_capacity", self.buffer_capacity, 10_000_000),
+            ("max_batch_rows", self.max_batch_rows, 1_000),
+            ("max_in_flight", self.max_in_flight, 10_000),
+            ("write_attempts", self.write_attempts as usize, 100),
+            ("max_fetch_rows", self.max_fetch_rows as usize, 1_000_000),
+            ("fetch_page_rows", self.fetch_page_rows as usize, 100_000),
+        ] {
+            if v == 0 || v > max {
+                return Err(invalid(field, format!("must be between 1 and {max}")));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn invalid(field: &str, reason: impl Into<String>) -> StoreError {
+    StoreError::InvalidConfig {
+        field: field.to_string(),
+        reason: reason.into(),
+    }
+}
+
+fn non_empty(v: &str) -> Option<String> {
+    (!v.is_empty()).then(|| v.to_string())
+}
+
+/// `"h1:9042,h2"`: a missing port means 9042.
+fn parse_servers(value: &str) -> Result<Vec<String>, StoreError> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            let (host, port) = parse_server(s)?;
+            Ok(format!("{host}:{port}"))
+        })
+        .collect()
+}
+
+fn parse_server(s: &str) -> Result<(String, u16), StoreError> {
+    let (host, port) = match s.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') || h.starts_with('[') => (h, p),
+        _ => (s, "9042"),
+    };
+    if host.is_empty() || host.chars().any(char::is_whitespace) {
+        return Err(invalid("servers", format!("{s:?} has no valid host")));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok((host.to_string(), p)),
+        _ => Err(invalid(
+            "servers",
+            format!("{s:?}: port must be 1..65535"),
+        )),
+    }
+}
+
+fn parse_consistency(field: &str, v: &str) -> Result<Consistency, StoreError> {
+    Ok(match v.to_ascii_lowercase().as_str() {
+        "any" => Consistency::Any,
+        "one" => Consistency::One,
+        "two" => Consistency::Two,
+        "three" => Consistency::Three,
+        "quorum" => Consistency::Quorum,
+        "all" => Consistency::All,
+        "local_quorum" => Consistency::LocalQuorum,
+        "each_quorum" => Consistency::EachQuorum,
+        "local_one" => Consistency::LocalOne,
+        _ => {
+            return Err(invalid(
+                field,
+                format!(
+                    "{v:?} is not a consistency level (one, two, three, quorum, all, local_quorum, each_quorum, local_one, any)"
+                ),
+            ));
+        }
+    })
+}
+
+/// `"500ms"`, `"5s"`, `"2m"`, `"1h"`; a bare number means milliseconds.
+pub fn parse_duration(field: &str, v: &str) -> Result<Duration, StoreError> {
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (num, unit) = v.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| invalid(field, format!("{v:?} is not a duration like 500ms, 5s, 2m, 1h")))?;
+    let ms = match unit.trim() {
+        "" | "ms" => Some(n),
+        "s" => n.checked_mul(1_000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        "d" => n.checked_mul(86_400_000),
+        _ => None,
+    };
+    ms.map(Duration::from_millis)
+        .ok_or_else(|| invalid(field, format!("{v:?} is not a duration like 500ms, 5s, 2m, 1h")))
+}
+
+/// `"1048576"`, `"512KB"`, `"1MB"` (binary units).
+fn parse_size(field: &str, v: &str) -> Result<usize, StoreError> {
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (num, unit) = v.split_at(split);
+    let n: usize = num
+        .parse()
+        .map_err(|_| invalid(field, format!("{v:?} is not a size like 1048576, 512KB, 1MB")))?;
+    let mult = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 1,
+        "KB" | "KIB" => 1024,
+        "MB" | "MIB" => 1024 * 1024,
+        _ => return Err(invalid(field, format!("{v:?} is not a size like 1048576, 512KB, 1MB"))),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| invalid(field, format!("{v:?} is too large")))
+}
+
+fn parse_bool(field: &str, v: &str) -> Result<bool, StoreError> {
+    match v {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(invalid(field, format!("{v:?} is not true or false"))),
+    }
+}
+
+fn parse_num<T: std::str::FromStr>(field: &str, v: &str) -> Result<T, StoreError> {
+    v.parse()
+        .map_err(|_| invalid(field, format!("{v:?} is not a whole number")))
+}
+
+fn parse_policy(field: &str, v: &str) -> Result<OverflowPolicy, StoreError> {
+    match v {
+        "drop_new" => Ok(OverflowPolicy::DropNew),
+        "drop_oldest" => Ok(OverflowPolicy::DropOldest),
+        _ => Err(invalid(field, format!("{v:?} is not drop_new or drop_oldest"))),
+    }
+}
+
+/// An unquoted CQL identifier: what keyspace names may be (Cassandra limits them to 48 chars).
+pub fn is_cql_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && s.len() <= 48
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn field_of(err: StoreError) -> String {
+        match err {
+            StoreError::InvalidConfig { field, .. } => field,
+            other => panic!("expected InvalidConfig, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        StoreConfig::default().validate().unwrap();
+        let cfg = StoreConfig::from_map(&HashMap::new()).unwrap();
+        assert_eq!(cfg.contact_points, vec!["127.0.0.1:9042"]);
+        assert_eq!(cfg.keyspace, "mqtt");
+    }
+
+    #[test]
+    fn parses_every_field() {
+        let cfg = StoreConfig::from_map(&map(&[
+            ("servers", "10.0.0.1:9043, cass2 ,[::1]:9044"),
+            ("keyspace", "ks_1"),
+            ("username", "root"),
+            ("password", "public"),
+            ("write_consistency", "ONE"),
+            ("read_consistency", "local_one"),
+            ("request_timeout", "2s"),
+            ("connect_timeout", "750ms"),
+            ("reconnect_min_backoff", "50"),
+            ("reconnect_max_backoff", "1m"),
+            ("create_table_if_missing", "true"),
+            ("max_payload_bytes", "1MB"),
+            ("buffer_capacity", "10"),
+            ("overflow_policy", "drop_oldest"),
+            ("max_batch_rows", "8"),
+            ("max_in_flight", "4"),
+            ("write_attempts", "5"),
+            ("max_fetch_rows", "500"),
+            ("fetch_page_rows", "100"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            cfg.contact_points,
+            vec!["10.0.0.1:9043", "cass2:9042", "[::1]:9044"]
+        );
+        assert_eq!(cfg.keyspace, "ks_1");
+        assert_eq!(cfg.write_consistency, Consistency::One);
+        assert_eq!(cfg.read_consistency, Consistency::LocalOne);
+        assert_eq!(cfg.request_timeout, Duration::from_secs(2));
+        assert_eq!(cfg.connect_timeout, Duration::from_millis(750));
+        assert_eq!(cfg.reconnect_min_backoff, Duration::from_millis(50));
+        assert_eq!(cfg.reconnect_max_backoff, Duration::from_secs(60));
+        assert!(cfg.create_table_if_missing);
+        assert_eq!(cfg.max_payload_bytes, 1024 * 1024);
+        assert_eq!(cfg.overflow_policy, OverflowPolicy::DropOldest);
+        assert_eq!((cfg.max_batch_rows, cfg.max_in_flight, cfg.write_attempts), (8, 4, 5));
+        assert_eq!((cfg.max_fetch_rows, cfg.fetch_page_rows), (500, 100));
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        let cases = [
+            ("servers", "host:notaport"),
+            ("servers", ""),
+            ("servers", "host:0"),
+            ("keyspace", "mqtt; DROP TABLE x"),
+            ("keyspace", "1abc"),
+            ("write_consistency", "most"),
+            ("request_timeout", "soon"),
+            ("request_timeout", "0s"),
+            ("create_table_if_missing", "yes"),
+            ("max_payload_bytes", "11MB"),
+            ("max_payload_bytes", "lots"),
+            ("buffer_capacity", "-1"),
+            ("overflow_policy", "block"),
+            ("max_batch_rows", "0"),
+            ("no_such_key", "1"),
+        ];
+        for (key, value) in cases {
+            let err = StoreConfig::from_map(&map(&[(key, value)])).unwrap_err();
+            assert!(
+                err.to_string().contains(key),
+                "{key}={value}: message {err} does not name the field"
+            );
+            assert_eq!(field_of(err), key, "{key}={value}");
+        }
+    }
+
+    #[test]
+    fn credentials_come_in_pairs_and_are_redacted() {
+        let err = StoreConfig::from_map(&map(&[("username", "root")])).unwrap_err();
+        assert_eq!(field_of(err), "password");
+        let cfg = StoreConfig::from_map(&map(&[("username", "root"), ("password", "s3cret")]))
+            .unwrap();
+        let shown = format!("{cfg:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("<redacted>"));
+    }
+
+    #[test]
+    fn backoff_order_is_checked() {
+        let err = StoreConfig::from_map(&map(&[
+            ("reconnect_min_backoff", "5s"),
+            ("reconnect_max_backoff", "1s"),
+        ]))
+        .unwrap_err();
+        assert_eq!(field_of(err), "reconnect_max_backoff");
+    }
+}

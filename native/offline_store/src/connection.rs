@@ -1,0 +1,209 @@
+//! One connection attempt: build the driver session, check the schema, prepare statements.
+//! Retrying belongs to the caller (`Store`'s supervisor task).
+
+use std::time::Duration;
+
+use scylla::client::Compression;
+use scylla::client::execution_profile::ExecutionProfile;
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+use scylla::statement::prepared::PreparedStatement;
+
+use crate::config::StoreConfig;
+use crate::error::StoreError;
+use crate::schema::{self, ColumnInfo};
+
+/// A live session and the statements prepared on it. Statements are built from the
+/// validated keyspace identifier only; every value is a bind marker.
+pub(crate) struct Connection {
+    pub session: Session,
+    pub insert: PreparedStatement,
+    pub delete: PreparedStatement,
+    /// Newest first (the clustering order), from a msgid lower bound.
+    pub select_newest: PreparedStatement,
+    /// Oldest first, msgid >= bound.
+    pub select_from: PreparedStatement,
+    /// Oldest first, msgid > cursor.
+    pub select_after: PreparedStatement,
+    /// Cheap liveness probe.
+    pub probe: PreparedStatement,
+}
+
+const COLUMNS: &str = "msgid, arrived, payload, qos, retain, sender";
+
+pub(crate) async fn connect_once(cfg: &StoreConfig) -> Result<Connection, StoreError> {
+    let timeout = cfg.request_timeout;
+    let profile = ExecutionProfile::builder()
+        .consistency(cfg.write_consistency)
+        .request_timeout(Some(cfg.request_timeout))
+        .build()
+        .into_handle();
+    let mut builder = SessionBuilder::new()
+        .known_nodes(&cfg.contact_points)
+        .connection_timeout(cfg.connect_timeout)
+        .compression(Some(Compression::Lz4))
+        .default_execution_profile_handle(profile)
+        // The schema check below reads exactly what it needs; skip the driver's full fetch.
+        .fetch_schema_metadata(false)
+        .keepalive_interval(Duration::from_secs(5))
+        .keepalive_timeout(Duration::from_secs(10));
+    if let (Some(user), Some(password)) = (&cfg.username, &cfg.password) {
+        builder = builder.user(user, password);
+    }
+    // The builder's own attempts are bounded by connect_timeout per node; add a hard cap so
+    // one attempt never hangs the supervisor.
+    let build_deadline = cfg.connect_timeout * 2 + Duration::from_secs(1);
+    let session = tokio::time::timeout(build_deadline, builder.build())
+        .await
+        .map_err(|_| StoreError::NotConnected {
+            reason: format!("no node answered within {build_deadline:?}"),
+        })?
+        .map_err(|e| match StoreError::from_driver(e, timeout) {
+            StoreError::Timeout(_) | StoreError::Db(_) => StoreError::NotConnected {
+                reason: "no contact point answered".into(),
+            },
+            other => other,
+        })?;
+
+    check_or_create_table(&session, cfg).await?;
+    prepare_all(session, cfg).await
+}
+
+async fn check_or_create_table(session: &Session, cfg: &StoreConfig) -> Result<(), StoreError> {
+    let ks = cfg.keyspace.to_ascii_lowercase();
+    let timeout = cfg.request_timeout;
+    let db = |e| StoreError::from_driver(e, timeout);
+
+    let ks_rows = session
+        .query_unpaged(
+            "SELECT keyspace_name FROM system_schema.keyspaces WHERE keyspace_name = ?",
+            (&ks,),
+        )
+        .await
+        .map_err(db)?;
+    if ks_rows.into_rows_result().map_err(db_err)?.rows_num() == 0 {
+        return Err(StoreError::KeyspaceMissing(ks));
+    }
+
+    let mut columns = read_columns(session, &ks, timeout).await?;
+    if columns.is_empty() {
+        if !cfg.create_table_if_missing {
+            return Err(StoreError::TableMissing(ks));
+        }
+        session
+            .query_unpaged(schema::create_table_cql(&ks), ())
+            .await
+            .map_err(db)?;
+        session
+            .await_schema_agreement()
+            .await
+            .map_err(|e| StoreError::from_driver(e, timeout))?;
+        columns = read_columns(session, &ks, timeout).await?;
+    }
+    schema::check_columns(&columns).map_err(StoreError::SchemaMismatch)
+}
+
+async fn read_columns(
+    session: &Session,
+    ks: &str,
+    timeout: Duration,
+) -> Result<Vec<ColumnInfo>, StoreError> {
+    let result = session
+        .query_unpaged(
+            "SELECT column_name, kind, position, clustering_order, type \
+             FROM system_schema.columns WHERE keyspace_name = ? AND table_name = ?",
+            (ks, schema::TABLE),
+        )
+        .await
+        .map_err(|e| StoreError::from_driver(e, timeout))?
+        .into_rows_result()
+        .map_err(db_err)?;
+    let rows = result
+        .rows::<(String, String, i32, String, String)>()
+        .map_err(db_err)?;
+    rows.map(|row| {
+        let (name, kind, position, clustering_order, cql_type) = row.map_err(db_err)?;
+        Ok(ColumnInfo {
+            name,
+            kind,
+            position,
+            clustering_order,
+            cql_type,
+        })
+    })
+    .collect()
+}
+
+async fn prepare_all(session: Session, cfg: &StoreConfig) -> Result<Connection, StoreError> {
+    let ks = &cfg.keyspace;
+    let t = schema::TABLE;
+    let timeout = cfg.request_timeout;
+    let prepare = |cql: String, read: bool| {
+        let session = &session;
+        async move {
+            let mut stmt = session
+                .prepare(cql)
+                .await
+                .map_err(|e| StoreError::from_driver(e, timeout))?;
+            // Fixed keys, explicit timestamps: replaying any of these is harmless.
+            stmt.set_is_idempotent(true);
+            if read {
+                stmt.set_consistency(cfg.read_consistency);
+                stmt.set_page_size(cfg.fetch_page_rows as i32);
+            } else {
+                stmt.set_consistency(cfg.write_consistency);
+            }
+            Ok::<_, StoreError>(stmt)
+        }
+    };
+    let insert = prepare(
+        format!(
+            "INSERT INTO {ks}.{t} (topic, msgid, arrived, payload, qos, retain, sender) \
+             VALUES (?, ?, ?, ?, ?, ?, ?) USING TTL ? AND TIMESTAMP ?"
+        ),
+        false,
+    )
+    .await?;
+    let delete = prepare(
+        format!("DELETE FROM {ks}.{t} USING TIMESTAMP ? WHERE topic = ? AND msgid = ?"),
+        false,
+    )
+    .await?;
+    let select_newest = prepare(
+        format!("SELECT {COLUMNS} FROM {ks}.{t} WHERE topic = ? AND msgid >= ? LIMIT ?"),
+        true,
+    )
+    .await?;
+    let select_from = prepare(
+        format!(
+            "SELECT {COLUMNS} FROM {ks}.{t} WHERE topic = ? AND msgid >= ? ORDER BY msgid ASC LIMIT ?"
+        ),
+        true,
+    )
+    .await?;
+    let select_after = prepare(
+        format!(
+            "SELECT {COLUMNS} FROM {ks}.{t} WHERE topic = ? AND msgid > ? ORDER BY msgid ASC LIMIT ?"
+        ),
+        true,
+    )
+    .await?;
+    let probe = prepare(
+        "SELECT release_version FROM system.local WHERE key = 'local'".to_string(),
+        true,
+    )
+    .await?;
+    Ok(Connection {
+        session,
+        insert,
+        delete,
+        select_newest,
+        select_from,
+        select_after,
+        probe,
+    })
+}
+
+pub(crate) fn db_err(e: impl std::error::Error) -> StoreError {
+    StoreError::Db(e.to_string())
+}

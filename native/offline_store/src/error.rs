@@ -1,0 +1,162 @@
+//! One error type for every operation of the store. Each variant is a failure a caller can
+//! act on; `kind()` gives the stable snake_case word the NIF turns into an Erlang atom.
+
+use std::time::Duration;
+
+/// Why a store operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// A configuration value is wrong; `field` is the key to fix.
+    #[error("invalid config field `{field}`: {reason}")]
+    InvalidConfig { field: String, reason: String },
+
+    /// No session yet (still connecting, or every node is down). `reason` is the last
+    /// connection error, if any.
+    #[error("not connected to Cassandra: {reason}")]
+    NotConnected { reason: String },
+
+    /// Cassandra refused the credentials.
+    #[error("authentication failed: {0} (check username and password)")]
+    AuthFailed(String),
+
+    /// The configured keyspace does not exist.
+    #[error(
+        "keyspace `{0}` does not exist; create it, e.g. CREATE KEYSPACE {0} WITH replication = {{'class': 'SimpleStrategy', 'replication_factor': '1'}}"
+    )]
+    KeyspaceMissing(String),
+
+    /// The keyspace has no `mqtt_msg` table (and creating it was not enabled).
+    #[error(
+        "table `{0}.mqtt_msg` does not exist; create it (see README) or set create_table_if_missing"
+    )]
+    TableMissing(String),
+
+    /// `mqtt_msg` exists but differs from the table this plugin works with.
+    #[error("table mqtt_msg does not match the expected schema: {0}")]
+    SchemaMismatch(String),
+
+    /// Cassandra (or the client) did not answer in time.
+    #[error("request timed out after {0:?}")]
+    Timeout(Duration),
+
+    /// The write buffer is full and the overflow policy refused the write.
+    #[error("write buffer full ({capacity} writes); write dropped")]
+    Overloaded { capacity: usize },
+
+    /// The payload is larger than `max_payload_bytes`.
+    #[error("payload of {size} bytes is larger than max_payload_bytes ({max})")]
+    PayloadTooLarge { size: usize, max: usize },
+
+    /// A message id is not 32 hexadecimal characters.
+    #[error("invalid msgid {0:?}: expected 32 hexadecimal characters (an EMQX GUID)")]
+    InvalidMsgId(String),
+
+    /// A stored row cannot be turned back into a message (e.g. broken payload encoding).
+    #[error("stored row is invalid: {0}")]
+    InvalidRow(String),
+
+    /// Any other error Cassandra or the driver reported.
+    #[error("Cassandra error: {0}")]
+    Db(String),
+
+    /// The store was stopped; the request was not carried out.
+    #[error("store is shut down")]
+    Shutdown,
+}
+
+impl StoreError {
+    /// A stable word for the kind of error, e.g. `auth_failed`, for logs and Erlang atoms.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreError::InvalidConfig { .. } => "invalid_config",
+            StoreError::NotConnected { .. } => "not_connected",
+            StoreError::AuthFailed(_) => "auth_failed",
+            StoreError::KeyspaceMissing(_) => "keyspace_missing",
+            StoreError::TableMissing(_) => "table_missing",
+            StoreError::SchemaMismatch(_) => "schema_mismatch",
+            StoreError::Timeout(_) => "timeout",
+            StoreError::Overloaded { .. } => "overloaded",
+            StoreError::PayloadTooLarge { .. } => "payload_too_large",
+            StoreError::InvalidMsgId(_) => "invalid_msgid",
+            StoreError::InvalidRow(_) => "invalid_row",
+            StoreError::Db(_) => "db_error",
+            StoreError::Shutdown => "shutdown",
+        }
+    }
+
+    /// True for failures that retrying the same request later may fix.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            StoreError::NotConnected { .. } | StoreError::Timeout(_) | StoreError::Db(_)
+        )
+    }
+
+    /// Classifies a driver error from any operation. Authentication failures hide deep in
+    /// nested connection errors, so they are recognised by the server's message.
+    pub(crate) fn from_driver(err: impl std::error::Error, timeout: Duration) -> Self {
+        let text = err.to_string();
+        if text.contains("Authentication") || text.contains("authentication") {
+            StoreError::AuthFailed(auth_detail(&text))
+        } else if text.contains("exceeded a client timeout")
+            || text.contains("Timeout")
+            || text.contains("timed out")
+        {
+            StoreError::Timeout(timeout)
+        } else if text.contains("Connection refused")
+            || text.contains("pool is broken")
+            || text.contains("No connections in the pool")
+            || text.contains("Broken connection")
+            || text.contains("initialized")
+            || text.contains("Empty query plan")
+        {
+            StoreError::NotConnected { reason: text }
+        } else {
+            StoreError::Db(text)
+        }
+    }
+}
+
+/// The server's own words on a refused login, without the driver's nesting.
+fn auth_detail(text: &str) -> String {
+    text.find("Provided username")
+        .map(|i| {
+            text[i..]
+                .split(['\n', ')'])
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_string()
+        })
+        .unwrap_or_else(|| text.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_are_snake_case_words() {
+        let errors = [
+            StoreError::NotConnected { reason: "x".into() },
+            StoreError::AuthFailed("x".into()),
+            StoreError::Overloaded { capacity: 1 },
+            StoreError::Timeout(Duration::from_secs(1)),
+        ];
+        for e in errors {
+            assert!(e.kind().chars().all(|c| c.is_ascii_lowercase() || c == '_'));
+        }
+    }
+
+    #[test]
+    fn messages_suggest_the_fix() {
+        let e = StoreError::KeyspaceMissing("mqtt".into());
+        assert!(e.to_string().contains("CREATE KEYSPACE mqtt"), "{e}");
+        let e = StoreError::InvalidConfig {
+            field: "servers".into(),
+            reason: "bad".into(),
+        };
+        assert_eq!(e.to_string(), "invalid config field `servers`: bad");
+    }
+}

@@ -1,0 +1,29 @@
+//! Storage core of `emqx_offline_cassandra`: keeps offline MQTT messages in Cassandra's
+//! fixed `mqtt.mqtt_msg` table, fetches them oldest first, and deletes them on ack.
+//!
+//! Plain async Rust on Tokio and the scylla driver, no Erlang: the NIF crate wraps it and
+//! `cargo test` exercises it against a real Cassandra (see `tests/`).
+//!
+//! * [`Store::start`] connects in the background with retry; [`Store::state`] shows how.
+//! * [`Store::submit_store`] / [`Store::submit_delete`] return at once; a bounded buffer
+//!   feeds single-partition unlogged batches, many in flight ([`StatsSnapshot`] counts
+//!   every outcome).
+//! * Deletes carry a write timestamp after their insert's, so an ack that overtakes its
+//!   insert still wins.
+//! * [`Store::fetch`] reads page by page, newest `limit` rows returned oldest first.
+//! * Payloads are arbitrary bytes, stored losslessly in the `text` column ([`payload`]).
+
+pub mod config;
+mod connection;
+pub mod error;
+pub mod msgid;
+pub mod payload;
+pub mod schema;
+mod stats;
+mod store;
+
+pub use config::{OverflowPolicy, StoreConfig};
+pub use error::StoreError;
+pub use msgid::MsgId;
+pub use stats::StatsSnapshot;
+pub use store::{ConnState, FetchOptions, Message, ShutdownReport, Store, StoredMessage};

@@ -1,0 +1,762 @@
+//! The store handle: a background connection supervisor, a bounded write buffer drained by
+//! a batching writer, and paged reads.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use scylla::response::{PagingState, PagingStateResponse};
+use scylla::statement::batch::{Batch, BatchType};
+use scylla::value::CqlTimestamp;
+use tokio::sync::{Notify, Semaphore, oneshot, watch};
+use tokio::time::{Instant, sleep, timeout};
+
+use crate::config::{OverflowPolicy, StoreConfig};
+use crate::connection::{self, Connection, db_err};
+use crate::error::StoreError;
+use crate::msgid::MsgId;
+use crate::payload;
+use crate::stats::{Counters, StatsSnapshot};
+
+/// A message to keep until its subscriber acknowledges it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub topic: String,
+    pub msgid: MsgId,
+    /// Client id of the publisher.
+    pub sender: String,
+    pub qos: u8,
+    pub retain: bool,
+    /// Raw MQTT payload: any bytes (see the `payload` module for how they are stored).
+    pub payload: Vec<u8>,
+    /// Publish time, milliseconds since the epoch (the `arrived` column).
+    pub arrived_ms: i64,
+    /// Seconds until Cassandra expires the row; `None` keeps it until acknowledged.
+    pub ttl_secs: Option<u32>,
+}
+
+/// A message read back from the table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    pub topic: String,
+    /// As stored (upper-case hex for rows this crate wrote).
+    pub msgid: String,
+    pub sender: String,
+    pub qos: i32,
+    pub retain: bool,
+    pub payload: Vec<u8>,
+    pub arrived_ms: i64,
+}
+
+/// Which rows `fetch` returns.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FetchOptions {
+    /// Most rows to return: the **newest** ones (returned oldest first). `None` means
+    /// `max_fetch_rows`; larger values are capped there.
+    pub limit: Option<u32>,
+    /// Only messages published at or after this time (ms since the epoch).
+    pub since_ms: Option<i64>,
+}
+
+/// Connection state, as `Store::state` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnState {
+    /// No session yet; `last_error` says why the previous attempt failed.
+    Connecting {
+        attempt: u32,
+        last_error: Option<StoreError>,
+    },
+    /// Session up and the last probe answered.
+    Connected,
+    /// Session built, but the last probe failed (every node down?); the driver reconnects.
+    Disconnected { reason: StoreError },
+    /// A failure retrying will not fix by itself (bad credentials, missing keyspace or
+    /// table, schema mismatch). Attempts continue at the slowest backoff, so fixing the
+    /// cause heals the store.
+    Error(StoreError),
+    /// `shutdown` was called.
+    Stopped,
+}
+
+impl ConnState {
+    /// The error a request made now would fail with, if any.
+    pub fn error(&self) -> Option<StoreError> {
+        match self {
+            ConnState::Connected => None,
+            ConnState::Connecting { last_error, .. } => Some(StoreError::NotConnected {
+                reason: last_error
+                    .as_ref()
+                    .map(|e| e.to_string())
+                    .unwrap_or_else(|| "connecting".into()),
+            }),
+            ConnState::Disconnected { reason } => Some(StoreError::NotConnected {
+                reason: reason.to_string(),
+            }),
+            ConnState::Error(e) => Some(e.clone()),
+            ConnState::Stopped => Some(StoreError::Shutdown),
+        }
+    }
+}
+
+/// What `shutdown` did with the writes it found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Writes confirmed during the grace period.
+    pub flushed: u64,
+    /// Writes still buffered or in flight when the grace period ended, counted as failed.
+    pub abandoned: u64,
+}
+
+enum Op {
+    Insert(Message),
+    Delete { topic: String, msgid: MsgId },
+}
+
+impl Op {
+    fn topic(&self) -> &str {
+        match self {
+            Op::Insert(m) => &m.topic,
+            Op::Delete { topic, .. } => topic,
+        }
+    }
+    fn is_insert(&self) -> bool {
+        matches!(self, Op::Insert(_))
+    }
+}
+
+struct Pending {
+    op: Op,
+    done: Option<oneshot::Sender<Result<(), StoreError>>>,
+}
+
+impl Pending {
+    fn finish(self, outcome: Result<(), StoreError>) {
+        if let Some(tx) = self.done {
+            let _ = tx.send(outcome);
+        }
+    }
+}
+
+struct Inner {
+    cfg: StoreConfig,
+    conn: RwLock<Option<Arc<Connection>>>,
+    state: watch::Sender<ConnState>,
+    queue: Mutex<VecDeque<Pending>>,
+    work: Notify,
+    shutdown: watch::Sender<bool>,
+    counters: Counters,
+}
+
+/// Handle to the store. Cheap to clone; all clones share one session and one buffer.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+/// Items the writer looks at when it gathers one partition's batch.
+const BATCH_SCAN: usize = 512;
+
+impl Store {
+    /// Starts connecting in the background (retrying with backoff) and returns at once.
+    /// Must be called inside a Tokio runtime. Writes submitted before the session is up are
+    /// buffered; reads fail with `NotConnected`.
+    pub fn start(cfg: StoreConfig) -> Result<Store, StoreError> {
+        cfg.validate()?;
+        let (state, _) = watch::channel(ConnState::Connecting {
+            attempt: 0,
+            last_error: None,
+        });
+        let (shutdown, _) = watch::channel(false);
+        let inner = Arc::new(Inner {
+            cfg,
+            conn: RwLock::new(None),
+            state,
+            queue: Mutex::new(VecDeque::new()),
+            work: Notify::new(),
+            shutdown,
+            counters: Counters::default(),
+        });
+        tokio::spawn(supervise(inner.clone()));
+        tokio::spawn(run_writer(inner.clone()));
+        Ok(Store { inner })
+    }
+
+    /// Starts and waits until connected. Fails with the reason when the deadline passes
+    /// first, or at once for errors retrying will not fix (the store is then shut down).
+    pub async fn connect(cfg: StoreConfig, deadline: Duration) -> Result<Store, StoreError> {
+        let store = Store::start(cfg)?;
+        match store.wait_connected(deadline).await {
+            Ok(()) => Ok(store),
+            Err(e) => {
+                store.shutdown(Duration::ZERO).await;
+                Err(e)
+            }
+        }
+    }
+
+    pub fn state(&self) -> ConnState {
+        self.inner.state.borrow().clone()
+    }
+
+    pub fn config(&self) -> &StoreConfig {
+        &self.inner.cfg
+    }
+
+    /// Waits for `Connected`. Returns early with the error for `Error` and `Stopped`.
+    pub async fn wait_connected(&self, deadline: Duration) -> Result<(), StoreError> {
+        let mut rx = self.inner.state.subscribe();
+        let waited = timeout(deadline, async {
+            loop {
+                match &*rx.borrow_and_update() {
+                    ConnState::Connected => return Ok(()),
+                    ConnState::Error(e) => return Err(e.clone()),
+                    ConnState::Stopped => return Err(StoreError::Shutdown),
+                    _ => {}
+                }
+                if rx.changed().await.is_err() {
+                    return Err(StoreError::Shutdown);
+                }
+            }
+        })
+        .await;
+        match waited {
+            Ok(result) => result,
+            Err(_) => Err(self.state().error().unwrap_or(StoreError::NotConnected {
+                reason: "connection state flapping".into(),
+            })),
+        }
+    }
+
+    /// Hands a message to the write pipeline and returns at once (never waits for
+    /// Cassandra). The outcome shows in `stats()`.
+    pub fn submit_store(&self, msg: Message) -> Result<(), StoreError> {
+        self.check_payload(&msg)?;
+        self.enqueue(Op::Insert(msg), None)
+    }
+
+    /// Hands a delete to the write pipeline and returns at once.
+    pub fn submit_delete(&self, topic: &str, msgid: MsgId) -> Result<(), StoreError> {
+        self.enqueue(
+            Op::Delete {
+                topic: topic.to_owned(),
+                msgid,
+            },
+            None,
+        )
+    }
+
+    /// Stores through the pipeline and waits for Cassandra's answer.
+    pub async fn store(&self, msg: Message) -> Result<(), StoreError> {
+        self.check_payload(&msg)?;
+        let (tx, rx) = oneshot::channel();
+        self.enqueue(Op::Insert(msg), Some(tx))?;
+        rx.await.unwrap_or(Err(StoreError::Shutdown))
+    }
+
+    /// Deletes through the pipeline and waits for Cassandra's answer. The tombstone's
+    /// timestamp is one microsecond after the insert's, so it wins even when it reaches
+    /// Cassandra first.
+    pub async fn delete(&self, topic: &str, msgid: MsgId) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        let op = Op::Delete {
+            topic: topic.to_owned(),
+            msgid,
+        };
+        self.enqueue(op, Some(tx))?;
+        rx.await.unwrap_or(Err(StoreError::Shutdown))
+    }
+
+    /// One awaited INSERT, bypassing the pipeline: the design of one-write-per-call
+    /// plugins, kept as the benchmark's baseline.
+    pub async fn store_unbatched(&self, msg: Message) -> Result<(), StoreError> {
+        self.check_payload(&msg)?;
+        let conn = self.connection()?;
+        conn.session
+            .execute_unpaged(&conn.insert, insert_values(&msg))
+            .await
+            .map(|_| ())
+            .map_err(|e| StoreError::from_driver(e, self.inner.cfg.request_timeout))
+    }
+
+    /// Reads stored messages of one topic, oldest first. With a limit, the newest `limit`
+    /// messages are returned (older ones stay stored). Read page by page, never more than
+    /// `max_fetch_rows` rows.
+    pub async fn fetch(
+        &self,
+        topic: &str,
+        opts: FetchOptions,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        let limit = self.limit(opts.limit);
+        let bound = opts
+            .since_ms
+            .map(|ms| MsgId::lower_bound_for_time_ms(ms).to_string())
+            .unwrap_or_default();
+        let conn = self.connection()?;
+        let mut rows = self
+            .read_pages(&conn, &conn.select_newest, topic, &bound, limit)
+            .await?;
+        rows.reverse();
+        Ok(rows)
+    }
+
+    /// Reads up to `limit` messages of one topic oldest first, strictly after `after` (a
+    /// cursor: the last msgid of the previous call) and not older than `since_ms`. Walks a
+    /// partition of any size in bounded steps.
+    pub async fn fetch_after(
+        &self,
+        topic: &str,
+        after: Option<&MsgId>,
+        since_ms: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        let limit = self.limit(Some(limit));
+        let since = since_ms.map(MsgId::lower_bound_for_time_ms);
+        let conn = self.connection()?;
+        let (stmt, bound) = match (after, since) {
+            (Some(a), Some(s)) if s > *a => (&conn.select_from, s.to_string()),
+            (Some(a), _) => (&conn.select_after, a.to_string()),
+            (None, s) => (
+                &conn.select_from,
+                s.map(|s| s.to_string()).unwrap_or_default(),
+            ),
+        };
+        self.read_pages(&conn, stmt, topic, &bound, limit).await
+    }
+
+    pub fn stats(&self) -> StatsSnapshot {
+        let buffered = self.lock_queue().len();
+        self.inner.counters.snapshot(buffered)
+    }
+
+    /// Waits until nothing is buffered or in flight, or the deadline passes.
+    pub async fn flush(&self, deadline: Duration) -> Result<(), StoreError> {
+        let end = Instant::now() + deadline;
+        loop {
+            let s = self.stats();
+            if s.buffered == 0 && s.in_flight == 0 {
+                return Ok(());
+            }
+            if Instant::now() >= end {
+                return Err(StoreError::Timeout(deadline));
+            }
+            sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// Flushes for at most `grace`, then stops the background tasks. Writes not confirmed
+    /// by then are answered with `Shutdown` and counted as failed.
+    pub async fn shutdown(&self, grace: Duration) -> ShutdownReport {
+        let before = self.stats();
+        let _ = self.flush(grace).await;
+        self.inner.shutdown.send_replace(true);
+        self.inner.state.send_replace(ConnState::Stopped);
+        self.inner.work.notify_one();
+        let abandoned: Vec<Pending> = self.lock_queue().drain(..).collect();
+        let n = abandoned.len() as u64;
+        for p in abandoned {
+            p.finish(Err(StoreError::Shutdown));
+        }
+        Counters::add(&self.inner.counters.failed, n);
+        let in_flight = self.stats().in_flight;
+        self.inner.conn.write().unwrap_or_else(|e| e.into_inner()).take();
+        let after = self.stats();
+        ShutdownReport {
+            flushed: after.written.saturating_sub(before.written),
+            abandoned: n + in_flight,
+        }
+    }
+
+    fn check_payload(&self, msg: &Message) -> Result<(), StoreError> {
+        let max = self.inner.cfg.max_payload_bytes;
+        if msg.payload.len() > max {
+            Counters::add(&self.inner.counters.rejected, 1);
+            return Err(StoreError::PayloadTooLarge {
+                size: msg.payload.len(),
+                max,
+            });
+        }
+        Ok(())
+    }
+
+    fn enqueue(
+        &self,
+        op: Op,
+        done: Option<oneshot::Sender<Result<(), StoreError>>>,
+    ) -> Result<(), StoreError> {
+        if *self.inner.shutdown.borrow() {
+            return Err(StoreError::Shutdown);
+        }
+        let c = &self.inner.counters;
+        let capacity = self.inner.cfg.buffer_capacity;
+        let evicted = {
+            let mut q = self.lock_queue();
+            let evicted = if q.len() >= capacity {
+                match self.inner.cfg.overflow_policy {
+                    OverflowPolicy::DropNew => {
+                        drop(q);
+                        Counters::add(&c.dropped, 1);
+                        return Err(StoreError::Overloaded { capacity });
+                    }
+                    OverflowPolicy::DropOldest => q.pop_front(),
+                }
+            } else {
+                None
+            };
+            q.push_back(Pending { op, done });
+            evicted
+        };
+        Counters::add(&c.accepted, 1);
+        if let Some(old) = evicted {
+            Counters::add(&c.dropped, 1);
+            Counters::add(&c.evicted, 1);
+            old.finish(Err(StoreError::Overloaded { capacity }));
+        }
+        self.inner.work.notify_one();
+        Ok(())
+    }
+
+    fn lock_queue(&self) -> std::sync::MutexGuard<'_, VecDeque<Pending>> {
+        self.inner.lock_queue()
+    }
+
+    fn connection(&self) -> Result<Arc<Connection>, StoreError> {
+        self.inner.connection()
+    }
+
+    fn limit(&self, requested: Option<u32>) -> u32 {
+        let max = self.inner.cfg.max_fetch_rows;
+        requested.unwrap_or(max).clamp(1, max)
+    }
+
+    async fn read_pages(
+        &self,
+        conn: &Connection,
+        stmt: &scylla::statement::prepared::PreparedStatement,
+        topic: &str,
+        bound: &str,
+        limit: u32,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        let c = &self.inner.counters;
+        Counters::add(&c.fetches, 1);
+        let result = read_pages(conn, stmt, topic, bound, limit, self.inner.cfg.request_timeout).await;
+        match &result {
+            Ok(rows) => Counters::add(&c.fetched_rows, rows.len() as u64),
+            Err(_) => Counters::add(&c.fetch_failures, 1),
+        }
+        result
+    }
+}
+
+async fn read_pages(
+    conn: &Connection,
+    stmt: &scylla::statement::prepared::PreparedStatement,
+    topic: &str,
+    bound: &str,
+    limit: u32,
+    request_timeout: Duration,
+) -> Result<Vec<StoredMessage>, StoreError> {
+    type Row = (
+        String,
+        Option<CqlTimestamp>,
+        Option<String>,
+        Option<i32>,
+        Option<i32>,
+        Option<String>,
+    );
+    let mut out = Vec::with_capacity(limit.min(1024) as usize);
+    let mut paging = PagingState::start();
+    loop {
+        let (result, next) = conn
+            .session
+            .execute_single_page(stmt, (topic, bound, limit as i32), paging)
+            .await
+            .map_err(|e| StoreError::from_driver(e, request_timeout))?;
+        let rows = result.into_rows_result().map_err(db_err)?;
+        for row in rows.rows::<Row>().map_err(db_err)? {
+            let (msgid, arrived, stored, qos, retain, sender) = row.map_err(db_err)?;
+            out.push(StoredMessage {
+                topic: topic.to_owned(),
+                payload: payload::decode(stored.as_deref().unwrap_or_default())?,
+                msgid,
+                sender: sender.unwrap_or_default(),
+                qos: qos.unwrap_or(1),
+                retain: retain.unwrap_or(0) != 0,
+                arrived_ms: arrived.map(|t| t.0).unwrap_or(0),
+            });
+        }
+        match next {
+            PagingStateResponse::HasMorePages { state } if out.len() < limit as usize => {
+                paging = state
+            }
+            _ => break,
+        }
+    }
+    out.truncate(limit as usize);
+    Ok(out)
+}
+
+impl Inner {
+    fn lock_queue(&self) -> std::sync::MutexGuard<'_, VecDeque<Pending>> {
+        // A panic while holding the lock leaves the queue consistent (push/pop only).
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn connection(&self) -> Result<Arc<Connection>, StoreError> {
+        if let Some(err) = self.state.borrow().error() {
+            if !matches!(err, StoreError::NotConnected { .. }) || self.current().is_none() {
+                return Err(err);
+            }
+        }
+        self.current().ok_or_else(|| StoreError::NotConnected {
+            reason: "connecting".into(),
+        })
+    }
+
+    fn current(&self) -> Option<Arc<Connection>> {
+        self.conn.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn stopped(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// Takes the head write plus following writes of the same kind to the same partition.
+    fn take_batch(&self) -> Vec<Pending> {
+        let max = self.cfg.max_batch_rows;
+        let mut q = self.lock_queue();
+        let Some(head) = q.pop_front() else {
+            return Vec::new();
+        };
+        let mut batch = vec![head];
+        let scan = q.len().min(BATCH_SCAN);
+        let mut rest = Vec::new();
+        for p in q.drain(..scan) {
+            let same = p.op.topic() == batch[0].op.topic()
+                && p.op.is_insert() == batch[0].op.is_insert();
+            if same && batch.len() < max {
+                batch.push(p);
+            } else {
+                rest.push(p);
+            }
+        }
+        for p in rest.into_iter().rev() {
+            q.push_front(p);
+        }
+        Counters::add(&self.counters.in_flight, batch.len() as u64);
+        batch
+    }
+}
+
+/// Keeps a session: builds it with retry and backoff, then probes it every second so the
+/// state shows when Cassandra stops answering (the driver reconnects by itself).
+async fn supervise(inner: Arc<Inner>) {
+    let cfg = &inner.cfg;
+    let mut shutdown = inner.shutdown.subscribe();
+    let mut backoff = cfg.reconnect_min_backoff;
+    let mut attempt = 0u32;
+    let conn = loop {
+        if inner.stopped() {
+            return;
+        }
+        attempt += 1;
+        match connection::connect_once(cfg).await {
+            Ok(conn) => break Arc::new(conn),
+            Err(e) => {
+                let permanent = !e.is_transient();
+                let wait = if permanent { cfg.reconnect_max_backoff } else { backoff };
+                inner.state.send_if_modified(|s| {
+                    if matches!(s, ConnState::Stopped) {
+                        return false;
+                    }
+                    *s = if permanent {
+                        ConnState::Error(e.clone())
+                    } else {
+                        ConnState::Connecting {
+                            attempt,
+                            last_error: Some(e.clone()),
+                        }
+                    };
+                    true
+                });
+                backoff = (backoff * 2).min(cfg.reconnect_max_backoff);
+                tokio::select! {
+                    _ = sleep(wait) => {}
+                    _ = shutdown.changed() => return,
+                }
+            }
+        }
+    };
+    *inner.conn.write().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
+    set_state(&inner, ConnState::Connected);
+    inner.work.notify_one();
+    loop {
+        tokio::select! {
+            _ = sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.changed() => return,
+        }
+        let probe = conn.session.execute_unpaged(&conn.probe, ()).await;
+        let next = match probe {
+            Ok(_) => ConnState::Connected,
+            Err(e) => ConnState::Disconnected {
+                reason: StoreError::from_driver(e, cfg.request_timeout),
+            },
+        };
+        let was_connected = matches!(*inner.state.borrow(), ConnState::Connected);
+        set_state(&inner, next);
+        if !was_connected {
+            inner.work.notify_one();
+        }
+    }
+}
+
+fn set_state(inner: &Inner, next: ConnState) {
+    inner.state.send_if_modified(|s| {
+        if matches!(s, ConnState::Stopped) || *s == next {
+            return false;
+        }
+        *s = next;
+        true
+    });
+}
+
+/// Drains the buffer: one partition's batch at a time, at most `max_in_flight` requests
+/// outstanding. Waits (keeping the buffer) while there is no session.
+async fn run_writer(inner: Arc<Inner>) {
+    let permits = Arc::new(Semaphore::new(inner.cfg.max_in_flight));
+    let mut state = inner.state.subscribe();
+    let mut shutdown = inner.shutdown.subscribe();
+    loop {
+        if inner.stopped() {
+            return;
+        }
+        if inner.lock_queue().is_empty() {
+            tokio::select! {
+                _ = inner.work.notified() => {}
+                _ = shutdown.changed() => return,
+            }
+            continue;
+        }
+        let Some(conn) = inner.current() else {
+            tokio::select! {
+                _ = state.changed() => {}
+                _ = shutdown.changed() => return,
+            }
+            continue;
+        };
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = shutdown.changed() => return,
+        };
+        let batch = inner.take_batch();
+        if batch.is_empty() {
+            continue;
+        }
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            write_batch(&inner, &conn, batch).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn write_batch(inner: &Inner, conn: &Connection, batch: Vec<Pending>) {
+    let c = &inner.counters;
+    let n = batch.len() as u64;
+    let mut attempt = 1;
+    let outcome = loop {
+        Counters::add(&c.batches, 1);
+        let result = execute(conn, &batch, inner.cfg.write_consistency).await;
+        match result {
+            Ok(()) => break Ok(()),
+            Err(e) => {
+                let e = StoreError::from_driver(e, inner.cfg.request_timeout);
+                if !e.is_transient() || attempt >= inner.cfg.write_attempts || inner.stopped() {
+                    break Err(e);
+                }
+                Counters::add(&c.retries, 1);
+                sleep(inner.cfg.reconnect_min_backoff * attempt).await;
+                attempt += 1;
+            }
+        }
+    };
+    Counters::sub(&c.in_flight, n);
+    Counters::add(if outcome.is_ok() { &c.written } else { &c.failed }, n);
+    for p in batch {
+        p.finish(outcome.clone());
+    }
+}
+
+async fn execute(
+    conn: &Connection,
+    batch: &[Pending],
+    consistency: scylla::statement::Consistency,
+) -> Result<(), scylla::errors::ExecutionError> {
+    let session = &conn.session;
+    if let [single] = batch {
+        return match &single.op {
+            Op::Insert(m) => session.execute_unpaged(&conn.insert, insert_values(m)).await,
+            Op::Delete { topic, msgid } => {
+                session
+                    .execute_unpaged(&conn.delete, delete_values(topic, msgid))
+                    .await
+            }
+        }
+        .map(|_| ());
+    }
+    // One partition, so the batch is applied as one mutation and is exempt from
+    // Cassandra's multi-partition batch warnings.
+    let mut b = Batch::new(BatchType::Unlogged);
+    b.set_consistency(consistency);
+    b.set_is_idempotent(true);
+    if batch[0].op.is_insert() {
+        let mut values = Vec::with_capacity(batch.len());
+        for p in batch {
+            if let Op::Insert(m) = &p.op {
+                b.append_statement(conn.insert.clone());
+                values.push(insert_values(m));
+            }
+        }
+        session.batch(&b, values).await.map(|_| ())
+    } else {
+        let mut values = Vec::with_capacity(batch.len());
+        for p in batch {
+            if let Op::Delete { topic, msgid } = &p.op {
+                b.append_statement(conn.delete.clone());
+                values.push(delete_values(topic, msgid));
+            }
+        }
+        session.batch(&b, values).await.map(|_| ())
+    }
+}
+
+type InsertValues<'a> = (
+    &'a str,
+    &'a str,
+    CqlTimestamp,
+    String,
+    i32,
+    i32,
+    &'a str,
+    i32,
+    i64,
+);
+
+/// The write timestamp of a message is its publish time in µs, taken from its GUID, so
+/// the insert and its delete agree on it without sharing any state.
+fn insert_values(m: &Message) -> InsertValues<'_> {
+    (
+        &m.topic,
+        m.msgid.as_str(),
+        CqlTimestamp(m.arrived_ms),
+        payload::encode(&m.payload),
+        m.qos as i32,
+        m.retain as i32,
+        &m.sender,
+        m.ttl_secs.map(|t| t.min(i32::MAX as u32) as i32).unwrap_or(0),
+        m.msgid.timestamp_us() as i64,
+    )
+}
+
+fn delete_values<'a>(topic: &'a str, msgid: &'a MsgId) -> (i64, &'a str, &'a str) {
+    (msgid.timestamp_us() as i64 + 1, topic, msgid.as_str())
+}

@@ -1,0 +1,281 @@
+#!/usr/bin/env bash
+# A real, single-node Apache Cassandra 5.0 for development and tests, run from the
+# `cassandra-all` jars that Maven resolves from Maven Central (no tarball, no Docker).
+#
+#   cassandra.sh fetch     resolve the jars into the cache (idempotent)
+#   cassandra.sh start     fetch, configure, start in the background, wait for CQL,
+#                          then create root/public, keyspace mqtt and table mqtt_msg
+#                          (a second start is a no-op)
+#   cassandra.sh stop      stop the node this script started (and nothing else)
+#   cassandra.sh status    running / stopped, exit code 0 / 3
+#   cassandra.sh cqlsh ... cqlsh (from PyPI) logged in as root/public
+#   cassandra.sh reset     stop and wipe the data directory
+#   cassandra.sh log       the tail of the Cassandra log
+#
+# Environment (all optional):
+#   CASSANDRA_VERSION        cassandra-all version (default: pinned newest 5.0.x, see below)
+#   CASSANDRA_PORT           CQL port (default 9042)
+#   CASSANDRA_STORAGE_PORT   inter-node port (default 7000)
+#   CASSANDRA_HEAP           JVM heap (default 1G)
+#   CASSANDRA_START_TIMEOUT  seconds to wait for CQL (default 240)
+#   CASSANDRA_CACHE          cache directory (default <project>/.cache/cassandra)
+#   CASSANDRA_EXTRA_YAML     file appended to cassandra.yaml (e.g. client_encryption_options)
+set -euo pipefail
+
+# Newest 5.0 patch on Maven Central when this was written (checked against
+# repo.maven.apache.org/.../cassandra-all/maven-metadata.xml on 2026-11-25).
+# `cassandra.sh latest` prints what Maven Central serves today.
+DEFAULT_VERSION=5.0.9
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+VERSION=${CASSANDRA_VERSION:-$DEFAULT_VERSION}
+PORT=${CASSANDRA_PORT:-9042}
+STORAGE_PORT=${CASSANDRA_STORAGE_PORT:-7000}
+HEAP=${CASSANDRA_HEAP:-1G}
+START_TIMEOUT=${CASSANDRA_START_TIMEOUT:-240}
+CACHE=${CASSANDRA_CACHE:-$ROOT/.cache/cassandra}
+LIB=$CACHE/lib-$VERSION
+RUN=$CACHE/run-$PORT
+PIDFILE=$RUN/cassandra.pid
+LOG=$RUN/logs/system.log
+CONSOLE=$RUN/logs/console.log
+VENV=$ROOT/.cache/venv
+CQLSH=$VENV/bin/cqlsh
+
+say() { printf 'cassandra.sh: %s\n' "$*" >&2; }
+die() { say "error: $*"; exit 1; }
+
+# ---------------------------------------------------------------- prerequisites
+
+ensure_java() {
+    command -v java >/dev/null 2>&1 || "$ROOT/scripts/ensure-deps.sh" java
+    local major
+    major=$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1)
+    [ "${major:-0}" = 17 ] || say "warning: java $major found; Cassandra 5.0 is tested here on JDK 17"
+}
+
+ensure_cqlsh() {
+    [ -x "$CQLSH" ] && return 0
+    say "installing cqlsh from PyPI into $VENV"
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install -q 'cqlsh>=6.2,<7'
+}
+
+# ---------------------------------------------------------------- fetch
+
+fetch() {
+    if [ -f "$LIB/.complete" ]; then return 0; fi
+    command -v mvn >/dev/null 2>&1 || "$ROOT/scripts/ensure-deps.sh" maven
+    ensure_java
+    say "resolving org.apache.cassandra:cassandra-all:$VERSION and its runtime dependencies"
+    rm -rf "$LIB.tmp"
+    mvn -q -B -f "$HERE/pom.xml" \
+        org.apache.maven.plugins:maven-dependency-plugin:3.11.0:copy-dependencies \
+        -Dcassandra.version="$VERSION" -DincludeScope=runtime -DoutputDirectory="$LIB.tmp" \
+        || die "Maven could not resolve cassandra-all $VERSION"
+    ls "$LIB.tmp"/cassandra-all-"$VERSION".jar >/dev/null || die "cassandra-all jar missing after resolve"
+    rm -rf "$LIB" && mv "$LIB.tmp" "$LIB" && touch "$LIB/.complete"
+    say "$(ls "$LIB" | wc -l) jars in $LIB"
+}
+
+latest() {
+    curl -fsS https://repo.maven.apache.org/maven2/org/apache/cassandra/cassandra-all/maven-metadata.xml \
+        | grep -o '<version>5\.0\.[0-9]*</version>' | sed 's/<[^>]*>//g' | sort -V | tail -1
+}
+
+# ---------------------------------------------------------------- process
+
+running_pid() {
+    # The pid file only counts if that process is still our CassandraDaemon for this run dir.
+    [ -f "$PIDFILE" ] || return 1
+    local pid
+    pid=$(cat "$PIDFILE")
+    [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] || return 1
+    tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q "CassandraDaemon" || return 1
+    tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "-Dcassandra.storagedir=$RUN/data" || return 1
+    echo "$pid"
+}
+
+write_config() {
+    mkdir -p "$RUN/conf" "$RUN/data" "$RUN/logs"
+    cat >"$RUN/conf/cassandra.yaml" <<EOF
+# Written by test/cassandra/cassandra.sh: one node on loopback, auth as in production.
+cluster_name: 'emqx_offline_cassandra'
+num_tokens: 1
+partitioner: org.apache.cassandra.dht.Murmur3Partitioner
+endpoint_snitch: SimpleSnitch
+commitlog_sync: periodic
+commitlog_sync_period: 10000ms
+seed_provider:
+  - class_name: org.apache.cassandra.locator.SimpleSeedProvider
+    parameters:
+      - seeds: "127.0.0.1:$STORAGE_PORT"
+listen_address: 127.0.0.1
+storage_port: $STORAGE_PORT
+rpc_address: 127.0.0.1
+start_native_transport: true
+native_transport_port: $PORT
+data_file_directories:
+  - $RUN/data/data
+commitlog_directory: $RUN/data/commitlog
+saved_caches_directory: $RUN/data/saved_caches
+hints_directory: $RUN/data/hints
+cdc_raw_directory: $RUN/data/cdc_raw
+authenticator: PasswordAuthenticator
+authorizer: CassandraAuthorizer
+role_manager: CassandraRoleManager
+auto_snapshot: false
+EOF
+    if [ -n "${CASSANDRA_EXTRA_YAML:-}" ]; then cat "$CASSANDRA_EXTRA_YAML" >>"$RUN/conf/cassandra.yaml"; fi
+    cat >"$RUN/conf/logback.xml" <<'EOF'
+<configuration scan="false">
+  <appender name="FILE" class="ch.qos.logback.core.FileAppender">
+    <file>${cassandra.logdir}/system.log</file>
+    <encoder><pattern>%-5level [%thread] %date{ISO8601} %F:%L - %msg%n</pattern></encoder>
+  </appender>
+  <root level="INFO"><appender-ref ref="FILE"/></root>
+  <logger name="org.apache.cassandra" level="INFO"/>
+</configuration>
+EOF
+}
+
+# JVM flags Cassandra 5.0 needs on JDK 17: the union of conf/jvm17-server.options across 5.0.x,
+# plus what bin/cassandra.in.sh adds when a JDK is present.
+jvm_flags() {
+    local opens=(java.base/java.lang.module java.base/jdk.internal.loader java.base/jdk.internal.ref
+        java.base/jdk.internal.reflect java.base/jdk.internal.math java.base/jdk.internal.module
+        java.base/jdk.internal.util.jar jdk.management/com.sun.management.internal java.base/sun.nio.ch
+        java.base/java.io java.base/java.lang.reflect java.base/java.lang java.base/java.util
+        java.base/java.nio jdk.compiler/com.sun.tools.javac)
+    local exports=(java.base/jdk.internal.misc java.management.rmi/com.sun.jmx.remote.internal.rmi
+        java.management/com.sun.jmx.remote.security java.rmi/sun.rmi.registry java.rmi/sun.rmi.server
+        java.sql/java.sql java.base/java.lang.ref jdk.unsupported/sun.misc jdk.attach/sun.tools.attach
+        jdk.compiler/com.sun.tools.javac.file)
+    local f
+    for f in "${opens[@]}"; do printf -- '--add-opens\n%s=ALL-UNNAMED\n' "$f"; done
+    for f in "${exports[@]}"; do printf -- '--add-exports\n%s=ALL-UNNAMED\n' "$f"; done
+    printf '%s\n' "-Xms$HEAP" "-Xmx$HEAP" -Xss256k \
+        -XX:+UseG1GC -XX:+ParallelRefProcEnabled -XX:MaxTenuringThreshold=1 -XX:G1HeapRegionSize=16m \
+        -XX:G1RSetUpdatingPauseTimePercent=5 -XX:MaxGCPauseMillis=300 -XX:InitiatingHeapOccupancyPercent=70 \
+        -XX:+UseThreadPriorities -XX:+HeapDumpOnOutOfMemoryError -XX:+ExitOnOutOfMemoryError \
+        -XX:HeapDumpPath="$RUN/logs" -XX:+UseTLAB -XX:+ResizeTLAB -XX:+PerfDisableSharedMem \
+        -XX:ActiveProcessorCount=2 \
+        -ea '-da:net.openhft...' \
+        -Djava.net.preferIPv4Stack=true -Dchronicle.analytics.disable=true -Djava.security.manager=allow \
+        -Djdk.attach.allowAttachSelf=true \
+        -Dio.netty.tryReflectionSetAccessible=true -Dio.netty.allocator.useCacheForAllThreads=true \
+        -Dio.netty.allocator.maxOrder=11 \
+        "-javaagent:$(ls "$LIB"/jamm-*.jar | head -1)" \
+        -Dcassandra-foreground=yes \
+        "-Dcassandra.config=file://$RUN/conf/cassandra.yaml" \
+        "-Dcassandra.storagedir=$RUN/data" \
+        "-Dcassandra.logdir=$RUN/logs" \
+        "-Dlogback.configurationFile=$RUN/conf/logback.xml" \
+        "-Djna.tmpdir=$RUN/tmp" \
+        -Dcassandra.skip_wait_for_gossip_to_settle=0 \
+        -Dcassandra.superuser_setup_delay_ms=0
+}
+
+cql_port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; }
+
+fail_start() {
+    say "error: $*"
+    say "last lines of $LOG:"
+    tail -n 40 "$LOG" 2>/dev/null >&2 || true
+    say "last lines of $CONSOLE:"
+    tail -n 15 "$CONSOLE" 2>/dev/null >&2 || true
+    exit 1
+}
+
+start() {
+    if pid=$(running_pid); then
+        if cql_port_open; then say "already running (pid $pid, CQL on 127.0.0.1:$PORT)"; bootstrap; return 0; fi
+        say "process $pid is starting; waiting for it"
+    else
+        fetch
+        ensure_java
+        if cql_port_open; then die "port $PORT is already taken by another process; set CASSANDRA_PORT"; fi
+        write_config
+        mkdir -p "$RUN/tmp"
+        : >"$CONSOLE"
+        mapfile -t flags < <(jvm_flags)
+        say "starting Cassandra $VERSION on 127.0.0.1:$PORT (heap $HEAP, data in $RUN/data)"
+        # setsid: the node outlives this shell and gets no signals meant for the caller.
+        setsid java "${flags[@]}" -cp "$RUN/conf:$LIB/*" org.apache.cassandra.service.CassandraDaemon \
+            >"$CONSOLE" 2>&1 </dev/null &
+        echo $! >"$PIDFILE"
+    fi
+    local deadline=$((SECONDS + START_TIMEOUT))
+    until cql_port_open; do
+        running_pid >/dev/null || fail_start "Cassandra exited during startup"
+        [ $SECONDS -lt $deadline ] || fail_start "CQL did not answer on port $PORT within ${START_TIMEOUT}s"
+        sleep 1
+    done
+    say "CQL answers on 127.0.0.1:$PORT after ${SECONDS}s"
+    bootstrap
+}
+
+# Runs cqlsh with the given credentials; retries while auth is not ready yet.
+cql_as() {
+    local user=$1 pass=$2
+    shift 2
+    "$CQLSH" 127.0.0.1 "$PORT" -u "$user" -p "$pass" --request-timeout=30 "$@"
+}
+
+bootstrap() {
+    ensure_cqlsh
+    if [ -f "$RUN/.bootstrapped" ] && cql_as root public -e "DESCRIBE TABLE mqtt.mqtt_msg" >/dev/null 2>&1; then
+        return 0
+    fi
+    # The default superuser appears only after CassandraRoleManager's setup task ran: retry the login.
+    local deadline=$((SECONDS + 60)) out
+    until out=$(cql_as cassandra cassandra -e \
+        "CREATE ROLE IF NOT EXISTS root WITH PASSWORD = 'public' AND SUPERUSER = true AND LOGIN = true;" 2>&1); do
+        if cql_as root public -e "SELECT release_version FROM system.local" >/dev/null 2>&1; then break; fi
+        [ $SECONDS -lt $deadline ] || fail_start "could not create role root: $out"
+        sleep 1
+    done
+    cql_as root public -f "$HERE/schema.cql" || fail_start "could not create keyspace mqtt / table mqtt_msg"
+    touch "$RUN/.bootstrapped"
+    say "ready: user root/public, keyspace mqtt, table mqtt.mqtt_msg"
+}
+
+stop() {
+    local pid
+    if ! pid=$(running_pid); then say "not running"; rm -f "$PIDFILE"; return 0; fi
+    say "stopping pid $pid"
+    kill "$pid"
+    local deadline=$((SECONDS + 60))
+    while kill -0 "$pid" 2>/dev/null; do
+        if [ $SECONDS -ge $deadline ]; then say "still alive after 60s, killing"; kill -9 "$pid"; fi
+        sleep 0.5
+    done
+    rm -f "$PIDFILE"
+    say "stopped"
+}
+
+status() {
+    local pid
+    if pid=$(running_pid); then
+        if cql_port_open; then echo "running (pid $pid, CQL on 127.0.0.1:$PORT)"; else echo "starting (pid $pid)"; fi
+        return 0
+    fi
+    echo "stopped"
+    return 3
+}
+
+cmd=${1:-}
+[ $# -gt 0 ] && shift
+case "$cmd" in
+fetch) fetch ;;
+latest) latest ;;
+start) start ;;
+stop) stop ;;
+restart) stop; start ;;
+status) status ;;
+cqlsh) ensure_cqlsh; cql_as root public "$@" ;;
+reset) stop; rm -rf "$RUN"; say "wiped $RUN" ;;
+log) tail -n "${1:-60}" "$LOG" ;;
+*) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+esac
