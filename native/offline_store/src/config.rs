@@ -269,10 +269,7 @@ fn parse_server(s: &str) -> Result<(String, u16), StoreError> {
     }
     match port.parse::<u16>() {
         Ok(p) if p > 0 => Ok((host.to_string(), p)),
-        _ => Err(invalid(
-            "servers",
-            format!("{s:?}: port must be 1..65535"),
-        )),
+        _ => Err(invalid("servers", format!("{s:?}: port must be 1..65535"))),
     }
 }
 
@@ -302,9 +299,12 @@ fn parse_consistency(field: &str, v: &str) -> Result<Consistency, StoreError> {
 pub fn parse_duration(field: &str, v: &str) -> Result<Duration, StoreError> {
     let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
     let (num, unit) = v.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| invalid(field, format!("{v:?} is not a duration like 500ms, 5s, 2m, 1h")))?;
+    let n: u64 = num.parse().map_err(|_| {
+        invalid(
+            field,
+            format!("{v:?} is not a duration like 500ms, 5s, 2m, 1h"),
+        )
+    })?;
     let ms = match unit.trim() {
         "" | "ms" => Some(n),
         "s" => n.checked_mul(1_000),
@@ -313,22 +313,34 @@ pub fn parse_duration(field: &str, v: &str) -> Result<Duration, StoreError> {
         "d" => n.checked_mul(86_400_000),
         _ => None,
     };
-    ms.map(Duration::from_millis)
-        .ok_or_else(|| invalid(field, format!("{v:?} is not a duration like 500ms, 5s, 2m, 1h")))
+    ms.map(Duration::from_millis).ok_or_else(|| {
+        invalid(
+            field,
+            format!("{v:?} is not a duration like 500ms, 5s, 2m, 1h"),
+        )
+    })
 }
 
 /// `"1048576"`, `"512KB"`, `"1MB"` (binary units).
 fn parse_size(field: &str, v: &str) -> Result<usize, StoreError> {
     let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
     let (num, unit) = v.split_at(split);
-    let n: usize = num
-        .parse()
-        .map_err(|_| invalid(field, format!("{v:?} is not a size like 1048576, 512KB, 1MB")))?;
+    let n: usize = num.parse().map_err(|_| {
+        invalid(
+            field,
+            format!("{v:?} is not a size like 1048576, 512KB, 1MB"),
+        )
+    })?;
     let mult = match unit.trim().to_ascii_uppercase().as_str() {
         "" | "B" => 1,
         "KB" | "KIB" => 1024,
         "MB" | "MIB" => 1024 * 1024,
-        _ => return Err(invalid(field, format!("{v:?} is not a size like 1048576, 512KB, 1MB"))),
+        _ => {
+            return Err(invalid(
+                field,
+                format!("{v:?} is not a size like 1048576, 512KB, 1MB"),
+            ));
+        }
     };
     n.checked_mul(mult)
         .ok_or_else(|| invalid(field, format!("{v:?} is too large")))
@@ -351,7 +363,10 @@ fn parse_policy(field: &str, v: &str) -> Result<OverflowPolicy, StoreError> {
     match v {
         "drop_new" => Ok(OverflowPolicy::DropNew),
         "drop_oldest" => Ok(OverflowPolicy::DropOldest),
-        _ => Err(invalid(field, format!("{v:?} is not drop_new or drop_oldest"))),
+        _ => Err(invalid(
+            field,
+            format!("{v:?} is not drop_new or drop_oldest"),
+        )),
     }
 }
 
@@ -427,7 +442,10 @@ mod tests {
         assert!(cfg.create_table_if_missing);
         assert_eq!(cfg.max_payload_bytes, 1024 * 1024);
         assert_eq!(cfg.overflow_policy, OverflowPolicy::DropOldest);
-        assert_eq!((cfg.max_batch_rows, cfg.max_in_flight, cfg.write_attempts), (8, 4, 5));
+        assert_eq!(
+            (cfg.max_batch_rows, cfg.max_in_flight, cfg.write_attempts),
+            (8, 4, 5)
+        );
         assert_eq!((cfg.max_fetch_rows, cfg.fetch_page_rows), (500, 100));
     }
 
@@ -464,8 +482,8 @@ mod tests {
     fn credentials_come_in_pairs_and_are_redacted() {
         let err = StoreConfig::from_map(&map(&[("username", "root")])).unwrap_err();
         assert_eq!(field_of(err), "password");
-        let cfg = StoreConfig::from_map(&map(&[("username", "root"), ("password", "s3cret")]))
-            .unwrap();
+        let cfg =
+            StoreConfig::from_map(&map(&[("username", "root"), ("password", "s3cret")])).unwrap();
         let shown = format!("{cfg:?}");
         assert!(!shown.contains("s3cret"), "{shown}");
         assert!(shown.contains("<redacted>"));

@@ -83,15 +83,31 @@ mod tests {
     fn parse_normalises_case_and_rejects_garbage() {
         let id = MsgId::parse("0005f1a2b3c4d5e6f708192a3b4c5d6e").unwrap();
         assert_eq!(id.as_str(), "0005F1A2B3C4D5E6F708192A3B4C5D6E");
-        for bad in ["", "xyz", "0005F1A2B3C4D5E6F708192A3B4C5D6", "0005F1A2B3C4D5E6F708192A3B4C5D6EE", "0005F1A2B3C4D5E6F708192A3B4C5D6G"] {
-            assert_eq!(MsgId::parse(bad).unwrap_err().kind(), "invalid_msgid", "{bad}");
+        for bad in [
+            "",
+            "xyz",
+            "0005F1A2B3C4D5E6F708192A3B4C5D6",
+            "0005F1A2B3C4D5E6F708192A3B4C5D6EE",
+            "0005F1A2B3C4D5E6F708192A3B4C5D6G",
+        ] {
+            assert_eq!(
+                MsgId::parse(bad).unwrap_err().kind(),
+                "invalid_msgid",
+                "{bad}"
+            );
         }
     }
 
     #[test]
     fn text_order_is_publish_order() {
         let mut ids: Vec<MsgId> = (0..1000u64)
-            .map(|i| MsgId::new(1_700_000_000_000_000 + i * 997 % 1000 * 1000 + i, 0xABCDEF, (i % 7) as u16))
+            .map(|i| {
+                MsgId::new(
+                    1_700_000_000_000_000 + i * 997 % 1000 * 1000 + i,
+                    0xABCDEF,
+                    (i % 7) as u16,
+                )
+            })
             .collect();
         let mut by_time = ids.clone();
         by_time.sort_by_key(|m| (m.timestamp_us(), m.as_str().to_string()));

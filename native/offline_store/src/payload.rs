@@ -44,9 +44,9 @@ pub fn encoded_len(payload: &[u8]) -> usize {
 /// The original payload bytes of a stored `payload` value.
 pub fn decode(stored: &str) -> Result<Vec<u8>, StoreError> {
     match stored.strip_prefix(BINARY_MARKER) {
-        Some(b64) => STANDARD
-            .decode(b64)
-            .map_err(|e| StoreError::InvalidRow(format!("payload has the binary marker but bad base64: {e}"))),
+        Some(b64) => STANDARD.decode(b64).map_err(|e| {
+            StoreError::InvalidRow(format!("payload has the binary marker but bad base64: {e}"))
+        }),
         None => Ok(stored.as_bytes().to_vec()),
     }
 }

@@ -358,7 +358,11 @@ impl Store {
         }
         Counters::add(&self.inner.counters.failed, n);
         let in_flight = self.stats().in_flight;
-        self.inner.conn.write().unwrap_or_else(|e| e.into_inner()).take();
+        self.inner
+            .conn
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         let after = self.stats();
         ShutdownReport {
             flushed: after.written.saturating_sub(before.written),
@@ -438,7 +442,15 @@ impl Store {
     ) -> Result<Vec<StoredMessage>, StoreError> {
         let c = &self.inner.counters;
         Counters::add(&c.fetches, 1);
-        let result = read_pages(conn, stmt, topic, bound, limit, self.inner.cfg.request_timeout).await;
+        let result = read_pages(
+            conn,
+            stmt,
+            topic,
+            bound,
+            limit,
+            self.inner.cfg.request_timeout,
+        )
+        .await;
         match &result {
             Ok(rows) => Counters::add(&c.fetched_rows, rows.len() as u64),
             Err(_) => Counters::add(&c.fetch_failures, 1),
@@ -501,15 +513,17 @@ impl Inner {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The session to use now. While disconnected the session is still tried (the driver
+    /// may have reconnected before the next probe); without one the state's error is returned.
     fn connection(&self) -> Result<Arc<Connection>, StoreError> {
-        if let Some(err) = self.state.borrow().error() {
-            if !matches!(err, StoreError::NotConnected { .. }) || self.current().is_none() {
-                return Err(err);
-            }
+        let state_error = self.state.borrow().error();
+        match (state_error, self.current()) {
+            (None, Some(conn)) | (Some(StoreError::NotConnected { .. }), Some(conn)) => Ok(conn),
+            (Some(err), _) => Err(err),
+            (None, None) => Err(StoreError::NotConnected {
+                reason: "connecting".into(),
+            }),
         }
-        self.current().ok_or_else(|| StoreError::NotConnected {
-            reason: "connecting".into(),
-        })
     }
 
     fn current(&self) -> Option<Arc<Connection>> {
@@ -531,8 +545,8 @@ impl Inner {
         let scan = q.len().min(BATCH_SCAN);
         let mut rest = Vec::new();
         for p in q.drain(..scan) {
-            let same = p.op.topic() == batch[0].op.topic()
-                && p.op.is_insert() == batch[0].op.is_insert();
+            let same =
+                p.op.topic() == batch[0].op.topic() && p.op.is_insert() == batch[0].op.is_insert();
             if same && batch.len() < max {
                 batch.push(p);
             } else {
@@ -563,7 +577,11 @@ async fn supervise(inner: Arc<Inner>) {
             Ok(conn) => break Arc::new(conn),
             Err(e) => {
                 let permanent = !e.is_transient();
-                let wait = if permanent { cfg.reconnect_max_backoff } else { backoff };
+                let wait = if permanent {
+                    cfg.reconnect_max_backoff
+                } else {
+                    backoff
+                };
                 inner.state.send_if_modified(|s| {
                     if matches!(s, ConnState::Stopped) {
                         return false;
@@ -680,7 +698,14 @@ async fn write_batch(inner: &Inner, conn: &Connection, batch: Vec<Pending>) {
         }
     };
     Counters::sub(&c.in_flight, n);
-    Counters::add(if outcome.is_ok() { &c.written } else { &c.failed }, n);
+    Counters::add(
+        if outcome.is_ok() {
+            &c.written
+        } else {
+            &c.failed
+        },
+        n,
+    );
     for p in batch {
         p.finish(outcome.clone());
     }
@@ -694,7 +719,11 @@ async fn execute(
     let session = &conn.session;
     if let [single] = batch {
         return match &single.op {
-            Op::Insert(m) => session.execute_unpaged(&conn.insert, insert_values(m)).await,
+            Op::Insert(m) => {
+                session
+                    .execute_unpaged(&conn.insert, insert_values(m))
+                    .await
+            }
             Op::Delete { topic, msgid } => {
                 session
                     .execute_unpaged(&conn.delete, delete_values(topic, msgid))
@@ -752,7 +781,9 @@ fn insert_values(m: &Message) -> InsertValues<'_> {
         m.qos as i32,
         m.retain as i32,
         &m.sender,
-        m.ttl_secs.map(|t| t.min(i32::MAX as u32) as i32).unwrap_or(0),
+        m.ttl_secs
+            .map(|t| t.min(i32::MAX as u32) as i32)
+            .unwrap_or(0),
         m.msgid.timestamp_us() as i64,
     )
 }

@@ -1,0 +1,99 @@
+//! Helpers for the live tests. They need the local Cassandra from
+//! `test/cassandra/cassandra.sh start` (or `CASSANDRA_NODE`); without it they fail, never skip.
+#![allow(dead_code)]
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use offline_store::{Message, MsgId, Store, StoreConfig};
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+
+pub fn node() -> String {
+    std::env::var("CASSANDRA_NODE").unwrap_or_else(|_| "127.0.0.1:9042".into())
+}
+
+pub fn config() -> StoreConfig {
+    StoreConfig {
+        contact_points: vec![node()],
+        username: Some("root".into()),
+        password: Some("public".into()),
+        ..StoreConfig::default()
+    }
+}
+
+pub async fn connect() -> Store {
+    connect_with(config()).await
+}
+
+pub async fn connect_with(cfg: StoreConfig) -> Store {
+    Store::connect(cfg, Duration::from_secs(20))
+        .await
+        .unwrap_or_else(|e| panic!("cannot reach the test Cassandra at {} ({e}); run test/cassandra/cassandra.sh start", node()))
+}
+
+/// A session as root, for setting up keyspaces and checking rows behind the store's back.
+pub async fn admin() -> Session {
+    SessionBuilder::new()
+        .known_node(node())
+        .user("root", "public")
+        .build()
+        .await
+        .unwrap_or_else(|e| panic!("cannot reach the test Cassandra at {}: {e}", node()))
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// A topic no other test (or earlier run) uses.
+pub fn unique_topic(test: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "test/{test}/{}/{}",
+        now_ms(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Message ids shaped like EMQX GUIDs, strictly increasing within the process.
+pub fn next_msgid() -> MsgId {
+    static LAST_US: AtomicU64 = AtomicU64::new(0);
+    let now_us = now_ms() as u64 * 1000;
+    let prev = LAST_US
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
+            Some(now_us.max(last + 1))
+        })
+        .unwrap();
+    let us = now_us.max(prev + 1);
+    MsgId::new(us, 0x00AB_CDEF_0123, (us & 0xFFFF) as u16)
+}
+
+pub fn message(topic: &str, payload: &[u8]) -> Message {
+    let msgid = next_msgid();
+    Message {
+        topic: topic.to_string(),
+        arrived_ms: (msgid.timestamp_us() / 1000) as i64,
+        msgid,
+        sender: "client-1".into(),
+        qos: 1,
+        retain: false,
+        payload: payload.to_vec(),
+        ttl_secs: None,
+    }
+}
+
+/// Deterministic random bytes (xorshift).
+pub fn random_bytes(seed: &mut u64, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|_| {
+            *seed ^= *seed << 13;
+            *seed ^= *seed >> 7;
+            *seed ^= *seed << 17;
+            *seed as u8
+        })
+        .collect()
+}

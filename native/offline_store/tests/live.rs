@@ -1,0 +1,505 @@
+//! The storage core against a real Cassandra (test/cassandra/cassandra.sh start).
+//! Every test uses its own topics (or keyspace), so they run in parallel on one node.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use offline_store::{ConnState, FetchOptions, MsgId, OverflowPolicy, StoreConfig, StoreError};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trip_store_fetch_delete() {
+    let store = connect().await;
+    let topic = unique_topic("round_trip");
+    let mut msg = message(&topic, b"{\"temp\": 21.5}");
+    msg.qos = 2;
+    msg.retain = true;
+    msg.sender = "sensor-7".into();
+    store.store(msg.clone()).await.unwrap();
+
+    let rows = store.fetch(&topic, FetchOptions::default()).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    let row = &rows[0];
+    assert_eq!(row.topic, topic);
+    assert_eq!(row.msgid, msg.msgid.as_str());
+    assert_eq!(row.payload, msg.payload);
+    assert_eq!((row.qos, row.retain), (2, true));
+    assert_eq!(row.sender, "sensor-7");
+    assert_eq!(row.arrived_ms, msg.arrived_ms);
+
+    // What cqlsh would show: the UTF-8 payload as is, retain as 1.
+    let check = admin()
+        .await
+        .query_unpaged(
+            "SELECT payload, retain, qos FROM mqtt.mqtt_msg WHERE topic = ? AND msgid = ?",
+            (&topic, msg.msgid.as_str()),
+        )
+        .await
+        .unwrap()
+        .into_rows_result()
+        .unwrap()
+        .single_row::<(String, i32, i32)>()
+        .unwrap();
+    assert_eq!(check, ("{\"temp\": 21.5}".to_string(), 1, 2));
+
+    store.delete(&topic, msg.msgid).await.unwrap();
+    assert!(
+        store
+            .fetch(&topic, FetchOptions::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    store.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_messages_come_back_in_publish_order() {
+    let store = connect().await;
+    let topic = unique_topic("order");
+    let msgs: Vec<_> = (0..200)
+        .map(|i| message(&topic, format!("m{i}").as_bytes()))
+        .collect();
+    // Submitted all at once: batches and concurrency must not change the order read back.
+    for m in msgs.iter().rev() {
+        store.submit_store(m.clone()).unwrap();
+    }
+    store.flush(Duration::from_secs(20)).await.unwrap();
+
+    let rows = store.fetch(&topic, FetchOptions::default()).await.unwrap();
+    let got: Vec<_> = rows.iter().map(|r| r.payload.clone()).collect();
+    let want: Vec<_> = msgs.iter().map(|m| m.payload.clone()).collect();
+    assert_eq!(got, want);
+    let stats = store.stats();
+    assert!(stats.is_balanced(), "{stats:?}");
+    assert_eq!(stats.written, 200);
+    store.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limit_returns_the_newest_oldest_first_and_since_cuts_by_time() {
+    let store = connect().await;
+    let topic = unique_topic("limit");
+    let base = now_ms() - 10 * 3_600_000;
+    let mut msgs = Vec::new();
+    for hour in 0..10i64 {
+        let mut m = message(&topic, format!("h{hour}").as_bytes());
+        m.arrived_ms = base + hour * 3_600_000;
+        m.msgid = MsgId::new(m.arrived_ms as u64 * 1000, 1, hour as u16);
+        store.store(m.clone()).await.unwrap();
+        msgs.push(m);
+    }
+    let payloads = |rows: Vec<offline_store::StoredMessage>| -> Vec<String> {
+        rows.into_iter()
+            .map(|r| String::from_utf8(r.payload).unwrap())
+            .collect()
+    };
+
+    let newest3 = store
+        .fetch(
+            &topic,
+            FetchOptions {
+                limit: Some(3),
+                since_ms: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(payloads(newest3), ["h7", "h8", "h9"]);
+
+    let last_2h = store
+        .fetch(
+            &topic,
+            FetchOptions {
+                limit: None,
+                since_ms: Some(msgs[8].arrived_ms),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(payloads(last_2h), ["h8", "h9"]);
+
+    let both = store
+        .fetch(
+            &topic,
+            FetchOptions {
+                limit: Some(1),
+                since_ms: Some(msgs[5].arrived_ms),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(payloads(both), ["h9"]);
+
+    // The rest stays stored.
+    assert_eq!(
+        store
+            .fetch(&topic, FetchOptions::default())
+            .await
+            .unwrap()
+            .len(),
+        10
+    );
+
+    // Cursor walk, oldest first, in steps of 4, honouring since.
+    let mut seen = Vec::new();
+    let mut cursor: Option<MsgId> = None;
+    loop {
+        let page = store
+            .fetch_after(&topic, cursor.as_ref(), Some(msgs[2].arrived_ms), 4)
+            .await
+            .unwrap();
+        if page.is_empty() {
+            break;
+        }
+        cursor = Some(MsgId::parse(&page.last().unwrap().msgid).unwrap());
+        seen.extend(payloads(page));
+    }
+    assert_eq!(seen, ["h2", "h3", "h4", "h5", "h6", "h7", "h8", "h9"]);
+    store.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_that_arrives_before_its_insert_still_wins() {
+    let store = connect().await;
+    let topic = unique_topic("delete_first");
+    let msgs: Vec<_> = (0..500)
+        .map(|i| message(&topic, format!("{i}").as_bytes()))
+        .collect();
+    for m in &msgs {
+        store.delete(&topic, m.msgid).await.unwrap();
+    }
+    for m in &msgs {
+        store.submit_store(m.clone()).unwrap();
+    }
+    store.flush(Duration::from_secs(20)).await.unwrap();
+    assert_eq!(store.stats().failed, 0);
+    let left = store.fetch(&topic, FetchOptions::default()).await.unwrap();
+    assert!(left.is_empty(), "{} rows resurrected", left.len());
+    store.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_binary_payloads_round_trip() {
+    let store = connect().await;
+    let topic = unique_topic("binary");
+    let mut seed = 0xDEAD_BEEF_u64;
+    let mut sent = Vec::new();
+    for len in [0usize, 1, 2, 3, 17, 255, 1024, 65_536, 1 << 20] {
+        let m = message(&topic, &random_bytes(&mut seed, len));
+        store.submit_store(m.clone()).unwrap();
+        sent.push(m.payload);
+    }
+    // Text that looks like the binary marker must not be mistaken for it.
+    let tricky = format!("{}AAAA", offline_store::payload::BINARY_MARKER).into_bytes();
+    store.submit_store(message(&topic, &tricky)).unwrap();
+    sent.push(tricky);
+    store.flush(Duration::from_secs(30)).await.unwrap();
+    assert_eq!(store.stats().failed, 0, "{:?}", store.stats());
+
+    let got: Vec<_> = store
+        .fetch(&topic, FetchOptions::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.payload)
+        .collect();
+    assert_eq!(got.len(), sent.len());
+    for (i, (g, s)) in got.iter().zip(&sent).enumerate() {
+        assert!(g == s, "payload {i} ({} bytes) changed", s.len());
+    }
+    store.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn largest_payload_is_stored_and_a_larger_one_is_refused() {
+    let store = connect().await;
+    let topic = unique_topic("large");
+    let max = store.config().max_payload_bytes;
+    let mut seed = 7u64;
+    let biggest = message(&topic, &random_bytes(&mut seed, max));
+    store.store(biggest.clone()).await.unwrap();
+    let got = store.fetch(&topic, FetchOptions::default()).await.unwrap();
+    assert_eq!(got[0].payload.len(), max);
+    assert!(got[0].payload == biggest.payload);
+
+    let too_big = message(&topic, &vec![b'x'; max + 1]);
+    match store.submit_store(too_big) {
+        Err(StoreError::PayloadTooLarge { size, max: m }) => assert_eq!((size, m), (max + 1, max)),
+        other => panic!("expected PayloadTooLarge, got {other:?}"),
+    }
+    assert_eq!(store.stats().rejected, 1);
+    store.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ttl_expires_the_row() {
+    let store = connect().await;
+    let topic = unique_topic("ttl");
+    let mut m = message(&topic, b"short-lived");
+    m.ttl_secs = Some(1);
+    store.store(m).await.unwrap();
+    assert_eq!(
+        store
+            .fetch(&topic, FetchOptions::default())
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert!(
+        store
+            .fetch(&topic, FetchOptions::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    store.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_topics_through_the_pipeline_all_land() {
+    let store = connect().await;
+    let topics: Vec<_> = (0..20).map(|_| unique_topic("pipeline")).collect();
+    let mut ids = Vec::new();
+    for i in 0..4000 {
+        let t = &topics[i % topics.len()];
+        let m = message(t, format!("{i}").as_bytes());
+        ids.push((t.clone(), m.msgid));
+        store.submit_store(m).unwrap();
+    }
+    store.flush(Duration::from_secs(60)).await.unwrap();
+    let s = store.stats();
+    assert_eq!((s.written, s.failed, s.dropped), (4000, 0, 0), "{s:?}");
+    assert!(s.batches < 4000, "writes were not batched: {s:?}");
+    for t in &topics {
+        assert_eq!(
+            store.fetch(t, FetchOptions::default()).await.unwrap().len(),
+            200
+        );
+    }
+    // Ack them all through the pipeline too.
+    for (t, id) in &ids {
+        store.submit_delete(t, *id).unwrap();
+    }
+    store.flush(Duration::from_secs(60)).await.unwrap();
+    for t in &topics {
+        assert!(
+            store
+                .fetch(t, FetchOptions::default())
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+    assert!(store.stats().is_balanced());
+    store.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_password_is_an_authentication_error() {
+    let cfg = StoreConfig {
+        password: Some("not-the-password".into()),
+        ..config()
+    };
+    let started = Instant::now();
+    let err = offline_store::Store::connect(cfg, Duration::from_secs(20))
+        .await
+        .err()
+        .expect("connect with a wrong password must fail");
+    assert!(matches!(err, StoreError::AuthFailed(_)), "{err:?}");
+    assert!(err.to_string().contains("authentication failed"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_keyspace_is_named() {
+    let cfg = StoreConfig {
+        keyspace: "no_such_keyspace_here".into(),
+        ..config()
+    };
+    let err = offline_store::Store::connect(cfg, Duration::from_secs(20))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(
+        err,
+        StoreError::KeyspaceMissing("no_such_keyspace_here".into())
+    );
+}
+
+async fn fresh_keyspace(name: &str) {
+    let admin = admin().await;
+    admin
+        .query_unpaged(format!("DROP KEYSPACE IF EXISTS {name}"), ())
+        .await
+        .unwrap();
+    admin
+        .query_unpaged(
+            format!(
+                "CREATE KEYSPACE {name} WITH replication = {{'class': 'SimpleStrategy', 'replication_factor': '1'}}"
+            ),
+            (),
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_column_is_a_schema_mismatch() {
+    let ks = "offline_test_mismatch";
+    fresh_keyspace(ks).await;
+    admin()
+        .await
+        .query_unpaged(
+            format!(
+                "CREATE TABLE {ks}.mqtt_msg (topic text, msgid text, arrived timestamp, payload blob, \
+                 qos int, retain int, sender text, PRIMARY KEY (topic, msgid)) \
+                 WITH CLUSTERING ORDER BY (msgid DESC)"
+            ),
+            (),
+        )
+        .await
+        .unwrap();
+    let cfg = StoreConfig {
+        keyspace: ks.into(),
+        ..config()
+    };
+    let err = offline_store::Store::connect(cfg, Duration::from_secs(20))
+        .await
+        .err()
+        .unwrap();
+    match &err {
+        StoreError::SchemaMismatch(what) => {
+            assert!(
+                what.contains("`payload` has type blob, expected text"),
+                "{what}"
+            )
+        }
+        other => panic!("expected SchemaMismatch, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_table_is_an_error_unless_creation_is_enabled() {
+    let ks = "offline_test_create";
+    fresh_keyspace(ks).await;
+    let cfg = StoreConfig {
+        keyspace: ks.into(),
+        ..config()
+    };
+    let err = offline_store::Store::connect(cfg.clone(), Duration::from_secs(20))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(err, StoreError::TableMissing(ks.into()));
+
+    let store = connect_with(StoreConfig {
+        create_table_if_missing: true,
+        ..cfg
+    })
+    .await;
+    let topic = unique_topic("created");
+    store.store(message(&topic, b"x")).await.unwrap();
+    assert_eq!(
+        store
+            .fetch(&topic, FetchOptions::default())
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    store.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_cassandra_gives_a_clear_error_in_bounded_time() {
+    let cfg = StoreConfig {
+        contact_points: vec!["127.0.0.1:1".into()],
+        connect_timeout: Duration::from_secs(1),
+        ..config()
+    };
+    let started = Instant::now();
+    let err = offline_store::Store::connect(cfg.clone(), Duration::from_secs(2))
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(err.kind(), "not_connected", "{err:?}");
+
+    // Started in the background instead: the state says why, reads fail fast, writes wait
+    // in the buffer.
+    let store = offline_store::Store::start(cfg).unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    match store.state() {
+        ConnState::Connecting {
+            last_error: Some(e),
+            attempt,
+        } => {
+            assert!(attempt >= 1);
+            assert_eq!(e.kind(), "not_connected");
+        }
+        other => panic!("expected Connecting with an error, got {other:?}"),
+    }
+    let t = Instant::now();
+    let err = store
+        .fetch("t/1", FetchOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), "not_connected");
+    assert!(t.elapsed() < Duration::from_millis(100));
+    store.submit_store(message("t/1", b"waits")).unwrap();
+    assert_eq!(store.stats().buffered, 1);
+    let report = store.shutdown(Duration::from_millis(100)).await;
+    assert_eq!(report.abandoned, 1);
+    let s = store.stats();
+    assert_eq!(s.failed, 1);
+    assert!(s.is_balanced(), "{s:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_buffer_follows_the_overflow_policy() {
+    for policy in [OverflowPolicy::DropNew, OverflowPolicy::DropOldest] {
+        // Unreachable node: nothing drains, so the buffer fills.
+        let cfg = StoreConfig {
+            contact_points: vec!["127.0.0.1:1".into()],
+            buffer_capacity: 5,
+            overflow_policy: policy,
+            ..config()
+        };
+        let store = offline_store::Store::start(cfg).unwrap();
+        let results: Vec<_> = (0..8)
+            .map(|i| store.submit_store(message("t/full", format!("{i}").as_bytes())))
+            .collect();
+        let s = store.stats();
+        assert_eq!(s.buffered, 5, "{policy:?}");
+        assert_eq!(s.dropped, 3, "{policy:?}");
+        match policy {
+            OverflowPolicy::DropNew => {
+                assert!(results[..5].iter().all(Result::is_ok));
+                assert!(
+                    results[5..]
+                        .iter()
+                        .all(|r| matches!(r, Err(StoreError::Overloaded { capacity: 5 })))
+                );
+                assert_eq!(s.accepted, 5);
+            }
+            OverflowPolicy::DropOldest => {
+                assert!(results.iter().all(Result::is_ok));
+                assert_eq!((s.accepted, s.evicted), (8, 3));
+            }
+        }
+        assert!(s.is_balanced(), "{s:?}");
+        store.shutdown(Duration::ZERO).await;
+    }
+}
