@@ -19,12 +19,16 @@ ensure() {
     java) need java || apt_install openjdk-17-jdk-headless ;;
     maven) need mvn || apt_install maven ;;
     erlang) need erl && need rebar3 || apt_install erlang-nox erlang-dev erlang-eunit erlang-common-test rebar3 ;;
-    python) need python3 || apt_install python3 python3-venv ;;
+    python) need python3 && python3 -m venv --help >/dev/null 2>&1 || apt_install python3 python3-venv ;;
     rust)
         need cargo || {
             echo "ensure-deps.sh: cargo not found; install Rust with rustup (https://rustup.rs)" >&2
             exit 1
         }
+        if need rustup; then
+            cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
+            cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
+        fi
         ;;
     all) for t in java maven python rust; do ensure "$t"; done ;;
     *) echo "ensure-deps.sh: unknown tool $1" >&2; exit 2 ;;

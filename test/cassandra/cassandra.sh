@@ -9,6 +9,7 @@
 #   cassandra.sh stop      stop the node this script started (and nothing else)
 #   cassandra.sh status    running / stopped, exit code 0 / 3
 #   cassandra.sh cqlsh ... cqlsh (from PyPI) logged in as root/public
+#                          (CQL_USER / CQL_PASSWORD log in as someone else)
 #   cassandra.sh reset     stop and wipe the data directory
 #   cassandra.sh log       the tail of the Cassandra log
 #
@@ -216,11 +217,19 @@ start() {
     bootstrap
 }
 
-# Runs cqlsh with the given credentials; retries while auth is not ready yet.
+# Runs cqlsh with the given credentials, passed in a private credentials file (not on
+# the command line, where other users could read them).
 cql_as() {
-    local user=$1 pass=$2
+    local user=$1 pass=$2 cred
     shift 2
-    "$CQLSH" 127.0.0.1 "$PORT" -u "$user" -p "$pass" --request-timeout=30 "$@"
+    mkdir -p "$RUN"
+    cred=$(mktemp "$RUN/.credentials.XXXXXX")
+    chmod 600 "$cred"
+    printf '[PlainTextAuthProvider]\nusername = %s\npassword = %s\n' "$user" "$pass" >"$cred"
+    local rc=0
+    "$CQLSH" 127.0.0.1 "$PORT" --credentials="$cred" --request-timeout=30 "$@" || rc=$?
+    rm -f "$cred"
+    return $rc
 }
 
 bootstrap() {
@@ -274,8 +283,8 @@ start) start ;;
 stop) stop ;;
 restart) stop; start ;;
 status) status ;;
-cqlsh) ensure_cqlsh; cql_as root public "$@" ;;
+cqlsh) ensure_cqlsh; cql_as "${CQL_USER:-root}" "${CQL_PASSWORD:-public}" "$@" ;;
 reset) stop; rm -rf "$RUN"; say "wiped $RUN" ;;
 log) tail -n "${1:-60}" "$LOG" ;;
-*) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+*) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -1,1 +1,192 @@
-fn main() {}
+//! Throughput of the storage core against the local Cassandra, with its baseline measured
+//! in the same run: one awaited INSERT per message, one at a time (the design of EMQ's
+//! official offline-message plugin).
+//!
+//!   cargo bench -p offline_store --bench store_throughput
+//!
+//! Env: CASSANDRA_NODE (127.0.0.1:9042), BENCH_MESSAGES (50000), BENCH_TOPICS (100),
+//! BENCH_PAYLOAD (100 bytes), BENCH_BASELINE_SECS (5), BENCH_RESULTS (file to append a
+//! JSON line to; default bench-results/core.jsonl).
+
+use std::io::Write;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use offline_store::{FetchOptions, Message, MsgId, Store, StoreConfig};
+
+fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+struct Ids {
+    last_us: u64,
+}
+
+impl Ids {
+    fn next(&mut self) -> MsgId {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_micros() as u64;
+        self.last_us = now.max(self.last_us + 1);
+        MsgId::new(self.last_us, 0xBE_0C11, (self.last_us & 0xFFFF) as u16)
+    }
+}
+
+fn message(ids: &mut Ids, topic: &str, payload: &[u8]) -> Message {
+    let msgid = ids.next();
+    Message {
+        topic: topic.to_string(),
+        arrived_ms: (msgid.timestamp_us() / 1000) as i64,
+        msgid,
+        sender: "bench".into(),
+        qos: 1,
+        retain: false,
+        payload: payload.to_vec(),
+        ttl_secs: Some(3600),
+    }
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let node = std::env::var("CASSANDRA_NODE").unwrap_or_else(|_| "127.0.0.1:9042".into());
+    let total = env_num("BENCH_MESSAGES", 50_000) as usize;
+    let topics = env_num("BENCH_TOPICS", 100) as usize;
+    let payload = vec![b'x'; env_num("BENCH_PAYLOAD", 100) as usize];
+    let baseline_secs = env_num("BENCH_BASELINE_SECS", 5);
+    let cfg = StoreConfig {
+        contact_points: vec![node.clone()],
+        username: Some("root".into()),
+        password: Some("public".into()),
+        buffer_capacity: total.max(1),
+        ..StoreConfig::default()
+    };
+    let store = Store::connect(cfg, Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| {
+            panic!("Cassandra at {node}: {e} (run test/cassandra/cassandra.sh start)")
+        });
+    let run = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let topic_names: Vec<String> = (0..topics).map(|i| format!("bench/{run}/{i}")).collect();
+    let mut ids = Ids { last_us: 0 };
+
+    // Warm up connections and prepared statements.
+    for t in topic_names.iter().take(10) {
+        store.store(message(&mut ids, t, &payload)).await.unwrap();
+    }
+
+    // Baseline: one awaited insert at a time, for a fixed time.
+    let deadline = Instant::now() + Duration::from_secs(baseline_secs);
+    let started = Instant::now();
+    let mut baseline_n = 0usize;
+    while Instant::now() < deadline {
+        let t = &topic_names[baseline_n % topics];
+        store
+            .store_unbatched(message(&mut ids, t, &payload))
+            .await
+            .unwrap();
+        baseline_n += 1;
+    }
+    let baseline_rate = baseline_n as f64 / started.elapsed().as_secs_f64();
+
+    // Pipeline: submit everything (timing each call), then wait for Cassandra to confirm.
+    let msgs: Vec<Message> = (0..total)
+        .map(|i| message(&mut ids, &topic_names[i % topics], &payload))
+        .collect();
+    let before = store.stats();
+    let mut call_ns = Vec::with_capacity(total);
+    let started = Instant::now();
+    for m in msgs {
+        let t = Instant::now();
+        store.submit_store(m).unwrap();
+        call_ns.push(t.elapsed().as_nanos() as u64);
+    }
+    store.flush(Duration::from_secs(300)).await.unwrap();
+    let elapsed = started.elapsed();
+    let after = store.stats();
+    let written = after.written - before.written;
+    assert_eq!(written as usize, total, "{after:?}");
+    assert_eq!(after.failed, before.failed, "{after:?}");
+    let pipeline_rate = total as f64 / elapsed.as_secs_f64();
+    call_ns.sort_unstable();
+
+    // Spot check that the rows are really there.
+    let sample = store
+        .fetch(
+            &topic_names[0],
+            FetchOptions {
+                limit: Some(5),
+                since_ms: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(sample.len(), 5);
+
+    let ratio = pipeline_rate / baseline_rate;
+    let requests = after.batches - before.batches;
+    println!();
+    println!("offline_store throughput against Cassandra at {node}");
+    println!(
+        "  {total} messages, {topics} topics, {} byte payloads",
+        payload.len()
+    );
+    println!("| figure | value |");
+    println!("|---|---|");
+    println!(
+        "| baseline: one awaited INSERT at a time | {baseline_rate:.0} msg/s ({baseline_n} in {baseline_secs} s) |"
+    );
+    println!(
+        "| pipeline: submit_store + batching, {} in flight | {pipeline_rate:.0} msg/s ({:.2} s) |",
+        store.config().max_in_flight,
+        elapsed.as_secs_f64()
+    );
+    println!("| ratio pipeline / baseline | {ratio:.1}x |");
+    println!(
+        "| rows per request | {:.1} |",
+        total as f64 / requests.max(1) as f64
+    );
+    println!(
+        "| submit_store call (ns) p50 / p99 / max | {} / {} / {} |",
+        percentile(&call_ns, 0.5),
+        percentile(&call_ns, 0.99),
+        call_ns.last().unwrap()
+    );
+
+    let results = std::env::var("BENCH_RESULTS").unwrap_or_else(|_| {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let root = root.canonicalize().unwrap_or(root);
+        root.join("bench-results/core.jsonl").display().to_string()
+    });
+    if let Some(dir) = std::path::Path::new(&results).parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let line = format!(
+        "{{\"bench\":\"core_throughput\",\"unix_ms\":{run},\"messages\":{total},\"topics\":{topics},\"payload_bytes\":{},\"baseline_msg_s\":{baseline_rate:.0},\"pipeline_msg_s\":{pipeline_rate:.0},\"ratio\":{ratio:.2},\"submit_ns_p50\":{},\"submit_ns_p99\":{},\"submit_ns_max\":{}}}",
+        payload.len(),
+        percentile(&call_ns, 0.5),
+        percentile(&call_ns, 0.99),
+        call_ns.last().unwrap()
+    );
+    match std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&results)
+    {
+        Ok(mut f) => {
+            let _ = writeln!(f, "{line}");
+            println!("results appended to {results}");
+        }
+        Err(e) => eprintln!("could not write {results}: {e}"),
+    }
+    store.shutdown(Duration::from_secs(10)).await;
+}

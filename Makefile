@@ -1,0 +1,29 @@
+# Entry points. On a fresh machine:
+#   make            build everything (installs what is missing)
+#   make test       run every test against a real local Cassandra (CI runs exactly this)
+#   make cassandra  start the local Cassandra (root/public, keyspace mqtt, table mqtt_msg)
+#   make bench      benchmarks against the local Cassandra, with their baselines
+.PHONY: all build test cassandra cassandra-stop bench fmt clean
+
+all: build
+
+build:
+	scripts/build.sh $(if $(WITH_CASSANDRA),--start-cassandra)
+
+test:
+	scripts/test.sh
+
+cassandra:
+	test/cassandra/cassandra.sh start
+
+cassandra-stop:
+	test/cassandra/cassandra.sh stop
+
+bench:
+	scripts/bench.sh
+
+fmt:
+	cargo fmt --all
+
+clean:
+	cargo clean

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Builds the project on a fresh machine: installs missing tools, then builds the Rust
+# crates in release mode. --start-cassandra also starts the local Cassandra to try it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+start_cassandra=
+for arg in "$@"; do
+    case "$arg" in
+    --start-cassandra) start_cassandra=1 ;;
+    *) echo "usage: scripts/build.sh [--start-cassandra]" >&2; exit 2 ;;
+    esac
+done
+
+scripts/ensure-deps.sh rust
+cargo build --release --workspace
+if [ -n "$start_cassandra" ]; then
+    test/cassandra/cassandra.sh start
+fi

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Runs every test on a fresh machine. Installs what is missing, starts the local
+# Cassandra (tests need it: none of them skip without it), runs the checks and the tests.
+# A Cassandra this script started is stopped at the end; KEEP_CASSANDRA=1 keeps it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n=== %s\n' "$*"; }
+
+step "tools"
+scripts/ensure-deps.sh rust java maven python
+
+step "local Cassandra"
+started_here=
+if ! test/cassandra/cassandra.sh status >/dev/null; then started_here=1; fi
+test/cassandra/cassandra.sh start
+if [ -n "$started_here" ] && [ -z "${KEEP_CASSANDRA:-}" ]; then
+    trap 'test/cassandra/cassandra.sh stop' EXIT
+fi
+
+step "cassandra.sh behaviour"
+test/cassandra/test_cassandra_sh.sh
+
+step "rustfmt"
+cargo fmt --all -- --check
+
+step "clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "Rust tests (unit + live against Cassandra)"
+cargo test --workspace
+
+step "all tests passed"

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Checks what cassandra.sh promises, against the running local node (scripts/test.sh
+# starts it first): idempotent start, auth and schema as in production, the seed's table
+# statement rejected on 5.0, and stop ending only the node it started.
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+C=$HERE/cassandra.sh
+failures=0
+check() { # check "description" command...
+    local what=$1
+    shift
+    if "$@"; then echo "ok   $what"; else echo "FAIL $what"; failures=$((failures + 1)); fi
+}
+contains() { grep -q -- "$2" <<<"$1"; }
+
+pid_of() { "$C" status | sed -n 's/.*pid \([0-9]*\).*/\1/p'; }
+
+first_pid=$(pid_of)
+check "node is running" test -n "$first_pid"
+out=$("$C" start 2>&1)
+check "second start is a no-op" contains "$out" "already running"
+check "second start keeps the same process" test "$(pid_of)" = "$first_pid"
+
+roles=$("$C" cqlsh -e "SELECT role, is_superuser, can_login FROM system_auth.roles WHERE role = 'root'" 2>/dev/null)
+check "root is a superuser that can log in" contains "$roles" "root | *True | *True"
+ks=$("$C" cqlsh -e "SELECT durable_writes, replication FROM system_schema.keyspaces WHERE keyspace_name = 'mqtt'" 2>/dev/null)
+check "keyspace mqtt: durable, SimpleStrategy rf 1" contains "$ks" "True | {'class': 'org.apache.cassandra.locator.SimpleStrategy', 'replication_factor': '1'}"
+table=$("$C" cqlsh -e "DESCRIBE TABLE mqtt.mqtt_msg" 2>/dev/null)
+check "table key and clustering order" contains "$table" "CLUSTERING ORDER BY (msgid DESC)"
+check "table primary key" contains "$table" "PRIMARY KEY (topic, msgid)"
+if CQL_USER=root CQL_PASSWORD=wrong "$C" cqlsh -e "SELECT * FROM system.local" >/dev/null 2>&1; then
+    check "wrong password is refused" false
+else
+    check "wrong password is refused" true
+fi
+
+seed=$(grep -v '^--' "$HERE/seed-table-3.11.cql" | sed 's/mqtt\.mqtt_msg/mqtt.seed_statement_probe/')
+rejected=$("$C" cqlsh -e "$seed" 2>&1 || true)
+check "the seed's 3.11 statement is rejected on 5.0 as README says" \
+    contains "$rejected" "Unknown property 'dclocal_read_repair_chance'"
+
+# A second node on other ports, in its own cache dir: start, then stop it; the first stays.
+second_cache=$(mktemp -d)
+export CASSANDRA_CACHE=$second_cache CASSANDRA_PORT=9142 CASSANDRA_STORAGE_PORT=7100 CASSANDRA_HEAP=512M
+ln -s "$HERE/../../.cache/cassandra/lib-$(ls "$HERE/../../.cache/cassandra" | sed -n 's/^lib-//p' | head -1)" \
+    "$second_cache/lib-$(ls "$HERE/../../.cache/cassandra" | sed -n 's/^lib-//p' | head -1)"
+if "$C" start >/dev/null 2>&1; then
+    check "second node answers on 9142" contains "$("$C" cqlsh -e "SELECT release_version FROM system.local" 2>&1)" "5.0"
+    "$C" stop >/dev/null 2>&1
+    check "second node stopped" bash -c "! '$C' status >/dev/null"
+else
+    check "second node starts" false
+    "$C" log 30 || true
+    "$C" stop || true
+fi
+unset CASSANDRA_CACHE CASSANDRA_PORT CASSANDRA_STORAGE_PORT CASSANDRA_HEAP
+check "first node still running after the second one stopped" test "$(pid_of)" = "$first_pid"
+
+# A port held by another process is reported, not silently shared.
+clash=$(CASSANDRA_CACHE=$second_cache "$C" start 2>&1 || true)
+check "a taken port is a clear error" contains "$clash" "port 9042 is already taken"
+rm -rf "$second_cache"
+
+[ "$failures" = 0 ] || { echo "$failures check(s) failed"; exit 1; }
