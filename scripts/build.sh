@@ -12,8 +12,9 @@ for arg in "$@"; do
     esac
 done
 
-scripts/ensure-deps.sh rust
+scripts/ensure-deps.sh rust erlang
 cargo build --release --workspace
+rebar3 compile
 if [ -n "$start_cassandra" ]; then
     test/cassandra/cassandra.sh start
 fi

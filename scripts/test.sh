@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 step() { printf '\n=== %s\n' "$*"; }
 
 step "tools"
-scripts/ensure-deps.sh rust java maven python
+scripts/ensure-deps.sh rust java maven python erlang
 
 step "local Cassandra"
 started_here=
@@ -26,6 +26,9 @@ cargo fmt --all -- --check
 
 step "clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+
+step "Erlang build"
+rebar3 compile
 
 step "Rust tests (unit + live against Cassandra)"
 cargo test --workspace
