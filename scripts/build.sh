@@ -14,7 +14,7 @@ done
 
 scripts/ensure-deps.sh rust erlang
 cargo build --release --workspace
-rebar3 compile
+rebar3 compile    # builds the NIF (scripts/build-nif.sh) into priv/, then the Erlang app
 if [ -n "$start_cassandra" ]; then
     test/cassandra/cassandra.sh start
 fi

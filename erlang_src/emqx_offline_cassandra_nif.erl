@@ -1,0 +1,205 @@
+%%--------------------------------------------------------------------
+%% Erlang face of the Rust NIF (native/offline_nif): storage of offline
+%% messages in Cassandra, never blocking the calling process.
+%%
+%% - store/1 and delete/2 hand work to a bounded pipeline in Rust and
+%%   return within microseconds; outcomes are counted (stats/0).
+%% - fetch/4 replies by message: {offline_cassandra, Ref, {ok, Rows} |
+%%   {error, Reason}}; fetch_sync/3 waits for it with a timeout.
+%% - Errors are atoms or {Kind, Detail} tuples with the storage core's
+%%   words: not_connected, timeout, overloaded, shutdown, not_started,
+%%   {auth_failed, Msg}, {schema_mismatch, What}, {invalid_config, Why}, ...
+%%--------------------------------------------------------------------
+-module(emqx_offline_cassandra_nif).
+
+-export([
+    start/1,
+    stop/0,
+    stop/1,
+    status/0,
+    store/1,
+    delete/2,
+    fetch/4,
+    fetch_sync/3,
+    stats/0
+]).
+
+%% Raw NIFs (also used by tests and benchmarks).
+-export([
+    nif_store/8,
+    nif_store_large/8,
+    nif_fetch/5,
+    debug_panicking_fetch/2,
+    debug_sleeping_fetch/3,
+    debug_panic/0
+]).
+
+-on_load(init/0).
+
+-define(APP, emqx_offline_cassandra).
+-define(LIB, "libemqx_offline_cassandra_nif").
+%% Payloads above this are copied on a dirty scheduler: a normal NIF call
+%% must stay far below a millisecond.
+-define(LARGE_PAYLOAD, 65536).
+-define(REPLY_TAG, offline_cassandra).
+
+-type reason() :: atom() | {atom(), binary()}.
+-type row() :: #{
+    topic := binary(),
+    msgid := binary(),
+    sender := binary(),
+    qos := integer(),
+    retain := boolean(),
+    payload := binary(),
+    arrived := integer()
+}.
+-type message() :: #{
+    topic := binary(),
+    %% 32 hex digits, or EMQX's 16-byte GUID
+    msgid := binary(),
+    payload := binary(),
+    sender => binary(),
+    qos => 0..2,
+    retain => boolean(),
+    %% publish time, ms since the epoch
+    arrived => integer(),
+    %% seconds until Cassandra expires the row; 0 = never
+    ttl => non_neg_integer()
+}.
+-type fetch_opts() :: #{limit => non_neg_integer(), since => non_neg_integer()}.
+-export_type([reason/0, row/0, message/0, fetch_opts/0]).
+
+%%--------------------------------------------------------------------
+%% Loading
+%%--------------------------------------------------------------------
+
+init() ->
+    erlang:load_nif(lib_path(), 0).
+
+%% code:priv_dir/1 works once the app's ebin is in the code path under its
+%% name; the fallback next to this beam covers installs it does not know.
+lib_path() ->
+    Fallback = filename:join([filename:dirname(filename:dirname(code:which(?MODULE))), "priv", ?LIB]),
+    case code:priv_dir(?APP) of
+        {error, _} ->
+            Fallback;
+        Dir ->
+            Path = filename:join(Dir, ?LIB),
+            case filelib:is_regular(Path ++ ".so") of
+                true -> Path;
+                false -> Fallback
+            end
+    end.
+
+%%--------------------------------------------------------------------
+%% API
+%%--------------------------------------------------------------------
+
+%% @doc Starts the runtime and connects in the background (with retry).
+%% Config: a map with binary keys (as EMQX hands plugin config); values are
+%% binaries, integers or booleans. Keys: see README, "Configuration".
+-spec start(#{binary() => binary() | integer() | boolean()}) -> ok | {error, reason()}.
+start(Config) when is_map(Config) ->
+    nif_start(Config).
+
+%% @doc Stops with a 5 s flush.
+-spec stop() -> {ok, #{flushed := non_neg_integer(), abandoned := non_neg_integer()}} | ok | {error, reason()}.
+stop() ->
+    stop(5000).
+
+%% @doc Flushes for at most GraceMs, answers what is still pending with
+%% {error, shutdown}, then frees the runtime's threads. Runs on a dirty
+%% scheduler.
+-spec stop(non_neg_integer()) -> {ok, map()} | ok | {error, reason()}.
+stop(GraceMs) when is_integer(GraceMs), GraceMs >= 0 ->
+    nif_stop(GraceMs).
+
+%% @doc connecting | {connecting, LastError} | connected |
+%% {disconnected, Why} | {error, Reason} | not_started. Immediate.
+-spec status() -> connecting | connected | not_started | {atom(), term()}.
+status() ->
+    nif_status().
+
+%% @doc Hands one message to the write pipeline. Returns at once.
+-spec store(message()) -> ok | {error, reason()}.
+store(#{topic := Topic, msgid := MsgId, payload := Payload} = Msg) ->
+    Args = [
+        Topic,
+        hex_msgid(MsgId),
+        maps:get(sender, Msg, <<>>),
+        maps:get(qos, Msg, 1),
+        maps:get(retain, Msg, false),
+        Payload,
+        maps:get(arrived, Msg, erlang:system_time(millisecond)),
+        maps:get(ttl, Msg, 0)
+    ],
+    case byte_size(Payload) > ?LARGE_PAYLOAD of
+        true -> apply(fun nif_store_large/8, Args);
+        false -> apply(fun nif_store/8, Args)
+    end.
+
+%% @doc Hands the delete of one acknowledged message to the pipeline.
+-spec delete(binary(), binary()) -> ok | {error, reason()}.
+delete(Topic, MsgId) ->
+    nif_delete(Topic, hex_msgid(MsgId)).
+
+%% @doc Asks for the newest `limit' messages of Topic (0 or absent: the
+%% configured maximum), not older than `since' (ms since the epoch). Pid
+%% receives {offline_cassandra, Ref, {ok, [row()]} | {error, reason()}},
+%% rows oldest first. Returns ok, or an error when nothing will be sent.
+-spec fetch(pid(), reference(), binary(), fetch_opts()) -> ok | {error, reason()}.
+fetch(Pid, Ref, Topic, Opts) ->
+    nif_fetch(Pid, Ref, Topic, maps:get(limit, Opts, 0), maps:get(since, Opts, 0)).
+
+%% @doc fetch/4 for callers that may block: waits at most Timeout ms. A
+%% helper process receives the reply, so a late one never lands in the
+%% caller's mailbox.
+-spec fetch_sync(binary(), fetch_opts(), timeout()) -> {ok, [row()]} | {error, reason()}.
+fetch_sync(Topic, Opts, Timeout) ->
+    {Pid, MRef} = spawn_monitor(fun() ->
+        Ref = make_ref(),
+        Result =
+            case fetch(self(), Ref, Topic, Opts) of
+                ok ->
+                    receive
+                        {?REPLY_TAG, Ref, Reply} -> Reply
+                    after Timeout -> {error, timeout}
+                    end;
+                Error ->
+                    Error
+            end,
+        exit({reply, Result})
+    end),
+    receive
+        {'DOWN', MRef, process, Pid, {reply, Result}} -> Result;
+        {'DOWN', MRef, process, Pid, Other} -> {error, {crashed, Other}}
+    end.
+
+%% @doc Counters: accepted, written, failed, dropped, evicted, rejected,
+%% in_flight, buffered, batches, retries, fetches, fetch_failures, fetched_rows.
+-spec stats() -> {ok, #{atom() => non_neg_integer()}} | {error, reason()}.
+stats() ->
+    nif_stats().
+
+%% EMQX's msgid is a 16-byte GUID; the table stores it as 32 upper-case hex.
+hex_msgid(<<_:128>> = Guid) -> binary:encode_hex(Guid);
+hex_msgid(Hex) when is_binary(Hex) -> Hex.
+
+%%--------------------------------------------------------------------
+%% NIF stubs (replaced when the library loads)
+%%--------------------------------------------------------------------
+
+-define(NOT_LOADED, erlang:nif_error({not_loaded, [{module, ?MODULE}, {line, ?LINE}]})).
+
+nif_start(_Config) -> ?NOT_LOADED.
+nif_stop(_GraceMs) -> ?NOT_LOADED.
+nif_status() -> ?NOT_LOADED.
+nif_store(_Topic, _MsgId, _Sender, _Qos, _Retain, _Payload, _ArrivedMs, _Ttl) -> ?NOT_LOADED.
+nif_store_large(_Topic, _MsgId, _Sender, _Qos, _Retain, _Payload, _ArrivedMs, _Ttl) -> ?NOT_LOADED.
+nif_delete(_Topic, _MsgId) -> ?NOT_LOADED.
+nif_fetch(_Pid, _Ref, _Topic, _Limit, _SinceMs) -> ?NOT_LOADED.
+nif_stats() -> ?NOT_LOADED.
+%% Only in test builds (cargo feature fault_injection).
+debug_panicking_fetch(_Pid, _Ref) -> ?NOT_LOADED.
+debug_sleeping_fetch(_Pid, _Ref, _Ms) -> ?NOT_LOADED.
+debug_panic() -> ?NOT_LOADED.

@@ -1,0 +1,283 @@
+%%--------------------------------------------------------------------
+%% The NIF through its Erlang module, against the real local Cassandra
+%% (test/cassandra/cassandra.sh start; CASSANDRA_NODE overrides the
+%% address). Run by `make test` with the fault-injection build
+%% (FAULT_INJECTION=1), which adds the NIFs that panic on purpose.
+%%--------------------------------------------------------------------
+-module(emqx_offline_cassandra_nif_tests).
+
+-include_lib("eunit/include/eunit.hrl").
+
+-define(NIF, emqx_offline_cassandra_nif).
+
+%% The NIF holds one store per VM: the tests run one after another.
+nif_test_() ->
+    {inorder, [
+        {timeout, 60, fun round_trip/0},
+        {timeout, 60, fun random_binaries_round_trip/0},
+        {timeout, 120, fun ten_thousand_concurrent_fetches/0},
+        {timeout, 60, fun stop_answers_pending_fetches/0},
+        {timeout, 60, fun cassandra_absent/0},
+        {timeout, 60, fun bad_config_and_credentials/0},
+        {timeout, 60, fun panic_becomes_error_reply/0},
+        {timeout, 120, fun reload_ten_times/0}
+    ]}.
+
+%%--------------------------------------------------------------------
+%% Helpers
+%%--------------------------------------------------------------------
+
+node_addr() ->
+    list_to_binary(os:getenv("CASSANDRA_NODE", "127.0.0.1:9042")).
+
+config() ->
+    #{
+        <<"servers">> => node_addr(),
+        <<"username">> => <<"root">>,
+        <<"password">> => <<"public">>
+    }.
+
+start_connected() ->
+    start_connected(config()).
+
+start_connected(Config) ->
+    ok = ?NIF:start(Config),
+    ok = wait_until(fun() -> ?NIF:status() =:= connected end, 20000),
+    ok.
+
+%% Polls Pred every 10 ms until it holds or DeadlineMs passes.
+wait_until(Pred, DeadlineMs) ->
+    End = erlang:monotonic_time(millisecond) + DeadlineMs,
+    wait_until_(Pred, End).
+
+wait_until_(Pred, End) ->
+    case Pred() of
+        true ->
+            ok;
+        false ->
+            case erlang:monotonic_time(millisecond) > End of
+                true ->
+                    {timeout, ?NIF:status()};
+                false ->
+                    timer:sleep(10),
+                    wait_until_(Pred, End)
+            end
+    end.
+
+unique_topic(Name) ->
+    iolist_to_binary(io_lib:format("test/erl/~s/~b/~b", [Name, erlang:system_time(millisecond), erlang:unique_integer([positive])])).
+
+%% An EMQX-shaped GUID: publish time in µs, node part, sequence.
+guid() ->
+    Us = erlang:system_time(microsecond),
+    Seq = erlang:unique_integer([positive, monotonic]) band 16#FFFF,
+    <<Us:64, 16#ABCDEF:48, Seq:16>>.
+
+message(Topic, Payload) ->
+    #{
+        topic => Topic,
+        msgid => guid(),
+        payload => Payload,
+        sender => <<"erl-client">>,
+        qos => 1,
+        retain => false,
+        arrived => erlang:system_time(millisecond)
+    }.
+
+stat(Key) ->
+    {ok, Stats} = ?NIF:stats(),
+    maps:get(Key, Stats).
+
+flush() ->
+    ok = wait_until(fun() -> stat(buffered) =:= 0 andalso stat(in_flight) =:= 0 end, 30000).
+
+stop() ->
+    case ?NIF:stop(2000) of
+        {ok, _} -> ok;
+        ok -> ok;
+        {error, not_started} -> ok
+    end.
+
+%%--------------------------------------------------------------------
+%% Tests
+%%--------------------------------------------------------------------
+
+round_trip() ->
+    start_connected(),
+    Topic = unique_topic("round_trip"),
+    Msg = (message(Topic, <<"{\"temp\": 21.5}">>))#{qos => 2, retain => true},
+    ?assertEqual(ok, ?NIF:store(Msg)),
+    flush(),
+    {ok, [Row]} = ?NIF:fetch_sync(Topic, #{}, 5000),
+    #{msgid := Guid} = Msg,
+    ?assertMatch(
+        #{
+            topic := Topic,
+            payload := <<"{\"temp\": 21.5}">>,
+            qos := 2,
+            retain := true,
+            sender := <<"erl-client">>
+        },
+        Row
+    ),
+    ?assertEqual(binary:encode_hex(Guid), maps:get(msgid, Row)),
+    ?assertEqual(maps:get(arrived, Msg), maps:get(arrived, Row)),
+    ?assertEqual(ok, ?NIF:delete(Topic, Guid)),
+    flush(),
+    ?assertEqual({ok, []}, ?NIF:fetch_sync(Topic, #{}, 5000)),
+    stop().
+
+random_binaries_round_trip() ->
+    start_connected(),
+    Topic = unique_topic("binary"),
+    Sizes = [0, 1, 2, 3, 100, 4096, 65536, 65537, 1048576],
+    Msgs = [message(Topic, rand:bytes(N)) || N <- Sizes],
+    [?assertEqual(ok, ?NIF:store(M)) || M <- Msgs],
+    flush(),
+    ?assertEqual(0, stat(failed)),
+    {ok, Rows} = ?NIF:fetch_sync(Topic, #{}, 10000),
+    ?assertEqual([maps:get(payload, M) || M <- Msgs], [maps:get(payload, R) || R <- Rows]),
+    [?assert(is_binary(maps:get(payload, R))) || R <- Rows],
+    stop().
+
+ten_thousand_concurrent_fetches() ->
+    start_connected(),
+    Topic = unique_topic("many_fetches"),
+    [ok = ?NIF:store(message(Topic, integer_to_binary(I))) || I <- lists:seq(1, 5)],
+    flush(),
+    N = 10000,
+    Refs = [make_ref() || _ <- lists:seq(1, N)],
+    [ok = ?NIF:fetch(self(), R, Topic, #{limit => 3}) || R <- Refs],
+    Replies = collect(Refs, 60000),
+    ?assertEqual(N, length(Replies)),
+    Expected = [<<"3">>, <<"4">>, <<"5">>],
+    Bad = [R || {ok, Rows} = R <- Replies, [maps:get(payload, X) || X <- Rows] =/= Expected] ++
+        [R || R <- Replies, element(1, R) =/= ok],
+    ?assertEqual([], lists:sublist(Bad, 3)),
+    stop().
+
+%% Every ref gets exactly one reply; returns them in ref order.
+collect(Refs, TimeoutMs) ->
+    End = erlang:monotonic_time(millisecond) + TimeoutMs,
+    [
+        receive
+            {offline_cassandra, R, Reply} -> Reply
+        after max(0, End - erlang:monotonic_time(millisecond)) -> {missing, R}
+        end
+     || R <- Refs
+    ].
+
+stop_answers_pending_fetches() ->
+    start_connected(),
+    Topic = unique_topic("stop_pending"),
+    Fast = [make_ref() || _ <- lists:seq(1, 1000)],
+    [ok = ?NIF:fetch(self(), R, Topic, #{}) || R <- Fast],
+    %% These are still running when stop comes (fault-injection build).
+    Slow = [make_ref() || _ <- lists:seq(1, 100)],
+    [ok = ?NIF:debug_sleeping_fetch(self(), R, 60000) || R <- Slow],
+    {ok, _} = ?NIF:stop(0),
+    FastReplies = collect(Fast, 10000),
+    ?assertEqual([], [R || R <- FastReplies, R =/= {ok, []}, R =/= {error, shutdown}]),
+    ?assertEqual(lists:duplicate(100, {error, shutdown}), collect(Slow, 10000)),
+    %% No second reply for any of them.
+    receive
+        {offline_cassandra, _, Extra} -> ?assertEqual(no_extra_reply, Extra)
+    after 200 -> ok
+    end.
+
+cassandra_absent() ->
+    Config = (config())#{<<"servers">> => <<"127.0.0.1:1">>, <<"connect_timeout">> => <<"500ms">>},
+    ok = ?NIF:start(Config),
+    %% status answers at once and says why within a second
+    ok = wait_until(fun() -> element(1, ensure_tuple(?NIF:status())) =:= connecting end, 100),
+    ok = wait_until(fun() -> is_tuple(?NIF:status()) end, 1000),
+    {connecting, Why} = ?NIF:status(),
+    ?assert(is_binary(Why)),
+    %% writes are buffered (counted), reads fail fast
+    Topic = unique_topic("absent"),
+    {Micros, ok} = timer:tc(fun() -> ?NIF:store(message(Topic, <<"waits">>)) end),
+    ?assert(Micros < 100000),
+    ?assertEqual(1, stat(buffered)),
+    ?assertEqual({error, not_connected}, ?NIF:fetch_sync(Topic, #{}, 2000)),
+    {ok, #{abandoned := 1}} = ?NIF:stop(100),
+    %% never started at all
+    ?assertEqual(not_started, ?NIF:status()),
+    ?assertEqual({error, not_started}, ?NIF:store(message(Topic, <<"x">>))),
+    ?assertEqual({error, not_started}, ?NIF:fetch_sync(Topic, #{}, 1000)),
+    ?assertEqual({error, not_started}, ?NIF:stats()).
+
+ensure_tuple(T) when is_tuple(T) -> T;
+ensure_tuple(A) -> {A}.
+
+bad_config_and_credentials() ->
+    {error, {invalid_config, Msg}} = ?NIF:start(#{<<"servers">> => <<"host:notaport">>}),
+    ?assertMatch({_, _}, binary:match(Msg, <<"servers">>)),
+    ?assertMatch({error, {invalid_config, _}}, ?NIF:start(#{<<"max_batch_rows">> => <<"lots">>})),
+    ?assertMatch({error, {invalid_config, _}}, ?NIF:start(#{<<"worker_threads">> => 0})),
+    ?assertMatch({error, {invalid_config, _}}, ?NIF:start(#{<<"servers">> => {1, 2}})),
+    ?assertEqual(not_started, ?NIF:status()),
+    ok = ?NIF:start((config())#{<<"password">> => <<"wrong">>}),
+    ok = wait_until(fun() -> element(1, ensure_tuple(?NIF:status())) =:= error end, 20000),
+    {error, {auth_failed, Why}} = ?NIF:status(),
+    ?assertMatch({_, _}, binary:match(Why, <<"authentication failed">>)),
+    ?assertNotEqual(nomatch, binary:match(Why, <<"root">>)),
+    ?assertEqual(nomatch, binary:match(Why, <<"wrong">>)),
+    ?assertEqual({error, already_started}, ?NIF:start(config())),
+    stop().
+
+panic_becomes_error_reply() ->
+    start_connected(),
+    Ref = make_ref(),
+    case ?NIF:debug_panicking_fetch(self(), Ref) of
+        ok -> ok;
+        Other -> erlang:error({not_a_fault_injection_build, Other, "run with FAULT_INJECTION=1"})
+    end,
+    receive
+        {offline_cassandra, Ref, Reply} ->
+            ?assertEqual({error, {panic, <<"injected panic">>}}, Reply)
+    after 5000 -> erlang:error(no_reply_after_panic)
+    end,
+    ?assertError(nif_panicked, ?NIF:debug_panic()),
+    %% Still serving after both panics.
+    Topic = unique_topic("after_panic"),
+    ok = ?NIF:store(message(Topic, <<"alive">>)),
+    flush(),
+    ?assertMatch({ok, [#{payload := <<"alive">>}]}, ?NIF:fetch_sync(Topic, #{}, 5000)),
+    stop().
+
+%% What EMQX does to plugin code: load over a loaded module (5.8 and older on
+%% every start; 5.9+ on reinstall), stop, soft purge, delete + purge, reload.
+reload_ten_times() ->
+    Mod = ?NIF,
+    ThreadsBefore = os_threads(),
+    lists:foreach(
+        fun(I) ->
+            start_connected(),
+            Topic = unique_topic("reload"),
+            ok = Mod:store(message(Topic, integer_to_binary(I))),
+            flush(),
+            ?assertMatch({ok, [_]}, Mod:fetch_sync(Topic, #{}, 5000)),
+            {ok, _} = Mod:stop(1000),
+            %% load a new instance over the current one (the NIF's upgrade path)
+            code:purge(Mod),
+            ?assertEqual({module, Mod}, code:load_file(Mod)),
+            _ = code:soft_purge(Mod),
+            %% and the full unload/reload (uninstall then install)
+            case I rem 2 of
+                0 ->
+                    true = code:delete(Mod),
+                    _ = code:purge(Mod),
+                    ?assertEqual({module, Mod}, code:load_file(Mod));
+                1 ->
+                    ok
+            end
+        end,
+        lists:seq(1, 10)
+    ),
+    ?assertEqual(not_started, Mod:status()),
+    %% stop frees the runtime's threads every time: none accumulate
+    ?assertEqual(ThreadsBefore, os_threads()).
+
+os_threads() ->
+    {ok, Tasks} = file:list_dir("/proc/self/task"),
+    length(Tasks).
