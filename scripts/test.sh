@@ -26,6 +26,7 @@ cargo fmt --all -- --check
 
 step "clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+cargo clippy --workspace --all-targets --features offline_nif/fault_injection -- -D warnings
 
 step "Rust tests (unit + live against Cassandra)"
 cargo test --workspace

@@ -105,10 +105,26 @@ async fn main() {
     let before = store.stats();
     let mut call_ns = Vec::with_capacity(total);
     let started = Instant::now();
-    for m in msgs {
-        let t = Instant::now();
-        store.submit_store(m).unwrap();
-        call_ns.push(t.elapsed().as_nanos() as u64);
+    if std::env::var("BENCH_SUBMIT_THREAD").is_ok() {
+        // Submit from a thread outside the runtime, as a BEAM scheduler would.
+        let s2 = store.clone();
+        call_ns = std::thread::spawn(move || {
+            let mut ns = Vec::with_capacity(msgs.len());
+            for m in msgs {
+                let t = Instant::now();
+                s2.submit_store(m).unwrap();
+                ns.push(t.elapsed().as_nanos() as u64);
+            }
+            ns
+        })
+        .join()
+        .unwrap();
+    } else {
+        for m in msgs {
+            let t = Instant::now();
+            store.submit_store(m).unwrap();
+            call_ns.push(t.elapsed().as_nanos() as u64);
+        }
     }
     store.flush(Duration::from_secs(300)).await.unwrap();
     let elapsed = started.elapsed();

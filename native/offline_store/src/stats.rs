@@ -14,6 +14,8 @@ pub(crate) struct Counters {
     pub evicted: AtomicU64,
     pub rejected: AtomicU64,
     pub in_flight: AtomicU64,
+    /// Writes the writer moved out of the buffer to group them (still "buffered").
+    pub staged: AtomicU64,
     pub batches: AtomicU64,
     pub retries: AtomicU64,
     pub fetches: AtomicU64,

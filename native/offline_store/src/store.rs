@@ -2,9 +2,11 @@
 //! a batching writer, and paged reads.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use crossbeam_channel::TrySendError;
 use scylla::response::{PagingState, PagingStateResponse};
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::value::CqlTimestamp;
@@ -137,13 +139,29 @@ impl Pending {
     }
 }
 
+/// Writes taken from the buffer, being grouped by partition. `spare` is the second half of
+/// a double buffer that lets `take_batch` regroup without allocating.
+#[derive(Default)]
+struct Staging {
+    items: VecDeque<Pending>,
+    spare: VecDeque<Pending>,
+}
+
 struct Inner {
     cfg: StoreConfig,
     conn: RwLock<Option<Arc<Connection>>>,
     state: watch::Sender<ConnState>,
-    queue: Mutex<VecDeque<Pending>>,
+    /// The write buffer: a bounded lock-free queue, so a submitting thread never waits for
+    /// the writer (which may be descheduled on a busy 2-core machine).
+    tx: crossbeam_channel::Sender<Pending>,
+    rx: crossbeam_channel::Receiver<Pending>,
+    /// Writes the writer took from the buffer to group them by partition (at most
+    /// `BATCH_SCAN`). Only the writer task and `shutdown` touch it.
+    staging: Mutex<Staging>,
     work: Notify,
+    stopped: AtomicBool,
     shutdown: watch::Sender<bool>,
+    writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
     counters: Counters,
 }
 
@@ -167,17 +185,23 @@ impl Store {
             last_error: None,
         });
         let (shutdown, _) = watch::channel(false);
+        let (tx, rx) = crossbeam_channel::bounded(cfg.buffer_capacity);
         let inner = Arc::new(Inner {
             cfg,
             conn: RwLock::new(None),
             state,
-            queue: Mutex::new(VecDeque::new()),
+            tx,
+            rx,
+            staging: Mutex::new(Staging::default()),
             work: Notify::new(),
+            stopped: AtomicBool::new(false),
             shutdown,
+            writer: Mutex::new(None),
             counters: Counters::default(),
         });
         tokio::spawn(supervise(inner.clone()));
-        tokio::spawn(run_writer(inner.clone()));
+        let writer = tokio::spawn(run_writer(inner.clone()));
+        *lock(&inner.writer) = Some(writer);
         Ok(Store { inner })
     }
 
@@ -324,8 +348,9 @@ impl Store {
     }
 
     pub fn stats(&self) -> StatsSnapshot {
-        let buffered = self.lock_queue().len();
-        self.inner.counters.snapshot(buffered)
+        let c = &self.inner.counters;
+        let buffered = self.inner.rx.len() + c.staged.load(Ordering::Relaxed) as usize;
+        c.snapshot(buffered)
     }
 
     /// Waits until nothing is buffered or in flight, or the deadline passes.
@@ -348,10 +373,17 @@ impl Store {
     pub async fn shutdown(&self, grace: Duration) -> ShutdownReport {
         let before = self.stats();
         let _ = self.flush(grace).await;
+        self.inner.stopped.store(true, Ordering::SeqCst);
         self.inner.shutdown.send_replace(true);
         self.inner.state.send_replace(ConnState::Stopped);
         self.inner.work.notify_one();
-        let abandoned: Vec<Pending> = self.lock_queue().drain(..).collect();
+        let writer = lock(&self.inner.writer).take();
+        if let Some(writer) = writer {
+            let _ = writer.await;
+        }
+        let mut abandoned: Vec<Pending> = lock(&self.inner.staging).items.drain(..).collect();
+        self.inner.counters.staged.store(0, Ordering::Relaxed);
+        abandoned.extend(self.inner.rx.try_iter());
         let n = abandoned.len() as u64;
         for p in abandoned {
             p.finish(Err(StoreError::Shutdown));
@@ -387,40 +419,35 @@ impl Store {
         op: Op,
         done: Option<oneshot::Sender<Result<(), StoreError>>>,
     ) -> Result<(), StoreError> {
-        if *self.inner.shutdown.borrow() {
+        if self.inner.stopped.load(Ordering::Relaxed) {
             return Err(StoreError::Shutdown);
         }
         let c = &self.inner.counters;
         let capacity = self.inner.cfg.buffer_capacity;
-        let evicted = {
-            let mut q = self.lock_queue();
-            let evicted = if q.len() >= capacity {
-                match self.inner.cfg.overflow_policy {
+        let mut pending = Pending { op, done };
+        loop {
+            match self.inner.tx.try_send(pending) {
+                Ok(()) => break,
+                Err(TrySendError::Disconnected(_)) => return Err(StoreError::Shutdown),
+                Err(TrySendError::Full(back)) => match self.inner.cfg.overflow_policy {
                     OverflowPolicy::DropNew => {
-                        drop(q);
                         Counters::add(&c.dropped, 1);
                         return Err(StoreError::Overloaded { capacity });
                     }
-                    OverflowPolicy::DropOldest => q.pop_front(),
-                }
-            } else {
-                None
-            };
-            q.push_back(Pending { op, done });
-            evicted
-        };
-        Counters::add(&c.accepted, 1);
-        if let Some(old) = evicted {
-            Counters::add(&c.dropped, 1);
-            Counters::add(&c.evicted, 1);
-            old.finish(Err(StoreError::Overloaded { capacity }));
+                    OverflowPolicy::DropOldest => {
+                        if let Ok(old) = self.inner.rx.try_recv() {
+                            Counters::add(&c.dropped, 1);
+                            Counters::add(&c.evicted, 1);
+                            old.finish(Err(StoreError::Overloaded { capacity }));
+                        }
+                        pending = back;
+                    }
+                },
+            }
         }
+        Counters::add(&c.accepted, 1);
         self.inner.work.notify_one();
         Ok(())
-    }
-
-    fn lock_queue(&self) -> std::sync::MutexGuard<'_, VecDeque<Pending>> {
-        self.inner.lock_queue()
     }
 
     fn connection(&self) -> Result<Arc<Connection>, StoreError> {
@@ -508,9 +535,22 @@ async fn read_pages(
 }
 
 impl Inner {
-    fn lock_queue(&self) -> std::sync::MutexGuard<'_, VecDeque<Pending>> {
-        // A panic while holding the lock leaves the queue consistent (push/pop only).
-        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    /// Moves writes from the buffer into the staging area, up to `BATCH_SCAN`. Returns
+    /// whether anything is staged.
+    fn refill_staging(&self) -> bool {
+        let staging = &mut lock(&self.staging).items;
+        while staging.len() < BATCH_SCAN {
+            // Counted as staged before it leaves the buffer, so `stats()` never misses it.
+            Counters::add(&self.counters.staged, 1);
+            match self.rx.try_recv() {
+                Ok(p) => staging.push_back(p),
+                Err(_) => {
+                    Counters::sub(&self.counters.staged, 1);
+                    break;
+                }
+            }
+        }
+        !staging.is_empty()
     }
 
     /// The session to use now. While disconnected the session is still tried (the driver
@@ -531,34 +571,40 @@ impl Inner {
     }
 
     fn stopped(&self) -> bool {
-        *self.shutdown.borrow()
+        self.stopped.load(Ordering::Relaxed)
     }
 
-    /// Takes the head write plus following writes of the same kind to the same partition.
+    /// Takes the head staged write plus following staged writes of the same kind to the
+    /// same partition.
     fn take_batch(&self) -> Vec<Pending> {
         let max = self.cfg.max_batch_rows;
-        let mut q = self.lock_queue();
-        let Some(head) = q.pop_front() else {
+        let staging = &mut *lock(&self.staging);
+        let Some(head) = staging.items.pop_front() else {
             return Vec::new();
         };
         let mut batch = vec![head];
-        let scan = q.len().min(BATCH_SCAN);
-        let mut rest = Vec::new();
-        for p in q.drain(..scan) {
+        for p in staging.items.drain(..) {
             let same =
                 p.op.topic() == batch[0].op.topic() && p.op.is_insert() == batch[0].op.is_insert();
             if same && batch.len() < max {
                 batch.push(p);
             } else {
-                rest.push(p);
+                staging.spare.push_back(p);
             }
         }
-        for p in rest.into_iter().rev() {
-            q.push_front(p);
-        }
+        // The rest goes back in order; both buffers keep their capacity (no allocation).
+        std::mem::swap(&mut staging.items, &mut staging.spare);
+        // in_flight first, then staged: a concurrent `stats()` may count a write twice for
+        // a moment, never zero times (flush relies on that).
         Counters::add(&self.counters.in_flight, batch.len() as u64);
+        Counters::sub(&self.counters.staged, batch.len() as u64);
         batch
     }
+}
+
+/// Locks a mutex whose data stays consistent even if a holder panicked.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Keeps a session: builds it with retry and backoff, then probes it every second so the
@@ -638,7 +684,7 @@ fn set_state(inner: &Inner, next: ConnState) {
 }
 
 /// Drains the buffer: one partition's batch at a time, at most `max_in_flight` requests
-/// outstanding. Waits (keeping the buffer) while there is no session.
+/// outstanding. Waits (keeping the buffer) while not connected.
 async fn run_writer(inner: Arc<Inner>) {
     let permits = Arc::new(Semaphore::new(inner.cfg.max_in_flight));
     let mut state = inner.state.subscribe();
@@ -647,20 +693,23 @@ async fn run_writer(inner: Arc<Inner>) {
         if inner.stopped() {
             return;
         }
-        if inner.lock_queue().is_empty() {
-            tokio::select! {
-                _ = inner.work.notified() => {}
-                _ = shutdown.changed() => return,
-            }
-            continue;
-        }
-        let Some(conn) = inner.current() else {
+        // Writes stay in the buffer (where the overflow policy applies) until the session
+        // is up and the last probe answered.
+        let connected = matches!(*state.borrow_and_update(), ConnState::Connected);
+        let Some(conn) = inner.current().filter(|_| connected) else {
             tokio::select! {
                 _ = state.changed() => {}
                 _ = shutdown.changed() => return,
             }
             continue;
         };
+        if !inner.refill_staging() {
+            tokio::select! {
+                _ = inner.work.notified() => {}
+                _ = shutdown.changed() => return,
+            }
+            continue;
+        }
         let permit = tokio::select! {
             p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
             _ = shutdown.changed() => return,
