@@ -18,6 +18,7 @@ nif_test_() ->
         {timeout, 120, fun ten_thousand_concurrent_fetches/0},
         {timeout, 60, fun stop_answers_pending_fetches/0},
         {timeout, 60, fun cassandra_absent/0},
+        {timeout, 60, fun cassandra_stops_and_comes_back/0},
         {timeout, 60, fun bad_config_and_credentials/0},
         {timeout, 60, fun panic_becomes_error_reply/0},
         {timeout, 120, fun reload_ten_times/0}
@@ -205,6 +206,36 @@ cassandra_absent() ->
     ?assertEqual({error, not_started}, ?NIF:store(message(Topic, <<"x">>))),
     ?assertEqual({error, not_started}, ?NIF:fetch_sync(Topic, #{}, 1000)),
     ?assertEqual({error, not_started}, ?NIF:stats()).
+
+%% Cassandra "stops" (a proxy in front of it cuts every connection) while
+%% the store is connected, then comes back.
+cassandra_stops_and_comes_back() ->
+    [Host, PortStr] = string:split(binary_to_list(node_addr()), ":"),
+    {ok, Proxy} = emqx_offline_cassandra_tcp_proxy:start(list_to_integer(PortStr)),
+    ProxyAddr = iolist_to_binary([Host, ":", integer_to_list(emqx_offline_cassandra_tcp_proxy:port(Proxy))]),
+    start_connected((config())#{<<"servers">> => ProxyAddr}),
+    Topic = unique_topic("outage"),
+    ok = ?NIF:store(message(Topic, <<"before">>)),
+    flush(),
+    ok = emqx_offline_cassandra_tcp_proxy:cut(Proxy),
+    {Micros, ok} = timer:tc(fun() -> wait_until(fun() -> ?NIF:status() =/= connected end, 3000) end),
+    ?assert(Micros < 2500000),
+    ?assertMatch({disconnected, _}, ?NIF:status()),
+    %% Nothing hangs while it is down: writes are buffered, reads fail fast.
+    {StoreMicros, ok} = timer:tc(fun() -> ?NIF:store(message(Topic, <<"during">>)) end),
+    ?assert(StoreMicros < 100000),
+    {FetchMicros, FetchResult} = timer:tc(fun() -> ?NIF:fetch_sync(Topic, #{}, 10000) end),
+    ?assertEqual({error, not_connected}, FetchResult),
+    ?assert(FetchMicros < 1000000),
+    ?assertEqual(1, stat(buffered)),
+    ok = emqx_offline_cassandra_tcp_proxy:restore(Proxy),
+    ok = wait_until(fun() -> ?NIF:status() =:= connected end, 15000),
+    flush(),
+    {ok, Rows} = ?NIF:fetch_sync(Topic, #{}, 5000),
+    ?assertEqual([<<"before">>, <<"during">>], [maps:get(payload, R) || R <- Rows]),
+    ?assertEqual(0, stat(failed)),
+    stop(),
+    emqx_offline_cassandra_tcp_proxy:stop(Proxy).
 
 ensure_tuple(T) when is_tuple(T) -> T;
 ensure_tuple(A) -> {A}.
