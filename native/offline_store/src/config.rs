@@ -46,6 +46,18 @@ pub struct StoreConfig {
     /// Writes buffered in memory while they wait for Cassandra.
     pub buffer_capacity: usize,
     pub overflow_policy: OverflowPolicy,
+    /// Connections per Cassandra node (the driver multiplexes requests on each).
+    pub pool_size: usize,
+    /// Keep retrying when no node answers (with backoff). When false, the first failed
+    /// attempt is final and the state shows why.
+    pub auto_reconnect: bool,
+    /// Keep the side table `mqtt_msg_topics` (topics with stored messages, by first level)
+    /// so that wildcard subscriptions can be replayed without scanning `mqtt_msg`.
+    pub topic_index: bool,
+    /// How long a topic stays in the index after its last stored message (0 = forever).
+    pub topic_index_ttl: Duration,
+    /// Most topics one wildcard replay reads.
+    pub max_wildcard_topics: usize,
     /// Most rows in one (single-partition, unlogged) batch.
     pub max_batch_rows: usize,
     /// Batches sent to Cassandra at the same time.
@@ -72,6 +84,11 @@ impl Default for StoreConfig {
             reconnect_min_backoff: Duration::from_millis(100),
             reconnect_max_backoff: Duration::from_secs(5),
             create_table_if_missing: false,
+            pool_size: 4,
+            auto_reconnect: true,
+            topic_index: true,
+            topic_index_ttl: Duration::from_secs(30 * 86_400),
+            max_wildcard_topics: 10_000,
             max_payload_bytes: 8 * 1024 * 1024,
             buffer_capacity: 100_000,
             overflow_policy: OverflowPolicy::DropNew,
@@ -98,6 +115,11 @@ impl fmt::Debug for StoreConfig {
             .field("reconnect_min_backoff", &self.reconnect_min_backoff)
             .field("reconnect_max_backoff", &self.reconnect_max_backoff)
             .field("create_table_if_missing", &self.create_table_if_missing)
+            .field("pool_size", &self.pool_size)
+            .field("auto_reconnect", &self.auto_reconnect)
+            .field("topic_index", &self.topic_index)
+            .field("topic_index_ttl", &self.topic_index_ttl)
+            .field("max_wildcard_topics", &self.max_wildcard_topics)
             .field("max_payload_bytes", &self.max_payload_bytes)
             .field("buffer_capacity", &self.buffer_capacity)
             .field("overflow_policy", &self.overflow_policy)
@@ -123,6 +145,11 @@ pub const CONFIG_KEYS: &[&str] = &[
     "reconnect_min_backoff",
     "reconnect_max_backoff",
     "create_table_if_missing",
+    "pool_size",
+    "auto_reconnect",
+    "topic_index",
+    "topic_index_ttl",
+    "max_wildcard_topics",
     "max_payload_bytes",
     "buffer_capacity",
     "overflow_policy",
@@ -152,6 +179,11 @@ impl StoreConfig {
                 "reconnect_min_backoff" => cfg.reconnect_min_backoff = parse_duration(key, value)?,
                 "reconnect_max_backoff" => cfg.reconnect_max_backoff = parse_duration(key, value)?,
                 "create_table_if_missing" => cfg.create_table_if_missing = parse_bool(key, value)?,
+                "pool_size" => cfg.pool_size = parse_num(key, value)?,
+                "auto_reconnect" => cfg.auto_reconnect = parse_bool(key, value)?,
+                "topic_index" => cfg.topic_index = parse_bool(key, value)?,
+                "topic_index_ttl" => cfg.topic_index_ttl = parse_duration(key, value)?,
+                "max_wildcard_topics" => cfg.max_wildcard_topics = parse_num(key, value)?,
                 "max_payload_bytes" => cfg.max_payload_bytes = parse_size(key, value)?,
                 "buffer_capacity" => cfg.buffer_capacity = parse_num(key, value)?,
                 "overflow_policy" => cfg.overflow_policy = parse_policy(key, value)?,
@@ -195,6 +227,9 @@ impl StoreConfig {
                 "username and password must be given together",
             ));
         }
+        if self.topic_index_ttl.as_secs() > i32::MAX as u64 {
+            return Err(invalid("topic_index_ttl", "must be at most 68 years"));
+        }
         for (field, d) in [
             ("request_timeout", self.request_timeout),
             ("connect_timeout", self.connect_timeout),
@@ -221,6 +256,8 @@ impl StoreConfig {
         }
         for (field, v, max) in [
             ("buffer_capacity", self.buffer_capacity, 10_000_000),
+            ("pool_size", self.pool_size, 64),
+            ("max_wildcard_topics", self.max_wildcard_topics, 1_000_000),
             ("max_batch_rows", self.max_batch_rows, 1_000),
             ("max_in_flight", self.max_in_flight, 10_000),
             ("write_attempts", self.write_attempts as usize, 100),
@@ -418,6 +455,11 @@ mod tests {
             ("reconnect_min_backoff", "50"),
             ("reconnect_max_backoff", "1m"),
             ("create_table_if_missing", "true"),
+            ("pool_size", "2"),
+            ("auto_reconnect", "false"),
+            ("topic_index", "false"),
+            ("topic_index_ttl", "0"),
+            ("max_wildcard_topics", "50"),
             ("max_payload_bytes", "1MB"),
             ("buffer_capacity", "10"),
             ("overflow_policy", "drop_oldest"),
@@ -440,6 +482,10 @@ mod tests {
         assert_eq!(cfg.reconnect_min_backoff, Duration::from_millis(50));
         assert_eq!(cfg.reconnect_max_backoff, Duration::from_secs(60));
         assert!(cfg.create_table_if_missing);
+        assert_eq!(cfg.pool_size, 2);
+        assert!(!cfg.auto_reconnect && !cfg.topic_index);
+        assert_eq!(cfg.topic_index_ttl, Duration::ZERO);
+        assert_eq!(cfg.max_wildcard_topics, 50);
         assert_eq!(cfg.max_payload_bytes, 1024 * 1024);
         assert_eq!(cfg.overflow_policy, OverflowPolicy::DropOldest);
         assert_eq!(
@@ -466,6 +512,8 @@ mod tests {
             ("buffer_capacity", "-1"),
             ("overflow_policy", "block"),
             ("max_batch_rows", "0"),
+            ("pool_size", "65"),
+            ("auto_reconnect", "1"),
             ("no_such_key", "1"),
         ];
         for (key, value) in cases {

@@ -3,10 +3,12 @@
 
 use std::time::Duration;
 
-use scylla::client::Compression;
+use std::num::NonZeroUsize;
+
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
+use scylla::client::{Compression, PoolSize};
 use scylla::statement::prepared::PreparedStatement;
 
 use crate::config::StoreConfig;
@@ -27,9 +29,18 @@ pub(crate) struct Connection {
     pub select_after: PreparedStatement,
     /// Cheap liveness probe.
     pub probe: PreparedStatement,
+    /// Topic index (`None` when `topic_index` is off): insert `(root, topic)` with a TTL,
+    /// and read one root's topics.
+    pub index: Option<IndexStatements>,
 }
 
-const COLUMNS: &str = "msgid, arrived, payload, qos, retain, sender";
+pub(crate) struct IndexStatements {
+    pub insert: PreparedStatement,
+    pub select: PreparedStatement,
+}
+
+/// `TTL(payload)`: seconds left before Cassandra expires the row, null without a TTL.
+const COLUMNS: &str = "msgid, arrived, payload, qos, retain, sender, TTL(payload)";
 
 pub(crate) async fn connect_once(cfg: &StoreConfig) -> Result<Connection, StoreError> {
     let timeout = cfg.request_timeout;
@@ -42,6 +53,9 @@ pub(crate) async fn connect_once(cfg: &StoreConfig) -> Result<Connection, StoreE
         .known_nodes(&cfg.contact_points)
         .connection_timeout(cfg.connect_timeout)
         .compression(Some(Compression::Lz4))
+        .pool_size(PoolSize::PerHost(
+            NonZeroUsize::new(cfg.pool_size).unwrap_or(NonZeroUsize::MIN),
+        ))
         .default_execution_profile_handle(profile)
         // The schema check below reads exactly what it needs; skip the driver's full fetch.
         .fetch_schema_metadata(false)
@@ -100,7 +114,21 @@ async fn check_or_create_table(session: &Session, cfg: &StoreConfig) -> Result<(
             .map_err(|e| StoreError::from_driver(e, timeout))?;
         columns = read_columns(session, &ks, timeout).await?;
     }
-    schema::check_columns(&columns).map_err(StoreError::SchemaMismatch)
+    schema::check_columns(&columns).map_err(StoreError::SchemaMismatch)?;
+
+    if cfg.topic_index {
+        session
+            .query_unpaged(schema::create_index_table_cql(&ks), ())
+            .await
+            .map_err(|e| {
+                StoreError::IndexUnavailable(StoreError::from_driver(e, timeout).to_string())
+            })?;
+        session
+            .await_schema_agreement()
+            .await
+            .map_err(|e| StoreError::from_driver(e, timeout))?;
+    }
+    Ok(())
 }
 
 async fn read_columns(
@@ -193,8 +221,30 @@ async fn prepare_all(session: Session, cfg: &StoreConfig) -> Result<Connection, 
         true,
     )
     .await?;
+    let index = if cfg.topic_index {
+        let insert = prepare(
+            format!(
+                "INSERT INTO {ks}.{} (root, topic) VALUES (?, ?) USING TTL ?",
+                schema::INDEX_TABLE
+            ),
+            false,
+        )
+        .await?;
+        let select = prepare(
+            format!(
+                "SELECT topic FROM {ks}.{} WHERE root = ? LIMIT ?",
+                schema::INDEX_TABLE
+            ),
+            true,
+        )
+        .await?;
+        Some(IndexStatements { insert, select })
+    } else {
+        None
+    };
     Ok(Connection {
         session,
+        index,
         insert,
         delete,
         select_newest,

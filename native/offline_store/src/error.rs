@@ -32,6 +32,12 @@ pub enum StoreError {
     )]
     TableMissing(String),
 
+    /// The topic index table could not be created or used.
+    #[error(
+        "topic index table mqtt_msg_topics unavailable: {0} (needed for wildcard replay; grant CREATE on the keyspace or set topic_index = false)"
+    )]
+    IndexUnavailable(String),
+
     /// `mqtt_msg` exists but differs from the table this plugin works with.
     #[error("table mqtt_msg does not match the expected schema: {0}")]
     SchemaMismatch(String),
@@ -75,6 +81,7 @@ impl StoreError {
             StoreError::KeyspaceMissing(_) => "keyspace_missing",
             StoreError::TableMissing(_) => "table_missing",
             StoreError::SchemaMismatch(_) => "schema_mismatch",
+            StoreError::IndexUnavailable(_) => "index_unavailable",
             StoreError::Timeout(_) => "timeout",
             StoreError::Overloaded { .. } => "overloaded",
             StoreError::PayloadTooLarge { .. } => "payload_too_large",

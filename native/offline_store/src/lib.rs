@@ -21,9 +21,10 @@ pub mod payload;
 pub mod schema;
 mod stats;
 mod store;
+pub mod topic;
 
 pub use config::{OverflowPolicy, StoreConfig};
 pub use error::StoreError;
 pub use msgid::MsgId;
 pub use stats::StatsSnapshot;
-pub use store::{ConnState, FetchOptions, Message, ShutdownReport, Store, StoredMessage};
+pub use store::{ConnState, FetchOptions, Handover, Message, ShutdownReport, Store, StoredMessage};

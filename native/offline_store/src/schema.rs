@@ -4,6 +4,16 @@
 /// Name of the table; fixed, like its structure.
 pub const TABLE: &str = "mqtt_msg";
 
+/// The product's own side table: which topics have stored messages, partitioned by their
+/// first level, so a wildcard subscription finds its topics without scanning `mqtt_msg`.
+/// Partition [`ROOTS_PARTITION`] lists the first levels themselves (for filters that start
+/// with a wildcard). `mqtt_msg` itself is never changed.
+pub const INDEX_TABLE: &str = "mqtt_msg_topics";
+
+/// The index partition that lists first levels. MQTT forbids U+0000 in topic names, so no
+/// real first level can collide with it.
+pub const ROOTS_PARTITION: &str = "\u{0}";
+
 /// One column as `system_schema.columns` describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ColumnInfo {
@@ -89,6 +99,15 @@ pub fn create_table_cql(keyspace: &str) -> String {
          AND crc_check_chance = 1.0 AND default_time_to_live = 0 AND gc_grace_seconds = 864000 \
          AND max_index_interval = 2048 AND memtable_flush_period_in_ms = 0 AND min_index_interval = 128 \
          AND speculative_retry = '99PERCENTILE'"
+    )
+}
+
+/// `CREATE TABLE IF NOT EXISTS` for the topic index. `keyspace` is a validated identifier.
+pub fn create_index_table_cql(keyspace: &str) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {keyspace}.{INDEX_TABLE} (root text, topic text, \
+         PRIMARY KEY (root, topic)) \
+         WITH comment = 'emqx_offline_cassandra: topics with stored messages, for wildcard replay'"
     )
 }
 

@@ -16,6 +16,7 @@ pub(crate) struct Counters {
     pub in_flight: AtomicU64,
     /// Writes the writer moved out of the buffer to group them (still "buffered").
     pub staged: AtomicU64,
+    pub handed_over: AtomicU64,
     pub batches: AtomicU64,
     pub retries: AtomicU64,
     pub fetches: AtomicU64,
@@ -39,6 +40,7 @@ impl Counters {
             failed: self.failed.load(Relaxed),
             dropped: self.dropped.load(Relaxed),
             evicted: self.evicted.load(Relaxed),
+            handed_over: self.handed_over.load(Relaxed),
             rejected: self.rejected.load(Relaxed),
             in_flight: self.in_flight.load(Relaxed),
             buffered: buffered as u64,
@@ -64,6 +66,8 @@ pub struct StatsSnapshot {
     pub dropped: u64,
     /// The part of `dropped` that had been accepted and was evicted.
     pub evicted: u64,
+    /// Writes passed on to a new store by `shutdown_with_handover`.
+    pub handed_over: u64,
     /// Writes refused before buffering for bad input (e.g. payload too large).
     pub rejected: u64,
     /// Writes taken from the buffer whose outcome is not known yet.
@@ -80,8 +84,15 @@ pub struct StatsSnapshot {
 }
 
 impl StatsSnapshot {
-    /// `accepted == written + failed + evicted + in_flight + buffered`: nothing vanishes.
+    /// `accepted == written + failed + evicted + handed_over + in_flight + buffered`:
+    /// nothing vanishes.
     pub fn is_balanced(&self) -> bool {
-        self.accepted == self.written + self.failed + self.evicted + self.in_flight + self.buffered
+        self.accepted
+            == self.written
+                + self.failed
+                + self.evicted
+                + self.handed_over
+                + self.in_flight
+                + self.buffered
     }
 }

@@ -1,7 +1,7 @@
 //! The store handle: a background connection supervisor, a bounded write buffer drained by
 //! a batching writer, and paged reads.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -48,6 +48,8 @@ pub struct StoredMessage {
     pub retain: bool,
     pub payload: Vec<u8>,
     pub arrived_ms: i64,
+    /// Seconds until Cassandra expires the row (`None`: stored without a TTL).
+    pub ttl_secs: Option<i32>,
 }
 
 /// Which rows `fetch` returns.
@@ -97,6 +99,19 @@ impl ConnState {
             ConnState::Error(e) => Some(e.clone()),
             ConnState::Stopped => Some(StoreError::Shutdown),
         }
+    }
+}
+
+/// Writes a stopped store still had buffered, on their way to a new store.
+pub struct Handover(Vec<Pending>);
+
+impl Handover {
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 }
 
@@ -162,6 +177,8 @@ struct Inner {
     stopped: AtomicBool,
     shutdown: watch::Sender<bool>,
     writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Topics whose index rows were written recently (by the writer tasks only).
+    indexed: Mutex<HashMap<String, Instant>>,
     counters: Counters,
 }
 
@@ -170,6 +187,9 @@ struct Inner {
 pub struct Store {
     inner: Arc<Inner>,
 }
+
+/// Topic partitions a wildcard replay reads at the same time.
+const WILDCARD_READS_IN_FLIGHT: usize = 16;
 
 /// Items the writer looks at when it gathers one partition's batch.
 const BATCH_SCAN: usize = 512;
@@ -197,6 +217,7 @@ impl Store {
             stopped: AtomicBool::new(false),
             shutdown,
             writer: Mutex::new(None),
+            indexed: Mutex::new(HashMap::new()),
             counters: Counters::default(),
         });
         tokio::spawn(supervise(inner.clone()));
@@ -347,6 +368,78 @@ impl Store {
         self.read_pages(&conn, stmt, topic, &bound, limit).await
     }
 
+    /// Messages for a subscription filter, oldest first. A plain topic reads its partition;
+    /// a wildcard filter finds its topics in the topic index (never by scanning
+    /// `mqtt_msg`), reads each, and returns the newest `limit` across all of them.
+    pub async fn fetch_matching(
+        &self,
+        filter: &str,
+        opts: FetchOptions,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        if !crate::topic::is_wildcard(filter) {
+            return self.fetch(filter, opts).await;
+        }
+        let limit = self.limit(opts.limit) as usize;
+        let topics = self.topics_matching(filter).await?;
+        let mut reads = tokio::task::JoinSet::new();
+        let mut newest: Vec<StoredMessage> = Vec::new();
+        let mut pending = topics.into_iter();
+        loop {
+            while reads.len() < WILDCARD_READS_IN_FLIGHT {
+                let Some(topic) = pending.next() else { break };
+                let store = self.clone();
+                reads.spawn(async move { store.fetch(&topic, opts).await });
+            }
+            let Some(done) = reads.join_next().await else {
+                break;
+            };
+            let rows = done.map_err(|e| StoreError::Db(format!("read task failed: {e}")))??;
+            newest.extend(rows);
+            // Keep only the newest `limit` seen so far: memory stays bounded by the limit.
+            if newest.len() > limit * 2 {
+                keep_newest(&mut newest, limit);
+            }
+        }
+        keep_newest(&mut newest, limit);
+        Ok(newest)
+    }
+
+    /// Topics in the index that match `filter` (at most `max_wildcard_topics`).
+    pub async fn topics_matching(&self, filter: &str) -> Result<Vec<String>, StoreError> {
+        let conn = self.connection()?;
+        let Some(ix) = &conn.index else {
+            return Err(StoreError::IndexUnavailable("topic_index is off".into()));
+        };
+        let max = self.inner.cfg.max_wildcard_topics;
+        let timeout = self.inner.cfg.request_timeout;
+        let root = crate::topic::root(filter);
+        let roots = if root == "+" || root == "#" {
+            read_index(
+                &conn,
+                &ix.select,
+                crate::schema::ROOTS_PARTITION,
+                max,
+                timeout,
+            )
+            .await?
+        } else {
+            vec![root.to_owned()]
+        };
+        let mut topics = Vec::new();
+        for r in roots {
+            if topics.len() >= max {
+                break;
+            }
+            let found = read_index(&conn, &ix.select, &r, max - topics.len(), timeout).await?;
+            topics.extend(
+                found
+                    .into_iter()
+                    .filter(|t| crate::topic::matches(t, filter)),
+            );
+        }
+        Ok(topics)
+    }
+
     pub fn stats(&self) -> StatsSnapshot {
         let c = &self.inner.counters;
         let buffered = self.inner.rx.len() + c.staged.load(Ordering::Relaxed) as usize;
@@ -371,6 +464,40 @@ impl Store {
     /// Flushes for at most `grace`, then stops the background tasks. Writes not confirmed
     /// by then are answered with `Shutdown` and counted as failed.
     pub async fn shutdown(&self, grace: Duration) -> ShutdownReport {
+        let (mut report, left) = self.stop_tasks(grace).await;
+        let n = left.len() as u64;
+        for p in left {
+            p.finish(Err(StoreError::Shutdown));
+        }
+        Counters::add(&self.inner.counters.failed, n);
+        report.abandoned += n;
+        report
+    }
+
+    /// Like `shutdown`, but hands the writes still buffered to the caller instead of
+    /// failing them, for a new store to `adopt` (a configuration change loses nothing).
+    pub async fn shutdown_with_handover(&self, grace: Duration) -> (ShutdownReport, Handover) {
+        let (report, left) = self.stop_tasks(grace).await;
+        Counters::add(&self.inner.counters.handed_over, left.len() as u64);
+        (report, Handover(left))
+    }
+
+    /// Takes over writes buffered by a stopped store. Returns how many did not fit (the
+    /// overflow policy applied to them, and they are counted as dropped).
+    pub fn adopt(&self, handover: Handover) -> usize {
+        let mut refused = 0;
+        for p in handover.0 {
+            let Pending { op, done } = p;
+            if self.enqueue(op, done).is_err() {
+                refused += 1;
+            }
+        }
+        refused
+    }
+
+    /// Flushes for at most `grace`, stops the tasks, and returns what was still buffered.
+    /// `abandoned` in the report counts only the writes still in flight.
+    async fn stop_tasks(&self, grace: Duration) -> (ShutdownReport, Vec<Pending>) {
         let before = self.stats();
         let _ = self.flush(grace).await;
         self.inner.stopped.store(true, Ordering::SeqCst);
@@ -381,14 +508,9 @@ impl Store {
         if let Some(writer) = writer {
             let _ = writer.await;
         }
-        let mut abandoned: Vec<Pending> = lock(&self.inner.staging).items.drain(..).collect();
+        let mut left: Vec<Pending> = lock(&self.inner.staging).items.drain(..).collect();
         self.inner.counters.staged.store(0, Ordering::Relaxed);
-        abandoned.extend(self.inner.rx.try_iter());
-        let n = abandoned.len() as u64;
-        for p in abandoned {
-            p.finish(Err(StoreError::Shutdown));
-        }
-        Counters::add(&self.inner.counters.failed, n);
+        left.extend(self.inner.rx.try_iter());
         let in_flight = self.stats().in_flight;
         self.inner
             .conn
@@ -396,10 +518,11 @@ impl Store {
             .unwrap_or_else(|e| e.into_inner())
             .take();
         let after = self.stats();
-        ShutdownReport {
+        let report = ShutdownReport {
             flushed: after.written.saturating_sub(before.written),
-            abandoned: n + in_flight,
-        }
+            abandoned: in_flight,
+        };
+        (report, left)
     }
 
     fn check_payload(&self, msg: &Message) -> Result<(), StoreError> {
@@ -486,6 +609,44 @@ impl Store {
     }
 }
 
+/// Sorts by msgid (publish time) and keeps the newest `limit`, oldest first.
+fn keep_newest(rows: &mut Vec<StoredMessage>, limit: usize) {
+    rows.sort_by(|a, b| a.msgid.cmp(&b.msgid));
+    if rows.len() > limit {
+        rows.drain(..rows.len() - limit);
+    }
+}
+
+/// One partition of the topic index, page by page, at most `max` entries.
+async fn read_index(
+    conn: &Connection,
+    stmt: &scylla::statement::prepared::PreparedStatement,
+    root: &str,
+    max: usize,
+    request_timeout: Duration,
+) -> Result<Vec<String>, StoreError> {
+    let mut out = Vec::new();
+    let mut paging = PagingState::start();
+    let limit = max.min(i32::MAX as usize) as i32;
+    loop {
+        let (result, next) = conn
+            .session
+            .execute_single_page(stmt, (root, limit), paging)
+            .await
+            .map_err(|e| StoreError::from_driver(e, request_timeout))?;
+        let rows = result.into_rows_result().map_err(db_err)?;
+        for row in rows.rows::<(String,)>().map_err(db_err)? {
+            out.push(row.map_err(db_err)?.0);
+        }
+        match next {
+            PagingStateResponse::HasMorePages { state } if out.len() < max => paging = state,
+            _ => break,
+        }
+    }
+    out.truncate(max);
+    Ok(out)
+}
+
 async fn read_pages(
     conn: &Connection,
     stmt: &scylla::statement::prepared::PreparedStatement,
@@ -501,6 +662,7 @@ async fn read_pages(
         Option<i32>,
         Option<i32>,
         Option<String>,
+        Option<i32>,
     );
     let mut out = Vec::with_capacity(limit.min(1024) as usize);
     let mut paging = PagingState::start();
@@ -512,7 +674,7 @@ async fn read_pages(
             .map_err(|e| StoreError::from_driver(e, request_timeout))?;
         let rows = result.into_rows_result().map_err(db_err)?;
         for row in rows.rows::<Row>().map_err(db_err)? {
-            let (msgid, arrived, stored, qos, retain, sender) = row.map_err(db_err)?;
+            let (msgid, arrived, stored, qos, retain, sender, ttl_secs) = row.map_err(db_err)?;
             out.push(StoredMessage {
                 topic: topic.to_owned(),
                 payload: payload::decode(stored.as_deref().unwrap_or_default())?,
@@ -521,6 +683,7 @@ async fn read_pages(
                 qos: qos.unwrap_or(1),
                 retain: retain.unwrap_or(0) != 0,
                 arrived_ms: arrived.map(|t| t.0).unwrap_or(0),
+                ttl_secs,
             });
         }
         match next {
@@ -622,6 +785,11 @@ async fn supervise(inner: Arc<Inner>) {
         match connection::connect_once(cfg).await {
             Ok(conn) => break Arc::new(conn),
             Err(e) => {
+                if !cfg.auto_reconnect {
+                    // No retry wanted: the first failure is final and says why.
+                    set_state(&inner, ConnState::Error(e));
+                    return;
+                }
                 let permanent = !e.is_transient();
                 let wait = if permanent {
                     cfg.reconnect_max_backoff
@@ -732,7 +900,12 @@ async fn write_batch(inner: &Inner, conn: &Connection, batch: Vec<Pending>) {
     let mut attempt = 1;
     let outcome = loop {
         Counters::add(&c.batches, 1);
-        let result = execute(conn, &batch, inner.cfg.write_consistency).await;
+        // The topic is indexed before its messages land, so a wildcard replay that finds a
+        // message can always find its topic.
+        let result = match ensure_indexed(inner, conn, &batch).await {
+            Ok(()) => execute(conn, &batch, inner.cfg.write_consistency).await,
+            Err(e) => Err(e),
+        };
         match result {
             Ok(()) => break Ok(()),
             Err(e) => {
@@ -758,6 +931,69 @@ async fn write_batch(inner: &Inner, conn: &Connection, batch: Vec<Pending>) {
     for p in batch {
         p.finish(outcome.clone());
     }
+}
+
+/// Writes the index rows of the batch's topic (and of its first level) unless that was
+/// done recently. Refreshing at half the index TTL (at most hourly) keeps active topics in.
+async fn ensure_indexed(
+    inner: &Inner,
+    conn: &Connection,
+    batch: &[Pending],
+) -> Result<(), scylla::errors::ExecutionError> {
+    let (
+        Some(ix),
+        Some(Pending {
+            op: Op::Insert(first),
+            ..
+        }),
+    ) = (&conn.index, batch.first())
+    else {
+        return Ok(());
+    };
+    let topic = first.topic.as_str();
+    let index_ttl = inner.cfg.topic_index_ttl;
+    let refresh = if index_ttl.is_zero() {
+        Duration::MAX
+    } else {
+        (index_ttl / 2).min(Duration::from_secs(3600))
+    };
+    let fresh = lock(&inner.indexed)
+        .get(topic)
+        .is_some_and(|at| at.elapsed() < refresh);
+    if fresh {
+        return Ok(());
+    }
+    // 0 keeps index rows forever; otherwise they outlive every message they point to.
+    let ttl = if index_ttl.is_zero() {
+        0
+    } else {
+        let longest_message = batch
+            .iter()
+            .filter_map(|p| match &p.op {
+                Op::Insert(m) => m.ttl_secs,
+                Op::Delete { .. } => None,
+            })
+            .max()
+            .unwrap_or(0) as u64;
+        index_ttl
+            .as_secs()
+            .max(longest_message)
+            .min(i32::MAX as u64) as i32
+    };
+    let root = crate::topic::root(topic);
+    let session = &conn.session;
+    let (a, b) = tokio::join!(
+        session.execute_unpaged(&ix.insert, (crate::schema::ROOTS_PARTITION, root, ttl)),
+        session.execute_unpaged(&ix.insert, (root, topic, ttl)),
+    );
+    a?;
+    b?;
+    let mut indexed = lock(&inner.indexed);
+    if indexed.len() >= 100_000 {
+        indexed.clear();
+    }
+    indexed.insert(topic.to_owned(), Instant::now());
+    Ok(())
 }
 
 async fn execute(

@@ -503,3 +503,157 @@ async fn full_buffer_follows_the_overflow_policy() {
         store.shutdown(Duration::ZERO).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wildcard_filters_find_their_topics_through_the_index() {
+    let store = connect().await;
+    let base = unique_topic("wild");
+    let mut publish = Vec::new();
+    for (suffix, payload) in [
+        ("1", "a"),
+        ("2/x", "b"),
+        ("3", "c"),
+        ("1", "d"),
+        ("2/y/z", "e"),
+    ] {
+        let m = message(&format!("{base}/{suffix}"), payload.as_bytes());
+        store.store(m.clone()).await.unwrap();
+        publish.push(m);
+    }
+    // Elsewhere, must not match.
+    store
+        .store(message(&format!("{base}x/1"), b"other"))
+        .await
+        .unwrap();
+    let payloads = |rows: Vec<offline_store::StoredMessage>| -> Vec<String> {
+        rows.into_iter()
+            .map(|r| String::from_utf8(r.payload).unwrap())
+            .collect()
+    };
+
+    let all = store
+        .fetch_matching(&format!("{base}/#"), FetchOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        payloads(all),
+        ["a", "b", "c", "d", "e"],
+        "oldest first across topics"
+    );
+
+    let one_level = store
+        .fetch_matching(&format!("{base}/+"), FetchOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(payloads(one_level), ["a", "c", "d"]);
+
+    let newest2 = store
+        .fetch_matching(
+            &format!("{base}/#"),
+            FetchOptions {
+                limit: Some(2),
+                since_ms: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(payloads(newest2), ["d", "e"], "limit applies across topics");
+
+    // A filter whose first level is a wildcard goes through the list of first levels.
+    let rest = base.split_once('/').unwrap().1;
+    let rooted = store
+        .fetch_matching(&format!("+/{rest}/2/#"), FetchOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(payloads(rooted), ["b", "e"]);
+
+    let mut topics = store.topics_matching(&format!("{base}/#")).await.unwrap();
+    topics.sort();
+    assert_eq!(
+        topics,
+        [
+            format!("{base}/1"),
+            format!("{base}/2/x"),
+            format!("{base}/2/y/z"),
+            format!("{base}/3")
+        ]
+    );
+    // The index is a side table: mqtt_msg itself only has the messages.
+    let index_rows = admin()
+        .await
+        .query_unpaged(
+            "SELECT topic FROM mqtt.mqtt_msg_topics WHERE root = 'test'",
+            (),
+        )
+        .await
+        .unwrap()
+        .into_rows_result()
+        .unwrap()
+        .rows_num();
+    assert!(index_rows >= 5);
+    store.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remaining_ttl_is_read_back() {
+    let store = connect().await;
+    let topic = unique_topic("ttl_read");
+    let mut with_ttl = message(&topic, b"expires");
+    with_ttl.ttl_secs = Some(600);
+    store.store(with_ttl).await.unwrap();
+    store.store(message(&topic, b"stays")).await.unwrap();
+    let rows = store.fetch(&topic, FetchOptions::default()).await.unwrap();
+    let ttl = rows[0].ttl_secs.expect("row written with a TTL");
+    assert!((590..=600).contains(&ttl), "{ttl}");
+    assert_eq!(rows[1].ttl_secs, None);
+    store.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buffered_writes_survive_a_reconfiguration() {
+    // The old store cannot reach Cassandra, so its writes wait in the buffer...
+    let old = offline_store::Store::start(StoreConfig {
+        contact_points: vec!["127.0.0.1:1".into()],
+        ..config()
+    })
+    .unwrap();
+    let topic = unique_topic("handover");
+    for i in 0..3 {
+        old.submit_store(message(&topic, format!("{i}").as_bytes()))
+            .unwrap();
+    }
+    let (report, handover) = old.shutdown_with_handover(Duration::from_millis(50)).await;
+    assert_eq!((report.abandoned, handover.len()), (0, 3));
+    let s = old.stats();
+    assert_eq!((s.handed_over, s.failed), (3, 0));
+    assert!(s.is_balanced(), "{s:?}");
+
+    // ...and the store built from the corrected config writes them.
+    let new = connect().await;
+    assert_eq!(new.adopt(handover), 0);
+    new.flush(Duration::from_secs(10)).await.unwrap();
+    let rows = new.fetch(&topic, FetchOptions::default()).await.unwrap();
+    assert_eq!(rows.len(), 3);
+    new.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_auto_reconnect_the_first_failure_is_final() {
+    let store = offline_store::Store::start(StoreConfig {
+        contact_points: vec!["127.0.0.1:1".into()],
+        auto_reconnect: false,
+        ..config()
+    })
+    .unwrap();
+    let err = store
+        .wait_connected(Duration::from_secs(10))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), "not_connected");
+    assert!(
+        matches!(store.state(), ConnState::Error(_)),
+        "{:?}",
+        store.state()
+    );
+    store.shutdown(Duration::ZERO).await;
+}
