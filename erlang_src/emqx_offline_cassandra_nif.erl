@@ -14,6 +14,8 @@
 
 -export([
     start/1,
+    validate/1,
+    reconfigure/2,
     stop/0,
     stop/1,
     status/0,
@@ -102,6 +104,18 @@ lib_path() ->
 start(Config) when is_map(Config) ->
     nif_start(Config).
 
+%% @doc Checks a config without applying it.
+-spec validate(map()) -> ok | {error, reason()}.
+validate(Config) when is_map(Config) ->
+    nif_validate(Config).
+
+%% @doc Swaps in a store built from Config on the running runtime. The old
+%% store flushes for at most GraceMs; what it still buffers moves to the new
+%% one. Runs on a dirty scheduler.
+-spec reconfigure(map(), non_neg_integer()) -> {ok, map()} | ok | {error, reason()}.
+reconfigure(Config, GraceMs) when is_map(Config), is_integer(GraceMs), GraceMs >= 0 ->
+    nif_reconfigure(Config, GraceMs).
+
 %% @doc Stops with a 5 s flush.
 -spec stop() -> {ok, #{flushed := non_neg_integer(), abandoned := non_neg_integer()}} | ok | {error, reason()}.
 stop() ->
@@ -143,7 +157,8 @@ store(#{topic := Topic, msgid := MsgId, payload := Payload} = Msg) ->
 delete(Topic, MsgId) ->
     nif_delete(Topic, hex_msgid(MsgId)).
 
-%% @doc Asks for the newest `limit' messages of Topic (0 or absent: the
+%% @doc Asks for the newest `limit' messages of Topic - a topic, or a filter
+%% with `+'/`#' whose topics come from the topic index - (0 or absent: the
 %% configured maximum), not older than `since' (ms since the epoch). Pid
 %% receives {offline_cassandra, Ref, {ok, [row()]} | {error, reason()}},
 %% rows oldest first. Returns ok, or an error when nothing will be sent.
@@ -193,6 +208,8 @@ hex_msgid(Hex) when is_binary(Hex) -> Hex.
 
 nif_start(_Config) -> ?NOT_LOADED.
 nif_stop(_GraceMs) -> ?NOT_LOADED.
+nif_validate(_Config) -> ?NOT_LOADED.
+nif_reconfigure(_Config, _GraceMs) -> ?NOT_LOADED.
 nif_status() -> ?NOT_LOADED.
 nif_store(_Topic, _MsgId, _Sender, _Qos, _Retain, _Payload, _ArrivedMs, _Ttl) -> ?NOT_LOADED.
 nif_store_large(_Topic, _MsgId, _Sender, _Qos, _Retain, _Payload, _ArrivedMs, _Ttl) -> ?NOT_LOADED.

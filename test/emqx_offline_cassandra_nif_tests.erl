@@ -20,6 +20,8 @@ nif_test_() ->
         {timeout, 60, fun cassandra_absent/0},
         {timeout, 60, fun cassandra_stops_and_comes_back/0},
         {timeout, 60, fun bad_config_and_credentials/0},
+        {timeout, 60, fun reconfigure_keeps_buffered_writes/0},
+        {timeout, 60, fun wildcard_fetch/0},
         {timeout, 60, fun panic_becomes_error_reply/0},
         {timeout, 120, fun reload_ten_times/0}
     ]}.
@@ -254,6 +256,36 @@ bad_config_and_credentials() ->
     ?assertNotEqual(nomatch, binary:match(Why, <<"root">>)),
     ?assertEqual(nomatch, binary:match(Why, <<"wrong">>)),
     ?assertEqual({error, already_started}, ?NIF:start(config())),
+    stop().
+
+reconfigure_keeps_buffered_writes() ->
+    ok = ?NIF:start((config())#{<<"servers">> => <<"127.0.0.1:1">>}),
+    Topic = unique_topic("reconfigure"),
+    [ok = ?NIF:store(message(Topic, integer_to_binary(I))) || I <- lists:seq(1, 3)],
+    ?assertEqual(3, stat(buffered)),
+    ?assertMatch({error, {invalid_config, _}}, ?NIF:validate(#{<<"pool_size">> => 0})),
+    ?assertMatch({error, {invalid_config, _}}, ?NIF:reconfigure(#{<<"pool_size">> => 0}, 100)),
+    ?assertEqual(ok, ?NIF:validate(config())),
+    {ok, #{handed_over := 3}} = ?NIF:reconfigure(config(), 100),
+    ok = wait_until(fun() -> ?NIF:status() =:= connected end, 20000),
+    flush(),
+    {ok, Rows} = ?NIF:fetch_sync(Topic, #{}, 5000),
+    ?assertEqual([<<"1">>, <<"2">>, <<"3">>], [maps:get(payload, R) || R <- Rows]),
+    stop().
+
+wildcard_fetch() ->
+    start_connected(),
+    Base = unique_topic("wildcard"),
+    [
+        ok = ?NIF:store(message(<<Base/binary, Suffix/binary>>, P))
+     || {Suffix, P} <- [{<<"/1">>, <<"a">>}, {<<"/2/x">>, <<"b">>}, {<<"/3">>, <<"c">>}]
+    ],
+    flush(),
+    {ok, All} = ?NIF:fetch_sync(<<Base/binary, "/#">>, #{}, 5000),
+    ?assertEqual([<<"a">>, <<"b">>, <<"c">>], [maps:get(payload, R) || R <- All]),
+    ?assertEqual(<<Base/binary, "/2/x">>, maps:get(topic, lists:nth(2, All))),
+    {ok, Plus} = ?NIF:fetch_sync(<<Base/binary, "/+">>, #{limit => 1}, 5000),
+    ?assertEqual([<<"c">>], [maps:get(payload, R) || R <- Plus]),
     stop().
 
 panic_becomes_error_reply() ->

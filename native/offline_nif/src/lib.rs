@@ -22,7 +22,7 @@ mod atoms {
         topic, msgid, sender, qos, retain, payload, arrived,
         accepted, written, failed, dropped, evicted, rejected, in_flight, buffered,
         batches, retries, fetches, fetch_failures, fetched_rows,
-        flushed, abandoned, invalid_config,
+        flushed, abandoned, handed_over, invalid_config,
     }
 }
 
@@ -84,6 +84,91 @@ fn config_strings(map: HashMap<String, Term>) -> Result<HashMap<String, String>,
         .collect()
 }
 
+/// The core's config plus `worker_threads` (default 2).
+fn parse_config(config: HashMap<String, Term>) -> Result<(StoreConfig, usize), StoreError> {
+    let mut strings = config_strings(config)?;
+    let workers = match strings.remove(WORKER_THREADS_KEY) {
+        None => 2,
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if (1..=64).contains(&n) => n,
+            _ => {
+                return Err(StoreError::InvalidConfig {
+                    field: WORKER_THREADS_KEY.into(),
+                    reason: format!("{v:?} is not a whole number between 1 and 64"),
+                });
+            }
+        },
+    };
+    Ok((StoreConfig::from_map(&strings)?, workers))
+}
+
+/// Checks a config without applying it: `ok | {error, {invalid_config, Why}}`.
+#[rustler::nif(name = "nif_validate")]
+fn validate<'a>(env: Env<'a>, config: HashMap<String, Term<'a>>) -> Term<'a> {
+    match parse_config(config) {
+        Ok(_) => atoms::ok().encode(env),
+        Err(e) => error_term(env, &e),
+    }
+}
+
+/// Replaces the running store with one built from `Config`, on the same runtime: the old
+/// store flushes for at most `GraceMs`, and the writes it still holds move to the new one
+/// (nothing buffered is lost). `{ok, #{flushed, handed_over}}`. `worker_threads` changes
+/// take effect at the next `start`.
+#[rustler::nif(name = "nif_reconfigure", schedule = "DirtyIo")]
+fn reconfigure<'a>(env: Env<'a>, config: HashMap<String, Term<'a>>, grace_ms: u64) -> Term<'a> {
+    let slot = RUNTIME.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(rt) = slot.as_ref() else {
+        return (atoms::error(), atoms::not_started()).encode(env);
+    };
+    let cfg = match parse_config(config) {
+        Ok((cfg, _)) => cfg,
+        Err(e) => return error_term(env, &e),
+    };
+    let new_store = {
+        let _guard = rt.enter();
+        match Store::start(cfg) {
+            Ok(store) => store,
+            Err(e) => return error_term(env, &e),
+        }
+    };
+    let handle = rt.handle().clone();
+    let old = STORE
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .replace((new_store.clone(), handle.clone()));
+    let Some((old_store, _)) = old else {
+        return atoms::ok().encode(env);
+    };
+    // Off the scheduler: waiting for the flush blocks.
+    let joined = std::thread::spawn(move || {
+        handle.block_on(async {
+            let (report, handover) = old_store
+                .shutdown_with_handover(Duration::from_millis(grace_ms))
+                .await;
+            let moved = handover.len();
+            let refused = new_store.adopt(handover);
+            (report.flushed, moved - refused)
+        })
+    })
+    .join();
+    match joined {
+        Ok((flushed, moved)) => (
+            atoms::ok(),
+            Term::map_from_pairs(
+                env,
+                &[
+                    (atoms::flushed(), flushed),
+                    (atoms::handed_over(), moved as u64),
+                ],
+            )
+            .unwrap_or_else(|_| atoms::ok().encode(env)),
+        )
+            .encode(env),
+        Err(_) => (atoms::error(), atoms::panic()).encode(env),
+    }
+}
+
 /// Starts the runtime and the store; connects in the background. Dirty: spawning the
 /// runtime's threads takes longer than a normal NIF may.
 #[rustler::nif(name = "nif_start", schedule = "DirtyIo")]
@@ -93,20 +178,7 @@ fn start<'a>(env: Env<'a>, config: HashMap<String, Term<'a>>) -> Term<'a> {
         return (atoms::error(), atoms::already_started()).encode(env);
     }
     let result = (|| {
-        let mut strings = config_strings(config)?;
-        let workers = match strings.remove(WORKER_THREADS_KEY) {
-            None => 2,
-            Some(v) => match v.parse::<usize>() {
-                Ok(n) if (1..=64).contains(&n) => n,
-                _ => {
-                    return Err(StoreError::InvalidConfig {
-                        field: WORKER_THREADS_KEY.into(),
-                        reason: format!("{v:?} is not a whole number between 1 and 64"),
-                    });
-                }
-            },
-        };
-        let cfg = StoreConfig::from_map(&strings)?;
+        let (cfg, workers) = parse_config(config)?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(workers)
             .max_blocking_threads(2)
@@ -388,7 +460,7 @@ fn rows_term<'a>(env: Env<'a>, rows: &[offline_store::StoredMessage]) -> Term<'a
 }
 
 /// Reads the newest `Limit` (0 = the configured maximum) messages of `Topic` not older than
-/// `SinceMs` (0 = any). Returns `ok` at once; `Pid` later receives
+/// `SinceMs` (0 = any). `Topic` may be a filter with `+`/`#`: its topics come from the index. Returns `ok` at once; `Pid` later receives
 /// `{offline_cassandra, Ref, {ok, [Row]} | {error, Reason}}`, rows oldest first.
 #[rustler::nif(name = "nif_fetch")]
 fn fetch<'a>(
@@ -411,11 +483,9 @@ fn fetch<'a>(
         limit: (limit > 0).then_some(limit),
         since_ms: (since_ms > 0).then_some(since_ms),
     };
-    spawn_replying(
-        &handle,
-        reply,
-        async move { store.fetch(&topic, opts).await },
-    );
+    spawn_replying(&handle, reply, async move {
+        store.fetch_matching(&topic, opts).await
+    });
     atoms::ok().encode(env)
 }
 
@@ -465,6 +535,7 @@ fn stats(env: Env) -> Term {
         (atoms::failed(), s.failed),
         (atoms::dropped(), s.dropped),
         (atoms::evicted(), s.evicted),
+        (atoms::handed_over(), s.handed_over),
         (atoms::rejected(), s.rejected),
         (atoms::in_flight(), s.in_flight),
         (atoms::buffered(), s.buffered),
