@@ -53,7 +53,9 @@
     qos := integer(),
     retain := boolean(),
     payload := binary(),
-    arrived := integer()
+    arrived := integer(),
+    %% seconds until Cassandra expires the row, undefined without a TTL
+    ttl := integer() | undefined
 }.
 -type message() :: #{
     topic := binary(),

@@ -19,7 +19,7 @@ mod atoms {
         connecting, connected, disconnected, not_started,
         already_started, not_connected, timeout, overloaded, shutdown, panic,
         offline_cassandra,
-        topic, msgid, sender, qos, retain, payload, arrived,
+        topic, msgid, sender, qos, retain, payload, arrived, ttl,
         accepted, written, failed, dropped, evicted, rejected, in_flight, buffered,
         batches, retries, fetches, fetch_failures, fetched_rows,
         flushed, abandoned, handed_over, invalid_config,
@@ -442,6 +442,7 @@ fn rows_term<'a>(env: Env<'a>, rows: &[offline_store::StoredMessage]) -> Term<'a
                 atoms::retain().encode(env),
                 atoms::payload().encode(env),
                 atoms::arrived().encode(env),
+                atoms::ttl().encode(env),
             ];
             let values = [
                 r.topic.encode(env),
@@ -451,6 +452,10 @@ fn rows_term<'a>(env: Env<'a>, rows: &[offline_store::StoredMessage]) -> Term<'a
                 r.retain.encode(env),
                 Binary::from(NewBinary::from_slice(env, &r.payload)).encode(env),
                 r.arrived_ms.encode(env),
+                match r.ttl_secs {
+                    Some(t) => t.encode(env),
+                    None => atoms::undefined().encode(env),
+                },
             ];
             Term::map_from_term_arrays(env, &keys, &values)
                 .unwrap_or_else(|_| atoms::error().encode(env))

@@ -1,0 +1,204 @@
+%%--------------------------------------------------------------------
+%% Owns the plugin's lifecycle: reads and checks the config, starts the NIF
+%% (which connects in the background), registers the hooks, applies config
+%% changes, and keeps the shared-subscription replay claims. start/2 never
+%% waits for Cassandra; readiness shows through health/0.
+%%--------------------------------------------------------------------
+-module(emqx_offline_cassandra_server).
+
+-behaviour(gen_server).
+
+-export([start_link/0, config_changed/1, health/0, claim_group_replay/3, release_group_replay/3]).
+-export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
+
+-define(SERVER, ?MODULE).
+-define(GROUPS, emqx_offline_cassandra_groups).
+-define(CONFIG_ERROR, {?MODULE, config_error}).
+%% How long a config change waits for writes to the old cluster before the
+%% rest moves to the new store.
+-define(RECONFIGURE_GRACE_MS, 5000).
+-define(STOP_GRACE_MS, 5000).
+
+-spec start_link() -> {ok, pid()} | {error, term()}.
+start_link() ->
+    gen_server:start_link({local, ?SERVER}, ?MODULE, [], []).
+
+%% @doc Validates NewConfig and applies it: `ok' or `{error, Reason}' (EMQX
+%% 5.9+ rejects the change on an error; 5.7-5.8 ignore the result). When
+%% the plugin is not running, only validates: the config is read at start.
+-spec config_changed(map()) -> ok | {error, binary()}.
+config_changed(NewConfig) ->
+    try
+        gen_server:call(?SERVER, {config_changed, NewConfig}, 30000)
+    catch
+        exit:{noproc, _} -> validate(NewConfig);
+        exit:{timeout, _} -> {error, <<"timed out applying the config">>}
+    end.
+
+%% @doc `ok' when the config is valid and Cassandra answers; otherwise
+%% `{error, Reason}' in one line. Reads state directly (no call), so it is
+%% fast even while a config change is being applied.
+-spec health() -> ok | {error, binary()}.
+health() ->
+    case persistent_term:get(?CONFIG_ERROR, undefined) of
+        undefined -> nif_health(emqx_offline_cassandra_nif:status());
+        Why -> {error, <<"invalid config: ", Why/binary>>}
+    end.
+
+%% @doc True for the first member of a shared-subscription group on this
+%% node to subscribe to Filter; it replays for the group. The claim ends
+%% when that member unsubscribes or its process ends.
+-spec claim_group_replay(binary(), binary(), pid()) -> boolean().
+claim_group_replay(Group, Filter, Pid) ->
+    Key = {Group, Filter},
+    try ets:insert_new(?GROUPS, {Key, Pid}) of
+        true ->
+            gen_server:cast(?SERVER, {monitor_claim, Key, Pid}),
+            true;
+        false ->
+            false
+    catch
+        error:badarg -> false
+    end.
+
+-spec release_group_replay(binary(), binary(), pid()) -> ok.
+release_group_replay(Group, Filter, Pid) ->
+    _ = (catch ets:delete_object(?GROUPS, {{Group, Filter}, Pid})),
+    ok.
+
+%%--------------------------------------------------------------------
+
+init([]) ->
+    process_flag(trap_exit, true),
+    ok = emqx_offline_cassandra_log:init(),
+    _ = ets:new(?GROUPS, [named_table, public, set]),
+    Features = emqx_offline_cassandra_compat:detect(),
+    {Source, Result} =
+        case emqx_offline_cassandra_compat:read_config() of
+            {ok, Raw, Src} -> {Src, apply_config(Raw, undefined)};
+            {error, Why} -> {<<"none">>, {error, iolist_to_binary(io_lib:format("~0p", [Why]))}}
+        end,
+    logger:notice(#{
+        msg => offline_cassandra_started,
+        emqx_version => maps:get(emqx_version, Features),
+        config_api => maps:get(config_api, Features),
+        config_source => Source,
+        message_extra => maps:get(message_extra, Features),
+        config => config_result(Result)
+    }),
+    {ok, #{nif => nif_of(Result)}}.
+
+handle_call({config_changed, NewConfig}, _From, #{nif := OldNif} = State) ->
+    case validate(NewConfig) of
+        ok ->
+            Result = apply_config(NewConfig, OldNif),
+            logger:notice(#{msg => offline_cassandra_config_applied, result => config_result(Result)}),
+            case Result of
+                {ok, _} -> {reply, ok, State#{nif => nif_of(Result)}};
+                {error, Why} -> {reply, {error, Why}, State}
+            end;
+        {error, Why} ->
+            logger:warning(#{msg => offline_cassandra_config_rejected, reason => Why}),
+            {reply, {error, Why}, State}
+    end;
+handle_call(_Req, _From, State) ->
+    {reply, {error, unknown_call}, State}.
+
+handle_cast({monitor_claim, Key, Pid}, State) ->
+    MRef = erlang:monitor(process, Pid),
+    Claims = maps:get(claims, State, #{}),
+    {noreply, State#{claims => Claims#{MRef => Key}}};
+handle_cast(_Msg, State) ->
+    {noreply, State}.
+
+handle_info({'DOWN', MRef, process, Pid, _Reason}, State) ->
+    case maps:take(MRef, maps:get(claims, State, #{})) of
+        {Key, Claims} ->
+            _ = ets:delete_object(?GROUPS, {Key, Pid}),
+            {noreply, State#{claims => Claims}};
+        error ->
+            {noreply, State}
+    end;
+handle_info(_Info, State) ->
+    {noreply, State}.
+
+terminate(_Reason, _State) ->
+    ok = emqx_offline_cassandra_hooks:unhook(),
+    Stopped = emqx_offline_cassandra_nif:stop(?STOP_GRACE_MS),
+    persistent_term:erase(?CONFIG_ERROR),
+    logger:notice(#{msg => offline_cassandra_stopped, nif => Stopped}),
+    ok.
+
+%%--------------------------------------------------------------------
+
+validate(Raw) ->
+    case emqx_offline_cassandra_config:parse(Raw) of
+        {ok, #{nif := Nif}} ->
+            case emqx_offline_cassandra_nif:validate(Nif) of
+                ok -> ok;
+                {error, {_Kind, Why}} when is_binary(Why) -> {error, Why};
+                {error, Other} -> {error, iolist_to_binary(io_lib:format("~0p", [Other]))}
+            end;
+        {error, Why} ->
+            {error, Why}
+    end.
+
+%% Starts or reconfigures the NIF, then publishes the settings and hooks.
+%% An invalid config leaves the plugin running but unhooked and unhealthy.
+apply_config(Raw, OldNif) ->
+    case validate(Raw) of
+        {error, Why} ->
+            persistent_term:put(?CONFIG_ERROR, Why),
+            ok = emqx_offline_cassandra_hooks:unhook(),
+            {error, Why};
+        ok ->
+            {ok, #{nif := Nif, settings := Settings}} = emqx_offline_cassandra_config:parse(Raw),
+            case start_nif(Nif, OldNif) of
+                ok ->
+                    persistent_term:erase(?CONFIG_ERROR),
+                    ok = emqx_offline_cassandra_hooks:set_settings(Settings),
+                    ok = emqx_offline_cassandra_hooks:hook(),
+                    {ok, Nif};
+                {error, Why} ->
+                    {error, Why}
+            end
+    end.
+
+start_nif(Nif, Nif) ->
+    %% Only hook settings changed: the connection stays as it is.
+    ok;
+start_nif(Nif, _Old) ->
+    case emqx_offline_cassandra_nif:status() of
+        not_started ->
+            case emqx_offline_cassandra_nif:start(Nif) of
+                ok -> ok;
+                {error, Reason} -> {error, reason_text(Reason)}
+            end;
+        _Running ->
+            case emqx_offline_cassandra_nif:reconfigure(Nif, ?RECONFIGURE_GRACE_MS) of
+                {ok, Report} ->
+                    logger:notice(#{msg => offline_cassandra_reconnecting, buffered_writes => Report}),
+                    ok;
+                ok ->
+                    ok;
+                {error, Reason} ->
+                    {error, reason_text(Reason)}
+            end
+    end.
+
+nif_of({ok, Nif}) -> Nif;
+nif_of({error, _}) -> undefined.
+
+config_result({ok, Nif}) -> {ok, emqx_offline_cassandra_config:redact(Nif)};
+config_result({error, Why}) -> {error, Why}.
+
+nif_health(connected) -> ok;
+nif_health(connecting) -> {error, <<"connecting to Cassandra">>};
+nif_health({connecting, Why}) -> {error, <<"Cassandra unreachable: ", Why/binary>>};
+nif_health({disconnected, Why}) -> {error, <<"Cassandra unreachable: ", Why/binary>>};
+nif_health({error, Reason}) -> {error, reason_text(Reason)};
+nif_health(not_started) -> {error, <<"not started">>}.
+
+reason_text({_Kind, Why}) when is_binary(Why) -> Why;
+reason_text(Reason) when is_atom(Reason) -> atom_to_binary(Reason, utf8);
+reason_text(Reason) -> iolist_to_binary(io_lib:format("~0p", [Reason])).
