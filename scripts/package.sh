@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Builds the plugin package exactly as EMQX installs it:
+#   _build/plugin/emqx_offline_cassandra-<vsn>.tar.gz  (+ .sha256)
+# holding emqx_offline_cassandra-<vsn>/{release.json, README.md, emqx_offline_cassandra-<vsn>/{ebin,priv}},
+# regular files only (EMQX drops symlinks when it extracts).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+unset FAULT_INJECTION # the package carries the production NIF
+
+name=emqx_offline_cassandra
+vsn=$(sed -n 's/.*{vsn, *"\([^"]*\)"}.*/\1/p' erlang_src/$name.app.src)
+nv=$name-$vsn
+out=_build/plugin
+
+rebar3 release >/dev/null
+src=_build/default/rel/$name/lib/$nv
+[ -d "$src/ebin" ] || { echo "package.sh: $src/ebin missing after rebar3 release" >&2; exit 1; }
+
+rm -rf "${out:?}/$nv" "$out/$nv.tar.gz" "$out/$nv.sha256"
+mkdir -p "$out/$nv"
+cp -rL "$src" "$out/$nv/$nv"
+cp README.md "$out/$nv/README.md"
+built_on=$(erl -noshell -eval 'io:format("~s", [erlang:system_info(otp_release)]), halt().')
+cat >"$out/$nv/release.json" <<JSON
+{
+  "name": "$name",
+  "rel_vsn": "$vsn",
+  "rel_apps": ["$nv"],
+  "description": "Offline MQTT messages in Apache Cassandra: stores QoS 1/2 publishes, replays them on subscribe, deletes them on ack.",
+  "with_config_schema": true,
+  "hidden": false,
+  "authors": ["emqx_offline_cassandra developers"],
+  "builder": {"name": "emqx_offline_cassandra", "contact": "", "website": ""},
+  "repo": "",
+  "functionality": ["Offline messages", "Cassandra"],
+  "compatibility": {"emqx": "~> 5.0"},
+  "metadata_vsn": "0.2.0",
+  "built_on_otp_release": "$built_on",
+  "git_commit_or_build_date": "$(git rev-parse --short HEAD 2>/dev/null || date -u +%Y-%m-%d)"
+}
+JSON
+
+if [ -n "$(find "$out/$nv" ! -type f ! -type d)" ]; then
+    echo "package.sh: non-regular files in the package:" >&2
+    find "$out/$nv" ! -type f ! -type d >&2
+    exit 1
+fi
+for f in priv/config.hocon priv/config_schema.avsc priv/config_i18n.json priv/libemqx_offline_cassandra_nif.so; do
+    [ -f "$out/$nv/$nv/$f" ] || { echo "package.sh: $f missing from the package" >&2; exit 1; }
+done
+
+tar -C "$out" -czf "$out/$nv.tar.gz" "$nv"
+(cd "$out" && sha256sum "$nv.tar.gz" | cut -d' ' -f1 >"$nv.sha256")
+echo "$out/$nv.tar.gz"
