@@ -1,14 +1,18 @@
 # Entry points. On a fresh machine:
-#   make            build everything (installs what is missing)
+#   make            build everything and the plugin package (installs what is missing)
+#   make package    only the package: _build/plugin/emqx_offline_cassandra-<vsn>.tar.gz
 #   make test       run every test against a real local Cassandra (CI runs exactly this)
 #   make cassandra  start the local Cassandra (root/public, keyspace mqtt, table mqtt_msg)
 #   make bench      benchmarks against the local Cassandra, with their baselines
-.PHONY: all build test cassandra cassandra-stop bench fmt clean
+.PHONY: all build package test cassandra cassandra-stop bench fmt clean
 
 all: build
 
 build:
 	scripts/build.sh $(if $(WITH_CASSANDRA),--start-cassandra)
+
+package:
+	scripts/package.sh
 
 test:
 	scripts/test.sh

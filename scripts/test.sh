@@ -34,4 +34,15 @@ cargo test --workspace
 step "Erlang tests: the NIF (fault-injection build) against Cassandra"
 FAULT_INJECTION=1 rebar3 eunit
 
+step "plugin config files (config.hocon against config_schema.avsc, i18n)"
+.cache/venv/bin/python -c 'import fastavro' 2>/dev/null || .cache/venv/bin/pip install -q 'fastavro>=1.9,<2'
+.cache/venv/bin/python test/check_plugin_config.py priv
+
+step "package"
+scripts/package.sh
+rebar3 as test compile
+
+step "end to end: the packaged plugin in the EMQX double, seed scenario"
+erl -noshell -pa _build/test/lib/emqx_offline_cassandra/test -eval 'emqx_offline_cassandra_e2e:run()'
+
 step "all tests passed"

@@ -1,0 +1,399 @@
+%%--------------------------------------------------------------------
+%% The seed scenario, end to end: the packaged plugin
+%% (_build/plugin/emqx_offline_cassandra-<vsn>.tar.gz) installed into the
+%% EMQX double the way EMQX installs it, against the real local Cassandra,
+%% rows checked with cqlsh. Runs in a VM of its own (scripts/test.sh):
+%% only the double is on the code path, the plugin's code comes from the
+%% tarball.
+%%
+%%   erl -pa _build/test/lib/emqx_offline_cassandra/test \
+%%       -eval 'emqx_offline_cassandra_e2e:run()'
+%%--------------------------------------------------------------------
+-module(emqx_offline_cassandra_e2e).
+
+-include_lib("eunit/include/eunit.hrl").
+
+-export([run/0, run/1, block_publish/2]).
+
+-define(D, emqx_double).
+-define(NIF, emqx_offline_cassandra_nif).
+
+%% @doc Runs the scenario against every EMQX behaviour the double plays.
+run() ->
+    run(['5.10']).
+
+run(Modes) ->
+    Results = [eunit:test({timeout, 600, scenario(Mode)}, [verbose]) || Mode <- Modes],
+    case lists:all(fun(R) -> R =:= ok end, Results) of
+        true -> halt(0);
+        false -> halt(1)
+    end.
+
+scenario(Mode) ->
+    {setup, fun() -> setup(Mode) end, fun teardown/1, fun(Ctx) ->
+        {inorder, [
+            {timeout, 60, {Name, fun() -> F(Ctx) end}}
+         || {Name, F} <- [
+                {"hooks registered with their priorities", fun hooks_registered/1},
+                {"1. publish QoS 1 on t/1, no subscriber: the row is in mqtt.mqtt_msg", fun seed_publish_stored/1},
+                {"2. subscribe t/1: delivered; ack: the row is gone", fun seed_subscribe_and_ack/1},
+                {"3. 200 messages in publish order, no duplicates; re-subscribe replays nothing", fun order_and_no_second_replay/1},
+                {"4a. t/# replays t/1 and t/2/x", fun wildcard_replay/1},
+                {"4b. a QoS 0 subscriber gets no redelivery loop", fun qos0_no_loop/1},
+                {"5. a second subscriber after the first acked gets nothing", fun consume_once/1},
+                {"shared subscription: replayed once for the group", fun shared_once/1},
+                {"message keeps msgid, qos, retain, sender and timestamp", fun message_fields_kept/1},
+                {"not stored: QoS 0, $SYS, other topics, allow_publish = false", fun not_stored/1},
+                {"Max Returned Count: the newest N, oldest first", fun max_returned_count/1},
+                {"Time Range: only recent messages", fun time_range/1},
+                {"MQTT 5 Message-Expiry-Interval: expired never delivered", fun expiry/1},
+                {"6. a bad config is rejected with a clear reason; the node keeps running", fun bad_config/1},
+                {"stop removes every hook and the NIF", fun stop_removes_hooks/1}
+            ]
+        ]}
+    end}.
+
+%%--------------------------------------------------------------------
+%% Setup
+%%--------------------------------------------------------------------
+
+setup(Mode) ->
+    ok = ?D:start(#{mode => Mode}),
+    [Tar] = filelib:wildcard("_build/plugin/emqx_offline_cassandra-*.tar.gz"),
+    {ok, NameVsn} = ?D:install_plugin(Tar),
+    %% The packaged config is the seed's (root/public, t/#); only the
+    %% address may differ on a test machine.
+    Config0 = ?D:plugin_config(NameVsn),
+    Config = Config0#{<<"servers">> => list_to_binary(os:getenv("CASSANDRA_NODE", "127.0.0.1:9042"))},
+    persistent_term:put({emqx_double, plugin_config, NameVsn}, Config),
+    cql("DELETE FROM mqtt.mqtt_msg WHERE topic = 't/1'"),
+    {Micros, ok} = timer:tc(fun() -> ?D:start_plugin(NameVsn) end),
+    ?assert(Micros < 10000000),
+    ok = wait(fun() -> ?D:health(NameVsn) =:= ok end, 30000),
+    Run = integer_to_binary(erlang:system_time(millisecond)),
+    #{name_vsn => NameVsn, run => Run, mode => Mode}.
+
+teardown(#{name_vsn := NameVsn}) ->
+    catch ?D:stop_plugin(NameVsn),
+    ?D:stop().
+
+%% A topic under t/ unique to this run.
+topic(#{run := Run}, Suffix) ->
+    <<"t/", Run/binary, "/", Suffix/binary>>.
+
+%%--------------------------------------------------------------------
+%% Scenario
+%%--------------------------------------------------------------------
+
+hooks_registered(_Ctx) ->
+    H = emqx_offline_cassandra_hooks,
+    ?assert(lists:member({10, {H, on_message_publish, []}}, emqx_hooks:lookup('message.publish'))),
+    ?assert(lists:member({1000, {H, on_session_subscribed, []}}, emqx_hooks:lookup('session.subscribed'))),
+    ?assert(lists:member({1000, {H, on_message_acked, []}}, emqx_hooks:lookup('message.acked'))).
+
+seed_publish_stored(_Ctx) ->
+    Pub = ?D:connect(<<"publisher-1">>),
+    ensure_routed(?D:publish(Pub, <<"t/1">>, <<"hello">>, 1)),
+    ok = wait(fun() -> cql_count("t/1") =:= 1 end, 10000),
+    Row = cql("SELECT payload, qos, retain, sender FROM mqtt.mqtt_msg WHERE topic = 't/1'"),
+    ?assertMatch({match, _}, re:run(Row, "hello \\| +1 \\| +0 \\| +publisher-1")),
+    ?D:disconnect(Pub).
+
+seed_subscribe_and_ack(_Ctx) ->
+    [MsgId] = cql_msgids("t/1"),
+    Sub = ?D:connect(<<"subscriber-1">>),
+    ok = ?D:subscribe(Sub, <<"t/1">>, 1),
+    ok = wait(fun() -> length(?D:received(Sub)) =:= 1 end, 5000),
+    [{PacketId, Msg}] = ?D:received(Sub),
+    ?assertEqual(<<"hello">>, emqx_message:payload(Msg)),
+    ?assertEqual(MsgId, binary:encode_hex(emqx_message:id(Msg))),
+    ?assertEqual(1, emqx_message:qos(Msg)),
+    ok = ?D:ack(Sub, PacketId),
+    ok = wait(fun() -> cql_count("t/1") =:= 0 end, 10000),
+    ?D:disconnect(Sub).
+
+order_and_no_second_replay(Ctx) ->
+    T = topic(Ctx, <<"order">>),
+    Pub = ?D:connect(<<"publisher-2">>),
+    [ensure_routed(?D:publish(Pub, T, integer_to_binary(I), 1)) || I <- lists:seq(1, 200)],
+    ok = wait(fun() -> stored(T) =:= 200 end, 20000),
+    Sub = ?D:connect(<<"subscriber-2">>),
+    ok = ?D:subscribe(Sub, T, 1),
+    %% 32 in flight, the rest waits in the mqueue and follows the acks.
+    ok = wait(fun() -> length(?D:raw_delivered(Sub)) =:= 200 end, 10000),
+    {ok, 200} = ?D:ack_all(Sub),
+    Payloads = [emqx_message:payload(M) || {_, M} <- ?D:received(Sub)],
+    ?assertEqual([integer_to_binary(I) || I <- lists:seq(1, 200)], Payloads),
+    ok = wait(fun() -> stored(T) =:= 0 end, 10000),
+    %% Same client, same filter again: not new, nothing replayed.
+    Pub2 = ?D:connect(<<"publisher-2b">>),
+    ensure_routed(?D:publish(Pub2, T, <<"after">>, 1)),
+    ok = wait(fun() -> stored(T) =:= 1 end, 10000),
+    ok = ?D:subscribe(Sub, T, 1),
+    timer:sleep(500),
+    Raw = ?D:raw_delivered(Sub),
+    ?assertEqual(201, length(Raw), "only the routed one arrived, no second replay"),
+    [?D:disconnect(C) || C <- [Pub, Pub2, Sub]].
+
+wildcard_replay(Ctx) ->
+    Base = topic(Ctx, <<"w">>),
+    Pub = ?D:connect(<<"publisher-3">>),
+    [ensure_routed(?D:publish(Pub, <<Base/binary, S/binary>>, P, 1))
+     || {S, P} <- [{<<"/1">>, <<"one">>}, {<<"/2/x">>, <<"two-x">>}, {<<"/1">>, <<"one-again">>}]],
+    ok = wait(fun() -> stored(<<Base/binary, "/#">>) =:= 3 end, 10000),
+    Sub = ?D:connect(<<"subscriber-3">>),
+    Filter = <<Base/binary, "/#">>,
+    ok = ?D:subscribe(Sub, Filter, 2),
+    ok = wait(fun() -> length(?D:received(Sub)) =:= 3 end, 5000),
+    Got = [{emqx_message:topic(M), emqx_message:payload(M)} || {_, M} <- ?D:received(Sub)],
+    ?assertEqual([{<<Base/binary, "/1">>, <<"one">>}, {<<Base/binary, "/2/x">>, <<"two-x">>},
+                  {<<Base/binary, "/1">>, <<"one-again">>}], Got),
+    %% Delivered with the subscription's filter, so EMQX finds its options.
+    ?assert(lists:all(fun({F, _}) -> F =:= Filter end, ?D:raw_delivered(Sub))),
+    {ok, 3} = ?D:ack_all(Sub),
+    ok = wait(fun() -> stored(Filter) =:= 0 end, 10000),
+    [?D:disconnect(C) || C <- [Pub, Sub]].
+
+qos0_no_loop(Ctx) ->
+    T = topic(Ctx, <<"q0">>),
+    Pub = ?D:connect(<<"publisher-4">>),
+    ensure_routed(?D:publish(Pub, T, <<"kept">>, 1)),
+    ok = wait(fun() -> stored(T) =:= 1 end, 10000),
+    lists:foreach(
+        fun(I) ->
+            Sub = ?D:connect(<<"qos0-subscriber-", (integer_to_binary(I))/binary>>),
+            ok = ?D:subscribe(Sub, T, 0),
+            timer:sleep(300),
+            ?assertEqual([], ?D:raw_delivered(Sub)),
+            ?D:disconnect(Sub)
+        end,
+        [1, 2, 3]
+    ),
+    %% Still stored for a subscriber that can acknowledge it.
+    ?assertEqual(1, stored(T)),
+    Sub1 = ?D:connect(<<"qos1-subscriber">>),
+    ok = ?D:subscribe(Sub1, T, 1),
+    ok = wait(fun() -> length(?D:received(Sub1)) =:= 1 end, 5000),
+    {ok, 1} = ?D:ack_all(Sub1),
+    ok = wait(fun() -> stored(T) =:= 0 end, 10000),
+    [?D:disconnect(C) || C <- [Pub, Sub1]].
+
+consume_once(Ctx) ->
+    T = topic(Ctx, <<"once">>),
+    Pub = ?D:connect(<<"publisher-5">>),
+    ensure_routed(?D:publish(Pub, T, <<"only once">>, 1)),
+    ok = wait(fun() -> stored(T) =:= 1 end, 10000),
+    A = ?D:connect(<<"first">>),
+    ok = ?D:subscribe(A, T, 1),
+    ok = wait(fun() -> length(?D:received(A)) =:= 1 end, 5000),
+    {ok, 1} = ?D:ack_all(A),
+    ok = wait(fun() -> stored(T) =:= 0 end, 10000),
+    B = ?D:connect(<<"second">>),
+    ok = ?D:subscribe(B, T, 1),
+    timer:sleep(500),
+    ?assertEqual([], ?D:raw_delivered(B)),
+    [?D:disconnect(C) || C <- [Pub, A, B]].
+
+shared_once(Ctx) ->
+    T = topic(Ctx, <<"shared">>),
+    Pub = ?D:connect(<<"publisher-6">>),
+    [ensure_routed(?D:publish(Pub, T, integer_to_binary(I), 1)) || I <- [1, 2, 3]],
+    ok = wait(fun() -> stored(T) =:= 3 end, 10000),
+    Members = [?D:connect(<<"member-", (integer_to_binary(I))/binary>>) || I <- [1, 2, 3]],
+    [ok = ?D:subscribe(M, <<"$share/g/", T/binary>>, 1) || M <- Members],
+    timer:sleep(800),
+    Delivered = lists:append([?D:raw_delivered(M) || M <- Members]),
+    ?assertEqual(3, length(Delivered)),
+    [{ok, _} = ?D:ack_all(M) || M <- Members],
+    ok = wait(fun() -> stored(T) =:= 0 end, 10000),
+    [?D:disconnect(C) || C <- [Pub | Members]].
+
+message_fields_kept(Ctx) ->
+    T = topic(Ctx, <<"fields">>),
+    Pub = ?D:connect(<<"field-publisher">>),
+    Before = erlang:system_time(millisecond),
+    ensure_routed(?D:publish(Pub, T, <<255, 0, 1, 2>>, 2, #{retain => true})),
+    ok = wait(fun() -> stored(T) =:= 1 end, 10000),
+    [MsgId] = cql_msgids(binary_to_list(T)),
+    timer:sleep(20),
+    Sub = ?D:connect(<<"field-subscriber">>),
+    ok = ?D:subscribe(Sub, T, 2),
+    ok = wait(fun() -> length(?D:raw_delivered(Sub)) =:= 1 end, 5000),
+    [{T, Msg}] = ?D:raw_delivered(Sub),
+    ?assertEqual(MsgId, binary:encode_hex(emqx_message:id(Msg))),
+    ?assertEqual(2, emqx_message:qos(Msg)),
+    ?assertEqual(true, emqx_message:get_flag(retain, Msg)),
+    ?assertEqual(<<"field-publisher">>, emqx_message:from(Msg)),
+    ?assertEqual(<<255, 0, 1, 2>>, emqx_message:payload(Msg)),
+    Ts = emqx_message:timestamp(Msg),
+    ?assert(Ts >= Before andalso Ts < Before + 1000),
+    ?assertEqual(emqx_double:extra_default(), emqx_message:extra(Msg)),
+    {ok, 1} = ?D:ack_all(Sub),
+    ok = wait(fun() -> stored(T) =:= 0 end, 10000),
+    [?D:disconnect(C) || C <- [Pub, Sub]].
+
+not_stored(Ctx) ->
+    T = topic(Ctx, <<"skip">>),
+    Pub = ?D:connect(<<"publisher-7">>),
+    ensure_routed(?D:publish(Pub, T, <<"qos0">>, 0)),
+    ensure_routed(?D:publish(Pub, <<"$SYS/brokers/x">>, <<"sys">>, 1)),
+    ensure_routed(?D:publish(Pub, <<"other/", (topic(Ctx, <<"x">>))/binary>>, <<"other">>, 1)),
+    %% A validator at a higher priority drops this one.
+    Blocked = topic(Ctx, <<"blocked">>),
+    ok = emqx_hooks:put('message.publish', {?MODULE, block_publish, [Blocked]}, 945),
+    ?assertEqual({dropped, not_allowed}, ?D:publish(Pub, Blocked, <<"blocked">>, 1)),
+    emqx_hooks:del('message.publish', {?MODULE, block_publish}),
+    %% A message that is stored, as a marker that the others had their chance.
+    ensure_routed(?D:publish(Pub, T, <<"qos1">>, 1)),
+    ok = wait(fun() -> stored(T) =:= 1 end, 10000),
+    ?assertEqual(0, stored(Blocked)),
+    ?assertEqual(0, cql_count("other/" ++ binary_to_list(topic(Ctx, <<"x">>)))),
+    ?assertEqual(0, cql_count("$SYS/brokers/x")),
+    cql("DELETE FROM mqtt.mqtt_msg WHERE topic = '" ++ binary_to_list(T) ++ "'"),
+    ?D:disconnect(Pub).
+
+max_returned_count(#{name_vsn := NV} = Ctx) ->
+    with_config(NV, #{<<"max_returned_count">> => 2}, fun() ->
+        T = topic(Ctx, <<"max">>),
+        Pub = ?D:connect(<<"publisher-8">>),
+        [ensure_routed(?D:publish(Pub, T, integer_to_binary(I), 1)) || I <- lists:seq(1, 5)],
+        ok = wait(fun() -> stored(T) =:= 5 end, 10000),
+        Sub = ?D:connect(<<"subscriber-8">>),
+        ok = ?D:subscribe(Sub, T, 1),
+        ok = wait(fun() -> length(?D:received(Sub)) =:= 2 end, 5000),
+        ?assertEqual([<<"4">>, <<"5">>], [emqx_message:payload(M) || {_, M} <- ?D:received(Sub)]),
+        {ok, 2} = ?D:ack_all(Sub),
+        ok = wait(fun() -> stored(T) =:= 3 end, 10000),
+        cql("DELETE FROM mqtt.mqtt_msg WHERE topic = '" ++ binary_to_list(T) ++ "'"),
+        [?D:disconnect(C) || C <- [Pub, Sub]]
+    end).
+
+time_range(#{name_vsn := NV} = Ctx) ->
+    with_config(NV, #{<<"time_range">> => <<"1s">>}, fun() ->
+        T = topic(Ctx, <<"range">>),
+        Pub = ?D:connect(<<"publisher-9">>),
+        ensure_routed(?D:publish(Pub, T, <<"old">>, 1)),
+        timer:sleep(1500),
+        ensure_routed(?D:publish(Pub, T, <<"new">>, 1)),
+        ok = wait(fun() -> stored(T) =:= 2 end, 10000),
+        Sub = ?D:connect(<<"subscriber-9">>),
+        ok = ?D:subscribe(Sub, T, 1),
+        ok = wait(fun() -> length(?D:received(Sub)) =:= 1 end, 5000),
+        timer:sleep(200),
+        ?assertEqual([<<"new">>], [emqx_message:payload(M) || {_, M} <- ?D:received(Sub)]),
+        cql("DELETE FROM mqtt.mqtt_msg WHERE topic = '" ++ binary_to_list(T) ++ "'"),
+        [?D:disconnect(C) || C <- [Pub, Sub]]
+    end).
+
+expiry(Ctx) ->
+    T = topic(Ctx, <<"expiry">>),
+    Pub = ?D:connect(<<"publisher-10">>),
+    ensure_routed(?D:publish(Pub, T, <<"short">>, 1, #{properties => #{'Message-Expiry-Interval' => 1}})),
+    ensure_routed(?D:publish(Pub, T, <<"long">>, 1, #{properties => #{'Message-Expiry-Interval' => 100}})),
+    ok = wait(fun() -> stored(T) =:= 2 end, 10000),
+    timer:sleep(2100),
+    Sub = ?D:connect(<<"subscriber-10">>),
+    ok = ?D:subscribe(Sub, T, 1),
+    ok = wait(fun() -> length(?D:raw_delivered(Sub)) >= 1 end, 5000),
+    timer:sleep(200),
+    [{_, Msg}] = ?D:raw_delivered(Sub),
+    ?assertEqual(<<"long">>, emqx_message:payload(Msg)),
+    %% Forwarded with the time left, counted from the original timestamp.
+    #{'Message-Expiry-Interval' := Interval} = emqx_message:get_header(properties, Msg),
+    ?assert(Interval >= 99 andalso Interval =< 101),
+    ?assertEqual(false, emqx_message:is_expired(Msg)),
+    {ok, 1} = ?D:ack_all(Sub),
+    [?D:disconnect(C) || C <- [Pub, Sub]].
+
+bad_config(#{name_vsn := NV} = Ctx) ->
+    Good = ?D:plugin_config(NV),
+    {error, Why1} = ?D:update_config(NV, Good#{<<"servers">> => 9042}),
+    ?assertEqual(<<"servers: must be a string">>, Why1),
+    {error, Why2} = ?D:update_config(NV, Good#{<<"topics">> => [<<"t/#/x">>]}),
+    ?assertEqual(<<"topics: \"t/#/x\" is not a valid topic filter">>, Why2),
+    {error, Why3} = ?D:update_config(NV, Good#{<<"servers">> => <<"host:notaport">>}),
+    ?assertMatch({_, _}, binary:match(Why3, <<"servers">>)),
+    {error, Why4} = ?D:update_config(NV, Good#{<<"pool_size">> => 0}),
+    ?assertMatch({_, _}, binary:match(Why4, <<"pool_size">>)),
+    %% Still healthy, still storing with the old config.
+    ?assertEqual(Good, ?D:plugin_config(NV)),
+    ?assertEqual(ok, ?D:health(NV)),
+    T = topic(Ctx, <<"after-bad-config">>),
+    Pub = ?D:connect(<<"publisher-11">>),
+    ensure_routed(?D:publish(Pub, T, <<"still here">>, 1)),
+    ok = wait(fun() -> stored(T) =:= 1 end, 10000),
+    cql("DELETE FROM mqtt.mqtt_msg WHERE topic = '" ++ binary_to_list(T) ++ "'"),
+    ?D:disconnect(Pub).
+
+stop_removes_hooks(#{name_vsn := NV}) ->
+    ok = ?D:stop_plugin(NV),
+    Ours = [C || {_, _, {emqx_offline_cassandra_hooks, _, _}} = C <- emqx_hooks:callbacks()],
+    ?assertEqual([], Ours),
+    ?assertEqual(not_started, ?NIF:status()),
+    %% and it starts again in the same VM.
+    ok = ?D:start_plugin(NV),
+    ok = wait(fun() -> ?D:health(NV) =:= ok end, 30000),
+    ok = ?D:stop_plugin(NV).
+
+%%--------------------------------------------------------------------
+%% Helpers
+%%--------------------------------------------------------------------
+
+%% A message.publish hook standing in for a schema validator.
+block_publish(Msg, Topic) ->
+    case emqx_message:topic(Msg) of
+        Topic -> {stop, emqx_message:set_header(allow_publish, false, Msg)};
+        _ -> {ok, Msg}
+    end.
+
+with_config(NV, Changes, Fun) ->
+    Old = ?D:plugin_config(NV),
+    ok = ?D:update_config(NV, maps:merge(Old, Changes)),
+    try
+        Fun()
+    after
+        ok = ?D:update_config(NV, Old)
+    end.
+
+ensure_routed({ok, _} = R) -> R;
+ensure_routed(Other) -> erlang:error({publish_failed, Other}).
+
+%% Rows stored for a topic or filter, read through the installed plugin.
+stored(TopicOrFilter) ->
+    case ?NIF:fetch_sync(TopicOrFilter, #{}, 5000) of
+        {ok, Rows} -> length(Rows);
+        {error, Reason} -> {error, Reason}
+    end.
+
+cql(Statement) ->
+    Cmd = "test/cassandra/cassandra.sh cqlsh -e \"" ++ Statement ++ "\" 2>&1",
+    os:cmd(Cmd).
+
+cql_count(Topic) ->
+    Out = cql("SELECT count(*) FROM mqtt.mqtt_msg WHERE topic = '" ++ Topic ++ "'"),
+    case re:run(Out, "-+\\s*\\n\\s*([0-9]+)", [{capture, all_but_first, list}]) of
+        {match, [N]} -> list_to_integer(N);
+        nomatch -> {cqlsh_failed, Out}
+    end.
+
+cql_msgids(Topic) ->
+    Out = cql("SELECT msgid FROM mqtt.mqtt_msg WHERE topic = '" ++ Topic ++ "'"),
+    {match, Ids} = re:run(Out, "\\b([0-9A-F]{32})\\b", [global, {capture, all_but_first, binary}]),
+    lists:append(Ids).
+
+wait(Pred, Ms) ->
+    End = erlang:monotonic_time(millisecond) + Ms,
+    wait_(Pred, End).
+
+wait_(Pred, End) ->
+    case catch Pred() of
+        true ->
+            ok;
+        _ ->
+            case erlang:monotonic_time(millisecond) > End of
+                true -> {timeout, Pred};
+                false ->
+                    timer:sleep(50),
+                    wait_(Pred, End)
+            end
+    end.
