@@ -40,12 +40,15 @@ check "the seed's 3.11 statement is rejected on 5.0 as README says" \
     contains "$rejected" "Unknown property 'dclocal_read_repair_chance'"
 
 # A second node on other ports, in its own cache dir: start, then stop it; the first stays.
+first_port=${CASSANDRA_PORT:-9042}
+first_storage=${CASSANDRA_STORAGE_PORT:-7000}
+second_port=$((first_port + 100))
 second_cache=$(mktemp -d)
-export CASSANDRA_CACHE=$second_cache CASSANDRA_PORT=9142 CASSANDRA_STORAGE_PORT=7100 CASSANDRA_HEAP=512M
+export CASSANDRA_CACHE=$second_cache CASSANDRA_PORT=$second_port CASSANDRA_STORAGE_PORT=$((first_storage + 100)) CASSANDRA_HEAP=512M
 ln -s "$HERE/../../.cache/cassandra/lib-$(ls "$HERE/../../.cache/cassandra" | sed -n 's/^lib-//p' | head -1)" \
     "$second_cache/lib-$(ls "$HERE/../../.cache/cassandra" | sed -n 's/^lib-//p' | head -1)"
 if "$C" start >/dev/null 2>&1; then
-    check "second node answers on 9142" contains "$("$C" cqlsh -e "SELECT release_version FROM system.local" 2>&1)" "5.0"
+    check "second node answers on $second_port" contains "$("$C" cqlsh -e "SELECT release_version FROM system.local" 2>&1)" "5.0"
     "$C" stop >/dev/null 2>&1
     check "second node stopped" bash -c "! '$C' status >/dev/null"
 else
@@ -53,12 +56,13 @@ else
     "$C" log 30 || true
     "$C" stop || true
 fi
-unset CASSANDRA_CACHE CASSANDRA_PORT CASSANDRA_STORAGE_PORT CASSANDRA_HEAP
+unset CASSANDRA_CACHE CASSANDRA_HEAP
+export CASSANDRA_PORT=$first_port CASSANDRA_STORAGE_PORT=$first_storage
 check "first node still running after the second one stopped" test "$(pid_of)" = "$first_pid"
 
 # A port held by another process is reported, not silently shared.
 clash=$(CASSANDRA_CACHE=$second_cache "$C" start 2>&1 || true)
-check "a taken port is a clear error" contains "$clash" "port 9042 is already taken"
+check "a taken port is a clear error" contains "$clash" "port $first_port is already taken"
 rm -rf "$second_cache"
 
 [ "$failures" = 0 ] || { echo "$failures check(s) failed"; exit 1; }
