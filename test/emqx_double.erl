@@ -21,7 +21,7 @@
 %%--------------------------------------------------------------------
 -module(emqx_double).
 
--export([start/1, stop/0, mode/0, version/0, extra_default/0, config_api/0, data_dir/0]).
+-export([start/1, stop/0, mode/0, version/0, extra_default/0, config_api/0, data_dir/0, write_config_file/2]).
 -export([install_plugin/1, start_plugin/1, stop_plugin/1, plugin_config/1, update_config/2, health/1]).
 -export([connect/1, subscribe/3, unsubscribe/2, publish/4, publish/5, received/1, raw_delivered/1,
          ack/2, ack_all/1, disconnect/1, inflight/1]).
@@ -45,6 +45,7 @@ start(Opts) ->
     ok = filelib:ensure_dir(filename:join(Dir, "x")),
     persistent_term:put(?DIR, Dir),
     emqx_hooks:reset(),
+    ok = load_plugins_module(Mode),
     case ets:whereis(?ROUTES) of
         undefined ->
             Parent = self(),
@@ -57,6 +58,27 @@ start(Opts) ->
         _ ->
             ets:delete_all_objects(?ROUTES)
     end,
+    ok.
+
+%% EMQX before 5.7 has no plugin configuration: emqx_plugins exports only
+%% get_config/2, which reads the plugin subsystem's own settings (the trap
+%% §8 describes). 5.7+ use the emqx_plugins double from test/.
+load_plugins_module('5.3') ->
+    Forms = [
+        {attribute, 1, module, emqx_plugins},
+        {attribute, 2, export, [{get_config, 2}]},
+        {function, 3, get_config, 2, [
+            {clause, 3, [{atom, 3, install_dir}, {var, 3, '_'}], [], [{string, 3, "plugins"}]},
+            {clause, 4, [{var, 4, '_'}, {var, 4, 'Default'}], [], [{var, 4, 'Default'}]}
+        ]}
+    ],
+    {ok, emqx_plugins, Bin} = compile:forms(Forms),
+    code:purge(emqx_plugins),
+    {module, emqx_plugins} = code:load_binary(emqx_plugins, "emqx_plugins_5_3", Bin),
+    ok;
+load_plugins_module(_) ->
+    code:purge(emqx_plugins),
+    {module, emqx_plugins} = code:load_file(emqx_plugins),
     ok.
 
 stop() ->
@@ -86,6 +108,23 @@ config_api() ->
     end.
 
 data_dir() -> filename:join(persistent_term:get(?DIR), "data").
+
+%% @doc Writes <data_dir>/plugins/<name>/config.hocon (JSON syntax), where a
+%% plugin on EMQX 5.0-5.6 finds its config.
+write_config_file(Name, Config) ->
+    File = filename:join([data_dir(), "plugins", Name, "config.hocon"]),
+    ok = filelib:ensure_dir(File),
+    ok = file:write_file(File, encode_json(Config)).
+
+encode_json(M) when is_map(M) ->
+    ["{", lists:join(",", [[encode_json(K), ":", encode_json(V)] || {K, V} <- maps:to_list(M)]), "}"];
+encode_json(L) when is_list(L) -> ["[", lists:join(",", [encode_json(V) || V <- L]), "]"];
+encode_json(B) when is_binary(B) -> [$", string:replace(string:replace(B, "\\", "\\\\", all), "\"", "\\\"", all), $"];
+encode_json(true) -> "true";
+encode_json(false) -> "false";
+encode_json(null) -> "null";
+encode_json(I) when is_integer(I) -> integer_to_list(I);
+encode_json(F) when is_float(F) -> float_to_list(F, [short]).
 
 %%--------------------------------------------------------------------
 %% Plugins (emqx_plugins_fs / emqx_plugins_apps behaviour)
@@ -123,6 +162,7 @@ install_plugin(TarGz) ->
         end,
     persistent_term:put({?MODULE, plugin_config, NameVsn}, Config),
     persistent_term:put({?MODULE, plugin_app, NameVsn}, binary_to_atom(Name)),
+    persistent_term:put({?MODULE, plugin_apps, NameVsn}, {PluginDir, RelApps}),
     {ok, NameVsn}.
 
 load_app(PluginDir, AppVsn) ->
@@ -149,6 +189,15 @@ load_app(PluginDir, AppVsn) ->
 %% @doc Starts the plugin's app in another process, failing after 10 s (5.7.2+).
 start_plugin(NameVsn) ->
     App = persistent_term:get({?MODULE, plugin_app, NameVsn}),
+    %% 5.8 and older reload every beam when the app is not loaded (after a
+    %% stop, which unloads it): the NIF module is loaded over its old self.
+    case mode() =/= '5.10' andalso application:get_key(App, vsn) =:= undefined of
+        true ->
+            {PluginDir, RelApps} = persistent_term:get({?MODULE, plugin_apps, NameVsn}),
+            [load_app(PluginDir, A) || A <- RelApps];
+        false ->
+            ok
+    end,
     Parent = self(),
     {Pid, MRef} = spawn_monitor(fun() -> Parent ! {self(), application:ensure_all_started(App)} end),
     receive
@@ -177,9 +226,25 @@ stop_plugin(NameVsn) ->
 plugin_config(NameVsn) ->
     persistent_term:get({?MODULE, plugin_config, NameVsn}, #{}).
 
-%% @doc PUT /plugins/:name/config with 5.9+ semantics: the app's
-%% on_config_changed/2 must return exactly ok to accept.
+%% @doc PUT /plugins/:name/config. 5.9+: the app's on_config_changed/2 must
+%% return exactly ok to accept. 5.7-5.8: the config is written first and
+%% the callback's result is ignored. Before 5.7 there is no such API.
 update_config(NameVsn, New) ->
+    case mode() of
+        '5.3' -> {error, no_plugin_config_api};
+        '5.8' -> update_config_58(NameVsn, New);
+        '5.10' -> update_config_59(NameVsn, New)
+    end.
+
+update_config_58(NameVsn, New) ->
+    App = persistent_term:get({?MODULE, plugin_app, NameVsn}),
+    Old = plugin_config(NameVsn),
+    persistent_term:put({?MODULE, plugin_config, NameVsn}, New),
+    Mod = list_to_atom(atom_to_list(App) ++ "_app"),
+    _ = (catch Mod:on_config_changed(Old, New)),
+    ok.
+
+update_config_59(NameVsn, New) ->
     App = persistent_term:get({?MODULE, plugin_app, NameVsn}),
     Old = plugin_config(NameVsn),
     Mod = list_to_atom(atom_to_list(App) ++ "_app"),

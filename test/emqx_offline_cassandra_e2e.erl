@@ -13,14 +13,18 @@
 
 -include_lib("eunit/include/eunit.hrl").
 
--export([run/0, run/1, block_publish/2]).
+-export([run/0, run/1, block_publish/2, log/2]).
 
 -define(D, emqx_double).
 -define(NIF, emqx_offline_cassandra_nif).
 
-%% @doc Runs the scenario against every EMQX behaviour the double plays.
+%% @doc Runs the scenario against every EMQX behaviour the double plays:
+%% 5.3-like (no plugin config API, extra = [], share in SubOpts), 5.8-like
+%% (get_config/1 -> {ok, Map}, on_config_changed result ignored, beams
+%% reloaded on start) and 5.10/6.x-like (plain map, #share{}, results
+%% enforced).
 run() ->
-    run(['5.10']).
+    run(['5.3', '5.8', '5.10']).
 
 run(Modes) ->
     Results = [eunit:test({timeout, 600, scenario(Mode)}, [verbose]) || Mode <- Modes],
@@ -32,8 +36,9 @@ run(Modes) ->
 scenario(Mode) ->
     {setup, fun() -> setup(Mode) end, fun teardown/1, fun(Ctx) ->
         {inorder, [
-            {timeout, 60, {Name, fun() -> F(Ctx) end}}
+            {timeout, 60, {atom_to_list(Mode) ++ ": " ++ Name, fun() -> F(Ctx) end}}
          || {Name, F} <- [
+                {"one start log line: EMQX version, config source, features", fun start_log_line/1},
                 {"hooks registered with their priorities", fun hooks_registered/1},
                 {"1. publish QoS 1 on t/1, no subscriber: the row is in mqtt.mqtt_msg", fun seed_publish_stored/1},
                 {"2. subscribe t/1: delivered; ack: the row is gone", fun seed_subscribe_and_ack/1},
@@ -59,13 +64,14 @@ scenario(Mode) ->
 
 setup(Mode) ->
     ok = ?D:start(#{mode => Mode}),
+    ok = capture_logs(),
     [Tar] = filelib:wildcard("_build/plugin/emqx_offline_cassandra-*.tar.gz"),
     {ok, NameVsn} = ?D:install_plugin(Tar),
     %% The packaged config is the seed's (root/public, t/#); only the
     %% address may differ on a test machine.
     Config0 = ?D:plugin_config(NameVsn),
     Config = Config0#{<<"servers">> => list_to_binary(os:getenv("CASSANDRA_NODE", "127.0.0.1:9042"))},
-    persistent_term:put({emqx_double, plugin_config, NameVsn}, Config),
+    set_config(Mode, NameVsn, Config),
     cql("DELETE FROM mqtt.mqtt_msg WHERE topic = 't/1'"),
     {Micros, ok} = timer:tc(fun() -> ?D:start_plugin(NameVsn) end),
     ?assert(Micros < 10000000),
@@ -77,6 +83,40 @@ teardown(#{name_vsn := NameVsn}) ->
     catch ?D:stop_plugin(NameVsn),
     ?D:stop().
 
+%% Where the plugin finds its config: EMQX's plugin config (5.7+), or the
+%% file in the data dir (5.0-5.6).
+set_config('5.3', NameVsn, Config) ->
+    persistent_term:put({emqx_double, plugin_config, NameVsn}, Config),
+    ?D:write_config_file("emqx_offline_cassandra", Config);
+set_config(_Mode, NameVsn, Config) ->
+    persistent_term:put({emqx_double, plugin_config, NameVsn}, Config).
+
+%% Log events collected for the test (logger handler below).
+capture_logs() ->
+    case ets:whereis(e2e_logs) of
+        undefined ->
+            Parent = self(),
+            spawn(fun() ->
+                ets:new(e2e_logs, [named_table, public, bag]),
+                Parent ! logs_ready,
+                receive stop -> ok end
+            end),
+            receive logs_ready -> ok end;
+        _ ->
+            ets:delete_all_objects(e2e_logs)
+    end,
+    _ = logger:remove_handler(e2e_capture),
+    ok = logger:add_handler(e2e_capture, ?MODULE, #{level => all}).
+
+%% @private logger handler callback
+log(#{msg := {report, #{msg := Kind} = Report}}, _Config) ->
+    ets:insert(e2e_logs, {Kind, Report});
+log(_Event, _Config) ->
+    ok.
+
+logged(Kind) ->
+    [R || {_, R} <- ets:lookup(e2e_logs, Kind)].
+
 %% A topic under t/ unique to this run.
 topic(#{run := Run}, Suffix) ->
     <<"t/", Run/binary, "/", Suffix/binary>>.
@@ -84,6 +124,24 @@ topic(#{run := Run}, Suffix) ->
 %%--------------------------------------------------------------------
 %% Scenario
 %%--------------------------------------------------------------------
+
+start_log_line(#{mode := Mode}) ->
+    [Line | _] = logged(offline_cassandra_started),
+    ?assertEqual(list_to_binary(?D:version()), maps:get(emqx_version, Line)),
+    ?assertEqual(?D:extra_default(), maps:get(message_extra, Line)),
+    case Mode of
+        '5.3' ->
+            ?assertEqual(none, maps:get(config_api, Line)),
+            ?assertMatch({_, _}, binary:match(maps:get(config_source, Line), <<"data/plugins/emqx_offline_cassandra/config.hocon">>));
+        '5.8' ->
+            ?assertEqual(tuple_ok, maps:get(config_api, Line)),
+            ?assertEqual(<<"emqx_plugins:get_config/1">>, maps:get(config_source, Line));
+        '5.10' ->
+            ?assertEqual(plain_map, maps:get(config_api, Line)),
+            ?assertEqual(<<"emqx_plugins:get_config/1">>, maps:get(config_source, Line))
+    end,
+    %% The password never reaches the log.
+    ?assertEqual(nomatch, binary:match(iolist_to_binary(io_lib:format("~p", [Line])), <<"public">>)).
 
 hooks_registered(_Ctx) ->
     H = emqx_offline_cassandra_hooks,
@@ -288,10 +346,11 @@ time_range(#{name_vsn := NV} = Ctx) ->
 expiry(Ctx) ->
     T = topic(Ctx, <<"expiry">>),
     Pub = ?D:connect(<<"publisher-10">>),
-    ensure_routed(?D:publish(Pub, T, <<"short">>, 1, #{properties => #{'Message-Expiry-Interval' => 1}})),
+    T0 = erlang:monotonic_time(millisecond),
+    ensure_routed(?D:publish(Pub, T, <<"short">>, 1, #{properties => #{'Message-Expiry-Interval' => 2}})),
     ensure_routed(?D:publish(Pub, T, <<"long">>, 1, #{properties => #{'Message-Expiry-Interval' => 100}})),
-    ok = wait(fun() -> stored(T) =:= 2 end, 10000),
-    timer:sleep(2100),
+    ok = wait(fun() -> lists:member(<<"long">>, stored_payloads(T)) end, 10000),
+    timer:sleep(max(0, T0 + 3000 - erlang:monotonic_time(millisecond))),
     Sub = ?D:connect(<<"subscriber-10">>),
     ok = ?D:subscribe(Sub, T, 1),
     ok = wait(fun() -> length(?D:raw_delivered(Sub)) >= 1 end, 5000),
@@ -305,7 +364,7 @@ expiry(Ctx) ->
     {ok, 1} = ?D:ack_all(Sub),
     [?D:disconnect(C) || C <- [Pub, Sub]].
 
-bad_config(#{name_vsn := NV} = Ctx) ->
+bad_config(#{mode := '5.10', name_vsn := NV} = Ctx) ->
     Good = ?D:plugin_config(NV),
     {error, Why1} = ?D:update_config(NV, Good#{<<"servers">> => 9042}),
     ?assertEqual(<<"servers: must be a string">>, Why1),
@@ -317,6 +376,27 @@ bad_config(#{name_vsn := NV} = Ctx) ->
     ?assertMatch({_, _}, binary:match(Why4, <<"pool_size">>)),
     %% Still healthy, still storing with the old config.
     ?assertEqual(Good, ?D:plugin_config(NV)),
+    still_working(Ctx);
+bad_config(#{mode := '5.8', name_vsn := NV} = Ctx) ->
+    %% 5.7-5.8 write the config and ignore the callback's answer; the plugin
+    %% refuses to apply it (logged) and keeps the config it runs with.
+    Good = ?D:plugin_config(NV),
+    ok = ?D:update_config(NV, Good#{<<"servers">> => 9042}),
+    ?assertMatch([#{reason := <<"servers: must be a string">>} | _], logged(offline_cassandra_config_rejected)),
+    still_working(Ctx),
+    ok = ?D:update_config(NV, Good);
+bad_config(#{mode := '5.3', name_vsn := NV} = Ctx) ->
+    %% No config API: a bad config file is read at start. The plugin starts
+    %% (unhooked), says why in its health, and the node keeps running.
+    Good = ?D:plugin_config(NV),
+    ok = restart_with(NV, Good#{<<"servers">> => 9042}),
+    ?assertEqual({error, <<"invalid config: servers: must be a string">>}, ?D:health(NV)),
+    ?assertEqual([], [C || {_, _, {emqx_offline_cassandra_hooks, _, _}} = C <- emqx_hooks:callbacks()]),
+    ok = restart_with(NV, Good),
+    ok = wait(fun() -> ?D:health(NV) =:= ok end, 30000),
+    still_working(Ctx).
+
+still_working(#{name_vsn := NV} = Ctx) ->
     ?assertEqual(ok, ?D:health(NV)),
     T = topic(Ctx, <<"after-bad-config">>),
     Pub = ?D:connect(<<"publisher-11">>),
@@ -324,6 +404,11 @@ bad_config(#{name_vsn := NV} = Ctx) ->
     ok = wait(fun() -> stored(T) =:= 1 end, 10000),
     cql("DELETE FROM mqtt.mqtt_msg WHERE topic = '" ++ binary_to_list(T) ++ "'"),
     ?D:disconnect(Pub).
+
+restart_with(NV, Config) ->
+    ok = ?D:stop_plugin(NV),
+    set_config('5.3', NV, Config),
+    ?D:start_plugin(NV).
 
 stop_removes_hooks(#{name_vsn := NV}) ->
     ok = ?D:stop_plugin(NV),
@@ -348,11 +433,21 @@ block_publish(Msg, Topic) ->
 
 with_config(NV, Changes, Fun) ->
     Old = ?D:plugin_config(NV),
-    ok = ?D:update_config(NV, maps:merge(Old, Changes)),
+    ok = change_config(NV, maps:merge(Old, Changes)),
     try
         Fun()
     after
-        ok = ?D:update_config(NV, Old)
+        ok = change_config(NV, Old)
+    end.
+
+%% 5.7+: through the config API; before: the file, then a restart.
+change_config(NV, Config) ->
+    case ?D:mode() of
+        '5.3' ->
+            ok = restart_with(NV, Config),
+            wait(fun() -> ?D:health(NV) =:= ok end, 30000);
+        _ ->
+            ?D:update_config(NV, Config)
     end.
 
 ensure_routed({ok, _} = R) -> R;
@@ -364,6 +459,10 @@ stored(TopicOrFilter) ->
         {ok, Rows} -> length(Rows);
         {error, Reason} -> {error, Reason}
     end.
+
+stored_payloads(TopicOrFilter) ->
+    {ok, Rows} = ?NIF:fetch_sync(TopicOrFilter, #{}, 5000),
+    [maps:get(payload, R) || R <- Rows].
 
 cql(Statement) ->
     Cmd = "test/cassandra/cassandra.sh cqlsh -e \"" ++ Statement ++ "\" 2>&1",
