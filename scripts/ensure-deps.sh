@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the system tools the project needs, from Debian's packages, only when missing.
-#   ensure-deps.sh java | maven | erlang | rust | all
+#   ensure-deps.sh java | maven | erlang | rust | python | binutils | all
 # Idempotent: a tool already on PATH is left alone; `apt-get update` runs at most once per call.
 set -euo pipefail
 
@@ -19,6 +19,7 @@ ensure() {
     java) need java || apt_install openjdk-17-jdk-headless ;;
     maven) need mvn || apt_install maven ;;
     erlang) need erl && need rebar3 || apt_install erlang-nox erlang-dev erlang-eunit erlang-common-test rebar3 ;;
+    binutils) need objdump || apt_install binutils ;;
     python) need python3 && python3 -m venv --help >/dev/null 2>&1 || apt_install python3 python3-venv ;;
     rust)
         need cargo || {

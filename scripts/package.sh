@@ -6,6 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 unset FAULT_INJECTION # the package carries the production NIF
+scripts/ensure-deps.sh erlang binutils
 
 name=emqx_offline_cassandra
 vsn=$(sed -n 's/.*{vsn, *"\([^"]*\)"}.*/\1/p' erlang_src/$name.app.src)
@@ -36,9 +37,15 @@ cat >"$out/$nv/release.json" <<JSON
   "compatibility": {"emqx": "~> 5.0"},
   "metadata_vsn": "0.2.0",
   "built_on_otp_release": "$built_on",
+  "nif_requires": "GLIBC_MIN",
   "git_commit_or_build_date": "$(git rev-parse --short HEAD 2>/dev/null || date -u +%Y-%m-%d)"
 }
 JSON
+
+# The NIF needs the glibc of the build host (Rust's std links its symbol versions): say so.
+glibc_min=$(objdump -T "$src/priv/libemqx_offline_cassandra_nif.so" | grep -o 'GLIBC_[0-9.]*' | sort -V | tail -1)
+echo "package.sh: the NIF needs ${glibc_min/_/ } or newer on the EMQX host" >&2
+sed -i "s/GLIBC_MIN/${glibc_min/_/ }, x86_64 Linux, NIF 2.16 (OTP 24+)/" "$out/$nv/release.json"
 
 if [ -n "$(find "$out/$nv" ! -type f ! -type d)" ]; then
     echo "package.sh: non-regular files in the package:" >&2

@@ -35,7 +35,7 @@ step "Erlang tests: the NIF (fault-injection build) against Cassandra"
 FAULT_INJECTION=1 rebar3 eunit
 
 step "plugin config files (config.hocon against config_schema.avsc, i18n)"
-.cache/venv/bin/python -c 'import fastavro' 2>/dev/null || .cache/venv/bin/pip install -q 'fastavro>=1.9,<2'
+scripts/ensure-py-tools.sh
 .cache/venv/bin/python test/check_plugin_config.py priv
 
 step "package"

@@ -57,10 +57,7 @@ ensure_java() {
 }
 
 ensure_cqlsh() {
-    [ -x "$CQLSH" ] && return 0
-    say "installing cqlsh from PyPI into $VENV"
-    python3 -m venv "$VENV"
-    "$VENV/bin/pip" install -q 'cqlsh>=6.2,<7'
+    "$ROOT/scripts/ensure-py-tools.sh"
 }
 
 # ---------------------------------------------------------------- fetch
