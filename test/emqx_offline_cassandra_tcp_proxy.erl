@@ -6,9 +6,9 @@
 %%--------------------------------------------------------------------
 -module(emqx_offline_cassandra_tcp_proxy).
 
--export([start/1, port/1, cut/1, restore/1, stop/1]).
+-export([start/1, port/1, cut/1, restore/1, stop/1, delay/2]).
 
--record(st, {upstream_port, port, listener, conns = []}).
+-record(st, {upstream_port, port, listener, conns = [], delay_ms = 0}).
 
 %% @doc Proxies a local port (returned by port/1) to 127.0.0.1:UpstreamPort.
 start(UpstreamPort) ->
@@ -25,6 +25,10 @@ cut(Pid) -> call(Pid, cut).
 %% @doc Listens again on the same port.
 restore(Pid) -> call(Pid, restore).
 stop(Pid) -> call(Pid, stop).
+%% @doc Holds every chunk from Cassandra this long before passing it on (a
+%% slow Cassandra); 0 turns it off. Applies to connections made from now on
+%% and to the ones open.
+delay(Pid, Ms) -> call(Pid, {delay, Ms}).
 
 call(Pid, Req) ->
     Ref = make_ref(),
@@ -65,7 +69,8 @@ loop(St) ->
         {accepted, Client} ->
             case gen_tcp:connect({127, 0, 0, 1}, St#st.upstream_port, [binary, {active, true}]) of
                 {ok, Up} ->
-                    Pipe = spawn_link(fun() -> pipe(Client, Up) end),
+                    Delay = St#st.delay_ms,
+                    Pipe = spawn_link(fun() -> put(delay_ms, Delay), pipe(Client, Up) end),
                     ok = gen_tcp:controlling_process(Client, Pipe),
                     ok = gen_tcp:controlling_process(Up, Pipe),
                     Pipe ! go,
@@ -74,6 +79,10 @@ loop(St) ->
                     gen_tcp:close(Client),
                     loop(St)
             end;
+        {call, From, Ref, {delay, Ms}} ->
+            [P ! {delay_ms, Ms} || P <- St#st.conns],
+            From ! {Ref, ok},
+            loop(St#st{delay_ms = Ms});
         {call, From, Ref, port} ->
             From ! {Ref, St#st.port},
             loop(St);
@@ -107,7 +116,14 @@ pipe_loop(Client, Up) ->
             ok = gen_tcp:send(Up, Data),
             pipe_loop(Client, Up);
         {tcp, Up, Data} ->
+            case get(delay_ms) of
+                D when is_integer(D), D > 0 -> timer:sleep(D);
+                _ -> ok
+            end,
             ok = gen_tcp:send(Client, Data),
+            pipe_loop(Client, Up);
+        {delay_ms, Ms} ->
+            put(delay_ms, Ms),
             pipe_loop(Client, Up);
         {tcp_closed, _} ->
             gen_tcp:close(Client),

@@ -19,6 +19,7 @@ pub(crate) struct Counters {
     pub handed_over: AtomicU64,
     pub batches: AtomicU64,
     pub retries: AtomicU64,
+    pub requeued: AtomicU64,
     pub fetches: AtomicU64,
     pub fetch_failures: AtomicU64,
     pub fetched_rows: AtomicU64,
@@ -46,6 +47,7 @@ impl Counters {
             buffered: buffered as u64,
             batches: self.batches.load(Relaxed),
             retries: self.retries.load(Relaxed),
+            requeued: self.requeued.load(Relaxed),
             fetches: self.fetches.load(Relaxed),
             fetch_failures: self.fetch_failures.load(Relaxed),
             fetched_rows: self.fetched_rows.load(Relaxed),
@@ -78,6 +80,8 @@ pub struct StatsSnapshot {
     pub batches: u64,
     /// Requests sent again after a transient failure.
     pub retries: u64,
+    /// Writes put back into the buffer because Cassandra went away while they were sent.
+    pub requeued: u64,
     pub fetches: u64,
     pub fetch_failures: u64,
     pub fetched_rows: u64,

@@ -188,6 +188,9 @@ pub struct Store {
     inner: Arc<Inner>,
 }
 
+/// How often a connected store checks that Cassandra still answers.
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Topic partitions a wildcard replay reads at the same time.
 const WILDCARD_READS_IN_FLIGHT: usize = 16;
 
@@ -737,6 +740,20 @@ impl Inner {
         self.stopped.load(Ordering::Relaxed)
     }
 
+    /// Puts a batch back at the front of the staging area, in order (staged before it
+    /// stops being in flight, so `stats()` never misses it).
+    fn requeue(&self, batch: Vec<Pending>) {
+        let n = batch.len() as u64;
+        let mut staging = lock(&self.staging);
+        Counters::add(&self.counters.staged, n);
+        Counters::sub(&self.counters.in_flight, n);
+        for p in batch.into_iter().rev() {
+            staging.items.push_front(p);
+        }
+        drop(staging);
+        self.work.notify_one();
+    }
+
     /// Takes the head staged write plus following staged writes of the same kind to the
     /// same partition.
     fn take_batch(&self) -> Vec<Pending> {
@@ -818,24 +835,46 @@ async fn supervise(inner: Arc<Inner>) {
             }
         }
     };
+    let mut conn = conn;
     *inner.conn.write().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
     set_state(&inner, ConnState::Connected);
     inner.work.notify_one();
     loop {
+        let connected = matches!(*inner.state.borrow(), ConnState::Connected);
+        // Probe every second while connected; while not, look twice as often.
+        let tick = if connected {
+            PROBE_INTERVAL
+        } else {
+            PROBE_INTERVAL / 2
+        };
         tokio::select! {
-            _ = sleep(Duration::from_secs(1)) => {}
+            _ = sleep(tick) => {}
             _ = shutdown.changed() => return,
         }
         let probe = conn.session.execute_unpaged(&conn.probe, ()).await;
         let next = match probe {
             Ok(_) => ConnState::Connected,
-            Err(e) => ConnState::Disconnected {
+            Err(e) if connected => ConnState::Disconnected {
                 reason: StoreError::from_driver(e, cfg.request_timeout),
             },
+            Err(e) => {
+                // The driver's own pool refill backs off up to 10 s; a fresh session
+                // notices a returning Cassandra at once.
+                match connection::connect_once(cfg).await {
+                    Ok(fresh) => {
+                        conn = Arc::new(fresh);
+                        *inner.conn.write().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
+                        ConnState::Connected
+                    }
+                    Err(_) => ConnState::Disconnected {
+                        reason: StoreError::from_driver(e, cfg.request_timeout),
+                    },
+                }
+            }
         };
-        let was_connected = matches!(*inner.state.borrow(), ConnState::Connected);
+        let reconnected = !connected && next == ConnState::Connected;
         set_state(&inner, next);
-        if !was_connected {
+        if reconnected {
             inner.work.notify_one();
         }
     }
@@ -910,6 +949,14 @@ async fn write_batch(inner: &Inner, conn: &Connection, batch: Vec<Pending>) {
             Ok(()) => break Ok(()),
             Err(e) => {
                 let e = StoreError::from_driver(e, inner.cfg.request_timeout);
+                if matches!(e, StoreError::NotConnected { .. }) && !inner.stopped() {
+                    // Cassandra went away: these writes are not failures, they wait (in the
+                    // buffer, under its cap) for the connection to come back.
+                    set_state(inner, ConnState::Disconnected { reason: e });
+                    Counters::add(&c.requeued, n);
+                    inner.requeue(batch);
+                    return;
+                }
                 if !e.is_transient() || attempt >= inner.cfg.write_attempts || inner.stopped() {
                     break Err(e);
                 }

@@ -657,3 +657,33 @@ async fn without_auto_reconnect_the_first_failure_is_final() {
     );
     store.shutdown(Duration::ZERO).await;
 }
+
+/// Issue "prove it": 100,000 trials where the delete is issued before its insert.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_thousand_acks_before_their_inserts_leave_no_row() {
+    let store = connect_with(StoreConfig {
+        buffer_capacity: 250_000,
+        ..config()
+    })
+    .await;
+    let topics: Vec<_> = (0..100).map(|_| unique_topic("ack_first")).collect();
+    let msgs: Vec<_> = (0..100_000)
+        .map(|i| message(&topics[i % topics.len()], b"x"))
+        .collect();
+    for m in &msgs {
+        store.submit_delete(&m.topic, m.msgid).unwrap();
+        store.submit_store(m.clone()).unwrap();
+    }
+    store.flush(Duration::from_secs(300)).await.unwrap();
+    let s = store.stats();
+    assert_eq!((s.written, s.failed, s.dropped), (200_000, 0, 0), "{s:?}");
+    let mut left = 0;
+    for t in &topics {
+        left += store.fetch(t, FetchOptions::default()).await.unwrap().len();
+    }
+    assert_eq!(
+        left, 0,
+        "rows resurrected by inserts that came after their deletes"
+    );
+    store.shutdown(Duration::from_secs(5)).await;
+}
