@@ -92,8 +92,11 @@ store(Msg, Topic, Settings) ->
         ttl => ttl(Msg, Settings)
     },
     case emqx_offline_cassandra_nif:store(Entry) of
-        ok -> ok;
-        {error, Reason} -> emqx_offline_cassandra_log:burst(store_refused, #{reason => Reason, topic => Topic})
+        ok ->
+            emqx_offline_cassandra_metrics:inc(stored);
+        {error, Reason} ->
+            emqx_offline_cassandra_metrics:inc(store_refused),
+            emqx_offline_cassandra_log:burst(store_refused, #{reason => Reason, topic => Topic})
     end.
 
 %% The row lives as long as the shorter of the configured message_ttl and
@@ -189,8 +192,11 @@ maybe_delete(Msg, #{topics := Filters}) ->
     case emqx_message:qos(Msg) > 0 andalso matches_any(Topic, Filters) of
         true ->
             case emqx_offline_cassandra_nif:delete(Topic, emqx_message:id(Msg)) of
-                ok -> ok;
-                {error, Reason} -> emqx_offline_cassandra_log:burst(delete_refused, #{reason => Reason, topic => Topic})
+                ok ->
+                    emqx_offline_cassandra_metrics:inc(deleted);
+                {error, Reason} ->
+                    emqx_offline_cassandra_metrics:inc(delete_refused),
+                    emqx_offline_cassandra_log:burst(delete_refused, #{reason => Reason, topic => Topic})
             end;
         false ->
             ok

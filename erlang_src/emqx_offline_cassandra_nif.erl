@@ -23,6 +23,8 @@
     delete/2,
     fetch/4,
     fetch_sync/3,
+    count/2,
+    purge/2,
     stats/0
 ]).
 
@@ -173,10 +175,28 @@ fetch(Pid, Ref, Topic, Opts) ->
 %% caller's mailbox.
 -spec fetch_sync(binary(), fetch_opts(), timeout()) -> {ok, [row()]} | {error, reason()}.
 fetch_sync(Topic, Opts, Timeout) ->
+    await_in_helper(fun(Pid, Ref) -> fetch(Pid, Ref, Topic, Opts) end, Timeout).
+
+%% @doc Live rows of a topic (waits at most Timeout ms).
+-spec count(binary(), timeout()) -> {ok, non_neg_integer()} | {error, reason()}.
+count(Topic, Timeout) ->
+    admin_sync(count, Topic, Timeout).
+
+%% @doc Deletes every stored message of a topic; returns how many there were.
+-spec purge(binary(), timeout()) -> {ok, non_neg_integer()} | {error, reason()}.
+purge(Topic, Timeout) ->
+    admin_sync(purge, Topic, Timeout).
+
+admin_sync(Op, Topic, Timeout) ->
+    await_in_helper(fun(Pid, Ref) -> nif_admin(Pid, Ref, Op, Topic) end, Timeout).
+
+%% Runs Request(HelperPid, Ref) in a helper process and waits for its one
+%% reply, so a late reply never lands in the caller's mailbox.
+await_in_helper(Request, Timeout) ->
     {Pid, MRef} = spawn_monitor(fun() ->
         Ref = make_ref(),
         Result =
-            case fetch(self(), Ref, Topic, Opts) of
+            case Request(self(), Ref) of
                 ok ->
                     receive
                         {?REPLY_TAG, Ref, Reply} -> Reply
@@ -218,6 +238,7 @@ nif_store_large(_Topic, _MsgId, _Sender, _Qos, _Retain, _Payload, _ArrivedMs, _T
 nif_delete(_Topic, _MsgId) -> ?NOT_LOADED.
 nif_fetch(_Pid, _Ref, _Topic, _Limit, _SinceMs) -> ?NOT_LOADED.
 nif_stats() -> ?NOT_LOADED.
+nif_admin(_Pid, _Ref, _Op, _Topic) -> ?NOT_LOADED.
 %% Only in test builds (cargo feature fault_injection).
 debug_panicking_fetch(_Pid, _Ref) -> ?NOT_LOADED.
 debug_sleeping_fetch(_Pid, _Ref, _Ms) -> ?NOT_LOADED.

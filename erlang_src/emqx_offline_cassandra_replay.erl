@@ -31,12 +31,14 @@ run(Channel, DeliverTopic, Filter, #{max_returned_count := Max, time_range_ms :=
             _ -> erlang:system_time(millisecond) - Range
         end,
     Ref = make_ref(),
+    emqx_offline_cassandra_metrics:inc(replays),
     case emqx_offline_cassandra_nif:fetch(self(), Ref, Filter, #{limit => Max, since => Since}) of
         ok ->
             receive
                 {offline_cassandra, Ref, {ok, Rows}} ->
                     deliver(Channel, DeliverTopic, Rows, Settings);
                 {offline_cassandra, Ref, {error, Reason}} ->
+                    emqx_offline_cassandra_metrics:inc(replay_failed),
                     emqx_offline_cassandra_log:burst(replay_failed, #{reason => Reason, filter => Filter})
             after ?REPLY_TIMEOUT_MS ->
                 emqx_offline_cassandra_log:burst(replay_failed, #{reason => timeout, filter => Filter})
@@ -61,6 +63,7 @@ deliver(Channel, DeliverTopic, Rows, Settings) ->
         0,
         Rows
     ),
+    emqx_offline_cassandra_metrics:inc(replayed, Sent),
     logger:debug(#{msg => offline_cassandra_replayed, filter => DeliverTopic, count => Sent}),
     ok.
 

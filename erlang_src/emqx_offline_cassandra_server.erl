@@ -8,7 +8,7 @@
 
 -behaviour(gen_server).
 
--export([start_link/0, config_changed/1, health/0, claim_group_replay/3, release_group_replay/3]).
+-export([start_link/0, config_changed/1, health/0, running_config/0, claim_group_replay/3, release_group_replay/3]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
 
 -define(SERVER, ?MODULE).
@@ -18,6 +18,11 @@
 %% rest moves to the new store.
 -define(RECONFIGURE_GRACE_MS, 5000).
 -define(STOP_GRACE_MS, 5000).
+-define(RUNNING_CONFIG, {?MODULE, running_config}).
+-define(ALARM, offline_cassandra_unreachable).
+-define(CHECK_INTERVAL_MS, 1000).
+%% Health turns red when the write buffer is fuller than this.
+-define(BUFFER_ALERT, 0.8).
 
 -spec start_link() -> {ok, pid()} | {error, term()}.
 start_link() ->
@@ -41,9 +46,29 @@ config_changed(NewConfig) ->
 -spec health() -> ok | {error, binary()}.
 health() ->
     case persistent_term:get(?CONFIG_ERROR, undefined) of
-        undefined -> nif_health(emqx_offline_cassandra_nif:status());
-        Why -> {error, <<"invalid config: ", Why/binary>>}
+        undefined ->
+            case nif_health(emqx_offline_cassandra_nif:status()) of
+                ok -> buffer_health(emqx_offline_cassandra_nif:stats());
+                Error -> Error
+            end;
+        Why ->
+            {error, <<"invalid config: ", Why/binary>>}
     end.
+
+buffer_health({ok, #{buffered := Buffered, buffer_capacity := Capacity}}) when
+    Capacity > 0, Buffered > Capacity * ?BUFFER_ALERT
+->
+    {error,
+        iolist_to_binary(
+            io_lib:format("write buffer ~b% full (~b of ~b writes)", [Buffered * 100 div Capacity, Buffered, Capacity])
+        )};
+buffer_health(_) ->
+    ok.
+
+%% @doc The config the plugin runs with, as the NIF got it, password hidden.
+-spec running_config() -> map() | undefined.
+running_config() ->
+    persistent_term:get(?RUNNING_CONFIG, undefined).
 
 %% @doc True for the first member of a shared-subscription group on this
 %% node to subscribe to Filter; it replays for the group. The claim ends
@@ -71,6 +96,7 @@ release_group_replay(Group, Filter, Pid) ->
 init([]) ->
     process_flag(trap_exit, true),
     ok = emqx_offline_cassandra_log:init(),
+    ok = emqx_offline_cassandra_metrics:init(),
     _ = ets:new(?GROUPS, [named_table, public, set]),
     Features = emqx_offline_cassandra_compat:detect(),
     {Source, Result} =
@@ -86,7 +112,9 @@ init([]) ->
         message_extra => maps:get(message_extra, Features),
         config => config_result(Result)
     }),
-    {ok, #{nif => nif_of(Result)}}.
+    ok = emqx_offline_cassandra_cli:register(),
+    erlang:send_after(?CHECK_INTERVAL_MS, self(), check),
+    {ok, #{nif => nif_of(Result), reachable => undefined}}.
 
 handle_call({config_changed, NewConfig}, _From, #{nif := OldNif} = State) ->
     case validate(NewConfig) of
@@ -111,6 +139,9 @@ handle_cast({monitor_claim, Key, Pid}, State) ->
 handle_cast(_Msg, State) ->
     {noreply, State}.
 
+handle_info(check, State) ->
+    erlang:send_after(?CHECK_INTERVAL_MS, self(), check),
+    {noreply, check_connection(State)};
 handle_info({'DOWN', MRef, process, Pid, _Reason}, State) ->
     case maps:take(MRef, maps:get(claims, State, #{})) of
         {Key, Claims} ->
@@ -124,6 +155,9 @@ handle_info(_Info, State) ->
 
 terminate(_Reason, _State) ->
     ok = emqx_offline_cassandra_hooks:unhook(),
+    ok = emqx_offline_cassandra_cli:unregister(),
+    _ = (catch emqx_alarm:ensure_deactivated(?ALARM)),
+    persistent_term:erase(?RUNNING_CONFIG),
     Stopped = emqx_offline_cassandra_nif:stop(?STOP_GRACE_MS),
     persistent_term:erase(?CONFIG_ERROR),
     logger:notice(#{msg => offline_cassandra_stopped, nif => Stopped}),
@@ -158,7 +192,8 @@ apply_config(Raw, OldNif) ->
                     persistent_term:erase(?CONFIG_ERROR),
                     ok = emqx_offline_cassandra_hooks:set_settings(Settings),
                     ok = emqx_offline_cassandra_hooks:hook(),
-                    {ok, Nif};
+                    persistent_term:put(?RUNNING_CONFIG, emqx_offline_cassandra_config:redact(Nif)),
+                {ok, Nif};
                 {error, Why} ->
                     {error, Why}
             end
@@ -186,6 +221,33 @@ start_nif(Nif, _Old) ->
             end
     end.
 
+%% An EMQX alarm is raised while Cassandra cannot be reached (connecting
+%% with errors, disconnected) and cleared when it answers again; each change
+%% is logged once.
+check_connection(#{reachable := Was} = State) ->
+    Status = emqx_offline_cassandra_nif:status(),
+    Now =
+        case Status of
+            connected -> true;
+            {connecting, _} -> false;
+            {disconnected, _} -> false;
+            {error, _} -> false;
+            _ -> Was
+        end,
+    case {Was, Now} of
+        {Same, Same} ->
+            State;
+        {_, false} ->
+            Why = reason_text(element(2, Status)),
+            _ = (catch emqx_alarm:activate(?ALARM, #{reason => Why}, <<"Cassandra unreachable: ", Why/binary>>)),
+            logger:warning(#{msg => offline_cassandra_unreachable, reason => Why}),
+            State#{reachable => false};
+        {_, true} ->
+            _ = (catch emqx_alarm:ensure_deactivated(?ALARM)),
+            logger:notice(#{msg => offline_cassandra_connected}),
+            State#{reachable => true}
+    end.
+
 nif_of({ok, Nif}) -> Nif;
 nif_of({error, _}) -> undefined.
 
@@ -199,6 +261,7 @@ nif_health({disconnected, Why}) -> {error, <<"Cassandra unreachable: ", Why/bina
 nif_health({error, Reason}) -> {error, reason_text(Reason)};
 nif_health(not_started) -> {error, <<"not started">>}.
 
+reason_text(Why) when is_binary(Why) -> Why;
 reason_text({_Kind, Why}) when is_binary(Why) -> Why;
 reason_text(Reason) when is_atom(Reason) -> atom_to_binary(Reason, utf8);
 reason_text(Reason) -> iolist_to_binary(io_lib:format("~0p", [Reason])).

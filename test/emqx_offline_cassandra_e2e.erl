@@ -53,6 +53,8 @@ scenario(Mode) ->
                 {"Time Range: only recent messages", fun time_range/1},
                 {"MQTT 5 Message-Expiry-Interval: expired never delivered", fun expiry/1},
                 {"6. a bad config is rejected with a clear reason; the node keeps running", fun bad_config/1},
+                {"emqx ctl offline_cassandra status | stats | count | peek | purge", fun admin_command/1},
+                {"Cassandra away: health red, alarm raised; back: green, cleared", fun alarm_and_health/1},
                 {"stop removes every hook and the NIF", fun stop_removes_hooks/1}
             ]
         ]}
@@ -410,10 +412,61 @@ restart_with(NV, Config) ->
     set_config('5.3', NV, Config),
     ?D:start_plugin(NV).
 
+admin_command(Ctx) ->
+    T = topic(Ctx, <<"admin">>),
+    Pub = ?D:connect(<<"publisher-12">>),
+    [ensure_routed(?D:publish(Pub, T, P, 1)) || P <- [<<"first">>, <<255, 0, 7>>, <<"third">>]],
+    ok = wait(fun() -> stored(T) =:= 3 end, 10000),
+    Tl = binary_to_list(T),
+    {ok, Status} = emqx_ctl:run_command(offline_cassandra, ["status"]),
+    ?assertMatch({_, _}, binary:match(Status, <<"connection: connected">>)),
+    ?assertMatch({_, _}, binary:match(Status, <<"health:     ok">>)),
+    ?assertEqual(nomatch, binary:match(Status, <<"public">>), "the password never shows"),
+    {ok, Stats} = emqx_ctl:run_command(offline_cassandra, ["stats"]),
+    [?assertMatch({_, _}, binary:match(Stats, K)) || K <- [<<"written">>, <<"stored">>, <<"replayed">>, <<"deleted">>, <<"dropped">>, <<"write_latency_p99_us">>]],
+    ?assertEqual({ok, <<T/binary, ": 3 stored message(s)
+">>}, emqx_ctl:run_command(offline_cassandra, ["count", Tl])),
+    {ok, Peek} = emqx_ctl:run_command(offline_cassandra, ["peek", Tl, "2"]),
+    ?assertMatch({_, _}, binary:match(Peek, <<"2 message(s), oldest first">>)),
+    ?assertMatch({_, _}, binary:match(Peek, <<"<3 bytes: FF0007...>">>)),
+    ?assertMatch({_, _}, binary:match(Peek, <<"\"third\"">>)),
+    ?assertEqual(nomatch, binary:match(Peek, <<"payload=\"first\"">>), "only the newest 2"),
+    ?assertEqual({ok, <<"purged ", T/binary, ": 3 stored message(s) deleted
+">>}, emqx_ctl:run_command(offline_cassandra, ["purge", Tl])),
+    ?assertEqual(0, stored(T)),
+    {ok, Usage} = emqx_ctl:run_command(offline_cassandra, ["help"]),
+    ?assertMatch({_, _}, binary:match(Usage, <<"offline_cassandra purge <topic>">>)),
+    ?D:disconnect(Pub).
+
+alarm_and_health(#{name_vsn := NV}) ->
+    Good = ?D:plugin_config(NV),
+    [Host, Port] = string:split(os:getenv("CASSANDRA_NODE", "127.0.0.1:9042"), ":"),
+    {ok, Proxy} = emqx_offline_cassandra_tcp_proxy:start(list_to_integer(Port)),
+    ProxyAddr = iolist_to_binary([Host, ":", integer_to_list(emqx_offline_cassandra_tcp_proxy:port(Proxy))]),
+    try
+        ok = change_config(NV, Good#{<<"servers">> => ProxyAddr}),
+        ok = wait(fun() -> ?D:health(NV) =:= ok end, 20000),
+        ok = emqx_offline_cassandra_tcp_proxy:cut(Proxy),
+        ok = wait(fun() -> is_tuple(?D:health(NV)) end, 5000),
+        {error, Why} = ?D:health(NV),
+        ?assertMatch({_, _}, binary:match(Why, <<"Cassandra unreachable">>)),
+        ok = wait(fun() -> [A || #{name := offline_cassandra_unreachable} = A <- emqx_alarm:get_alarms(activated)] =/= [] end, 5000),
+        ok = emqx_offline_cassandra_tcp_proxy:restore(Proxy),
+        ok = wait(fun() -> ?D:health(NV) =:= ok end, 10000),
+        ok = wait(fun() -> emqx_alarm:get_alarms(activated) =:= [] end, 5000),
+        ?assertMatch([_ | _], logged(offline_cassandra_unreachable)),
+        ?assertMatch([_ | _], logged(offline_cassandra_connected))
+    after
+        ok = change_config(NV, Good),
+        emqx_offline_cassandra_tcp_proxy:stop(Proxy)
+    end,
+    ok = wait(fun() -> ?D:health(NV) =:= ok end, 20000).
+
 stop_removes_hooks(#{name_vsn := NV}) ->
     ok = ?D:stop_plugin(NV),
     Ours = [C || {_, _, {emqx_offline_cassandra_hooks, _, _}} = C <- emqx_hooks:callbacks()],
     ?assertEqual([], Ours),
+    ?assertNot(lists:member(offline_cassandra, emqx_ctl:commands())),
     ?assertEqual(not_started, ?NIF:status()),
     %% and it starts again in the same VM.
     ok = ?D:start_plugin(NV),

@@ -22,7 +22,9 @@ mod atoms {
         topic, msgid, sender, qos, retain, payload, arrived, ttl,
         accepted, written, failed, dropped, evicted, rejected, in_flight, buffered,
         batches, retries, fetches, fetch_failures, fetched_rows,
-        flushed, abandoned, handed_over, invalid_config,
+        flushed, abandoned, handed_over, invalid_config, requeued,
+        write_latency_p50_us, write_latency_p99_us, read_latency_p50_us, read_latency_p99_us,
+        buffer_capacity, purge, count, badarg,
     }
 }
 
@@ -527,6 +529,53 @@ fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "panic".to_string())
 }
 
+/// Operator commands: `count` or `purge` a topic. Replies like `fetch`:
+/// `{offline_cassandra, Ref, {ok, Rows} | {error, Reason}}` with `Rows` the number of rows
+/// the topic had.
+#[rustler::nif(name = "nif_admin")]
+fn admin<'a>(
+    env: Env<'a>,
+    pid: LocalPid,
+    reference: Term<'a>,
+    op: Atom,
+    topic: Binary<'a>,
+) -> Term<'a> {
+    let Some((store, handle)) = running() else {
+        return (atoms::error(), atoms::not_started()).encode(env);
+    };
+    let topic = match text(&topic, "topic") {
+        Ok(t) => t,
+        Err(e) => return error_term(env, &e),
+    };
+    let purge = op == atoms::purge();
+    if !purge && op != atoms::count() {
+        return (atoms::error(), atoms::badarg()).encode(env);
+    }
+    let reply = Reply::new(pid, reference);
+    let inner = handle.spawn(async move {
+        if purge {
+            store.purge(&topic).await
+        } else {
+            store.count(&topic).await
+        }
+    });
+    handle.spawn(async move {
+        match inner.await {
+            Ok(Ok(n)) => reply.send(|env| (atoms::ok(), n).encode(env)),
+            Ok(Err(e)) => reply.send(|env| error_term(env, &e)),
+            Err(join) => {
+                let what = if join.is_panic() {
+                    panic_message(join.into_panic())
+                } else {
+                    "task cancelled".to_string()
+                };
+                reply.send(|env| (atoms::error(), (atoms::panic(), what.as_str())).encode(env))
+            }
+        }
+    });
+    atoms::ok().encode(env)
+}
+
 /// Counters of the store as a map (see `offline_store::StatsSnapshot`).
 #[rustler::nif(name = "nif_stats")]
 fn stats(env: Env) -> Term {
@@ -549,6 +598,15 @@ fn stats(env: Env) -> Term {
         (atoms::fetches(), s.fetches),
         (atoms::fetch_failures(), s.fetch_failures),
         (atoms::fetched_rows(), s.fetched_rows),
+        (atoms::requeued(), s.requeued),
+        (atoms::write_latency_p50_us(), s.write_latency_p50_us),
+        (atoms::write_latency_p99_us(), s.write_latency_p99_us),
+        (atoms::read_latency_p50_us(), s.read_latency_p50_us),
+        (atoms::read_latency_p99_us(), s.read_latency_p99_us),
+        (
+            atoms::buffer_capacity(),
+            store.config().buffer_capacity as u64,
+        ),
     ];
     match Term::map_from_pairs(env, &pairs) {
         Ok(map) => (atoms::ok(), map).encode(env),

@@ -29,6 +29,10 @@ pub(crate) struct Connection {
     pub select_after: PreparedStatement,
     /// Cheap liveness probe.
     pub probe: PreparedStatement,
+    /// Deletes a whole topic partition (admin purge).
+    pub purge: PreparedStatement,
+    /// Live rows of a topic (admin count).
+    pub count: PreparedStatement,
     /// Topic index (`None` when `topic_index` is off): insert `(root, topic)` with a TTL,
     /// and read one root's topics.
     pub index: Option<IndexStatements>,
@@ -221,6 +225,16 @@ async fn prepare_all(session: Session, cfg: &StoreConfig) -> Result<Connection, 
         true,
     )
     .await?;
+    let purge = prepare(
+        format!("DELETE FROM {ks}.{t} USING TIMESTAMP ? WHERE topic = ?"),
+        false,
+    )
+    .await?;
+    let count = prepare(
+        format!("SELECT count(*) FROM {ks}.{t} WHERE topic = ?"),
+        true,
+    )
+    .await?;
     let index = if cfg.topic_index {
         let insert = prepare(
             format!(
@@ -245,6 +259,8 @@ async fn prepare_all(session: Session, cfg: &StoreConfig) -> Result<Connection, 
     Ok(Connection {
         session,
         index,
+        purge,
+        count,
         insert,
         delete,
         select_newest,

@@ -5,6 +5,46 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+/// Latencies in power-of-two microsecond buckets (bucket i holds < 2^i µs): lock-free to
+/// record, good to a factor of two, enough to tell 1 ms from 100 ms.
+pub(crate) struct Latency {
+    buckets: [AtomicU64; 32],
+}
+
+impl Default for Latency {
+    fn default() -> Self {
+        Latency {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+impl Latency {
+    pub fn record(&self, elapsed: std::time::Duration) {
+        let us = elapsed.as_micros().max(1) as u64;
+        let i = (64 - us.leading_zeros() as usize).min(31);
+        self.buckets[i].fetch_add(1, Relaxed);
+    }
+
+    /// The upper bound (µs) of the bucket holding quantile `q` (0 when nothing recorded).
+    pub fn quantile_us(&self, q: f64) -> u64 {
+        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Relaxed)).collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return 0;
+        }
+        let rank = ((total as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, c) in counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return 1u64 << i;
+            }
+        }
+        1u64 << 31
+    }
+}
+
 #[derive(Default)]
 pub(crate) struct Counters {
     pub accepted: AtomicU64,
@@ -23,6 +63,8 @@ pub(crate) struct Counters {
     pub fetches: AtomicU64,
     pub fetch_failures: AtomicU64,
     pub fetched_rows: AtomicU64,
+    pub write_latency: Latency,
+    pub read_latency: Latency,
 }
 
 impl Counters {
@@ -51,6 +93,10 @@ impl Counters {
             fetches: self.fetches.load(Relaxed),
             fetch_failures: self.fetch_failures.load(Relaxed),
             fetched_rows: self.fetched_rows.load(Relaxed),
+            write_latency_p50_us: self.write_latency.quantile_us(0.50),
+            write_latency_p99_us: self.write_latency.quantile_us(0.99),
+            read_latency_p50_us: self.read_latency.quantile_us(0.50),
+            read_latency_p99_us: self.read_latency.quantile_us(0.99),
         }
     }
 }
@@ -85,6 +131,12 @@ pub struct StatsSnapshot {
     pub fetches: u64,
     pub fetch_failures: u64,
     pub fetched_rows: u64,
+    /// Latency of write requests (batches) and reads, p50 / p99, as the upper bound of a
+    /// power-of-two bucket in µs (0: none yet).
+    pub write_latency_p50_us: u64,
+    pub write_latency_p99_us: u64,
+    pub read_latency_p50_us: u64,
+    pub read_latency_p99_us: u64,
 }
 
 impl StatsSnapshot {
@@ -98,5 +150,26 @@ impl StatsSnapshot {
                 + self.handed_over
                 + self.in_flight
                 + self.buffered
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn quantiles_land_in_the_right_bucket() {
+        let l = Latency::default();
+        assert_eq!(l.quantile_us(0.5), 0);
+        for _ in 0..98 {
+            l.record(Duration::from_micros(300)); // bucket < 512
+        }
+        for _ in 0..2 {
+            l.record(Duration::from_millis(40)); // bucket < 65536
+        }
+        assert_eq!(l.quantile_us(0.50), 512);
+        assert_eq!(l.quantile_us(0.98), 512);
+        assert_eq!(l.quantile_us(0.99), 65536);
     }
 }

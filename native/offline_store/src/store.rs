@@ -443,6 +443,39 @@ impl Store {
         Ok(topics)
     }
 
+    /// Live rows stored for one topic (a `count(*)` over its partition; for operators).
+    pub async fn count(&self, topic: &str) -> Result<u64, StoreError> {
+        let conn = self.connection()?;
+        let timeout = self.inner.cfg.request_timeout;
+        let result = conn
+            .session
+            .execute_unpaged(&conn.count, (topic,))
+            .await
+            .map_err(|e| StoreError::from_driver(e, timeout))?
+            .into_rows_result()
+            .map_err(db_err)?;
+        let (n,) = result.single_row::<(i64,)>().map_err(db_err)?;
+        Ok(n.max(0) as u64)
+    }
+
+    /// Deletes every message stored for `topic` with one partition tombstone (for
+    /// operators). Messages published before now that are still on their way are deleted
+    /// too when they land (their write timestamps are older). Returns how many rows there
+    /// were.
+    pub async fn purge(&self, topic: &str) -> Result<u64, StoreError> {
+        let before = self.count(topic).await?;
+        let conn = self.connection()?;
+        let now_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64)
+            .unwrap_or(0);
+        conn.session
+            .execute_unpaged(&conn.purge, (now_us, topic))
+            .await
+            .map_err(|e| StoreError::from_driver(e, self.inner.cfg.request_timeout))?;
+        Ok(before)
+    }
+
     pub fn stats(&self) -> StatsSnapshot {
         let c = &self.inner.counters;
         let buffered = self.inner.rx.len() + c.staged.load(Ordering::Relaxed) as usize;
@@ -595,6 +628,7 @@ impl Store {
     ) -> Result<Vec<StoredMessage>, StoreError> {
         let c = &self.inner.counters;
         Counters::add(&c.fetches, 1);
+        let started = std::time::Instant::now();
         let result = read_pages(
             conn,
             stmt,
@@ -604,6 +638,7 @@ impl Store {
             self.inner.cfg.request_timeout,
         )
         .await;
+        c.read_latency.record(started.elapsed());
         match &result {
             Ok(rows) => Counters::add(&c.fetched_rows, rows.len() as u64),
             Err(_) => Counters::add(&c.fetch_failures, 1),
@@ -941,10 +976,12 @@ async fn write_batch(inner: &Inner, conn: &Connection, batch: Vec<Pending>) {
         Counters::add(&c.batches, 1);
         // The topic is indexed before its messages land, so a wildcard replay that finds a
         // message can always find its topic.
+        let started = std::time::Instant::now();
         let result = match ensure_indexed(inner, conn, &batch).await {
             Ok(()) => execute(conn, &batch, inner.cfg.write_consistency).await,
             Err(e) => Err(e),
         };
+        c.write_latency.record(started.elapsed());
         match result {
             Ok(()) => break Ok(()),
             Err(e) => {

@@ -687,3 +687,22 @@ async fn hundred_thousand_acks_before_their_inserts_leave_no_row() {
     );
     store.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn count_and_purge_a_topic() {
+    let store = connect().await;
+    let topic = unique_topic("purge");
+    for i in 0..5 {
+        store
+            .store(message(&topic, format!("{i}").as_bytes()))
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.count(&topic).await.unwrap(), 5);
+    assert_eq!(store.purge(&topic).await.unwrap(), 5);
+    assert_eq!(store.count(&topic).await.unwrap(), 0);
+    // Later messages are stored again.
+    store.store(message(&topic, b"after")).await.unwrap();
+    assert_eq!(store.count(&topic).await.unwrap(), 1);
+    store.shutdown(Duration::from_secs(5)).await;
+}

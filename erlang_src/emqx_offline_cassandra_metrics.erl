@@ -1,0 +1,38 @@
+%%--------------------------------------------------------------------
+%% Plugin-level counters (the NIF counts writes and reads; these count what
+%% the hooks did). Lock-free `counters', kept in a persistent_term.
+%%--------------------------------------------------------------------
+-module(emqx_offline_cassandra_metrics).
+
+-export([init/0, inc/1, inc/2, all/0]).
+
+-define(KEY, {?MODULE, counters}).
+-define(NAMES, [stored, store_refused, replays, replayed, replay_failed, deleted, delete_refused]).
+
+-spec init() -> ok.
+init() ->
+    case persistent_term:get(?KEY, undefined) of
+        undefined -> persistent_term:put(?KEY, counters:new(length(?NAMES), [write_concurrency]));
+        _ -> ok
+    end.
+
+-spec inc(atom()) -> ok.
+inc(Name) -> inc(Name, 1).
+
+-spec inc(atom(), non_neg_integer()) -> ok.
+inc(Name, N) ->
+    case persistent_term:get(?KEY, undefined) of
+        undefined -> ok;
+        Ref -> counters:add(Ref, index(Name, ?NAMES, 1), N)
+    end.
+
+%% @doc Every counter since the plugin first started in this VM.
+-spec all() -> #{atom() => non_neg_integer()}.
+all() ->
+    case persistent_term:get(?KEY, undefined) of
+        undefined -> maps:from_list([{N, 0} || N <- ?NAMES]);
+        Ref -> maps:from_list([{N, counters:get(Ref, I)} || {N, I} <- lists:zip(?NAMES, lists:seq(1, length(?NAMES)))])
+    end.
+
+index(Name, [Name | _], I) -> I;
+index(Name, [_ | Rest], I) -> index(Name, Rest, I + 1).
