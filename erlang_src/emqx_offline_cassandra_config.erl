@@ -35,7 +35,8 @@ defaults() ->
             <<"cafile">> => <<"">>,
             <<"certfile">> => <<"">>,
             <<"keyfile">> => <<"">>,
-            <<"verify">> => false
+            <<"verify">> => false,
+            <<"server_name">> => <<"">>
         },
         <<"topics">> => [<<"t/#">>],
         <<"max_returned_count">> => 0,
@@ -82,15 +83,17 @@ build(Conf) ->
     Unknown =:= [] orelse
         throw({invalid, hd(Unknown), <<"unknown field">>}),
     Ssl = maps:get(<<"ssl">>, Conf),
-    case bool(<<"ssl.enable">>, maps:get(<<"enable">>, Ssl)) of
-        true ->
-            throw(
-                {invalid, <<"ssl.enable">>,
-                    <<"TLS to Cassandra is not supported by this version yet; set it to false">>}
-            );
-        false ->
-            ok
-    end,
+    UnknownSsl = maps:keys(maps:without(maps:keys(maps:get(<<"ssl">>, defaults())), Ssl)),
+    UnknownSsl =:= [] orelse
+        throw({invalid, <<"ssl.", (hd(UnknownSsl))/binary>>, <<"unknown field">>}),
+    TlsEnable = bool(<<"ssl.enable">>, maps:get(<<"enable">>, Ssl)),
+    TlsVerify = bool(<<"ssl.verify">>, maps:get(<<"verify">>, Ssl)),
+    [CaFile, CertFile, KeyFile, ServerName] =
+        [str(<<"ssl.", K/binary>>, maps:get(K, Ssl)) || K <- [<<"cafile">>, <<"certfile">>, <<"keyfile">>, <<"server_name">>]],
+    TlsEnable andalso TlsVerify andalso CaFile =:= <<>> andalso
+        throw({invalid, <<"ssl.cafile">>, <<"is required when ssl.verify is true">>}),
+    TlsEnable andalso (CertFile =:= <<>>) =/= (KeyFile =:= <<>>) andalso
+        throw({invalid, <<"ssl.keyfile">>, <<"ssl.certfile and ssl.keyfile go together">>}),
     Username = str(<<"username">>, maps:get(<<"username">>, Conf)),
     Password = str(<<"password">>, maps:get(<<"password">>, Conf)),
     (Username =:= <<>>) =:= (Password =:= <<>>) orelse
@@ -112,7 +115,13 @@ build(Conf) ->
         <<"buffer_capacity">> => int(<<"buffer_capacity">>, maps:get(<<"buffer_capacity">>, Conf), 1, 10000000),
         <<"overflow_policy">> => str(<<"overflow_policy">>, maps:get(<<"overflow_policy">>, Conf)),
         <<"topic_index">> => bool(<<"topic_index">>, maps:get(<<"topic_index">>, Conf)),
-        <<"max_payload_bytes">> => str(<<"max_payload_size">>, maps:get(<<"max_payload_size">>, Conf))
+        <<"max_payload_bytes">> => str(<<"max_payload_size">>, maps:get(<<"max_payload_size">>, Conf)),
+        <<"tls_enable">> => TlsEnable,
+        <<"tls_verify">> => TlsVerify,
+        <<"tls_ca_file">> => CaFile,
+        <<"tls_cert_file">> => CertFile,
+        <<"tls_key_file">> => KeyFile,
+        <<"tls_server_name">> => ServerName
     },
     Nif =
         case Username of

@@ -9,7 +9,7 @@
 -behaviour(gen_server).
 
 -export([start_link/0, config_changed/1, health/0, running_config/0, claim_group_replay/3, release_group_replay/3]).
--export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
+-export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2, format_status/1]).
 
 -define(SERVER, ?MODULE).
 -define(GROUPS, emqx_offline_cassandra_groups).
@@ -153,6 +153,21 @@ handle_info({'DOWN', MRef, process, Pid, _Reason}, State) ->
 handle_info(_Info, State) ->
     {noreply, State}.
 
+%% Crash reports never show the password: the state holds only a hash of
+%% the NIF config, and a config_changed call being handled is redacted.
+format_status(Status) ->
+    maps:map(
+        fun
+            (message, {config_changed, Config}) when is_map(Config) ->
+                {config_changed, emqx_offline_cassandra_config:redact(Config)};
+            (message, {'$gen_call', From, {config_changed, Config}}) when is_map(Config) ->
+                {'$gen_call', From, {config_changed, emqx_offline_cassandra_config:redact(Config)}};
+            (_Key, Value) ->
+                Value
+        end,
+        Status
+    ).
+
 terminate(_Reason, _State) ->
     ok = emqx_offline_cassandra_hooks:unhook(),
     ok = emqx_offline_cassandra_cli:unregister(),
@@ -199,10 +214,14 @@ apply_config(Raw, OldNif) ->
             end
     end.
 
-start_nif(Nif, Nif) ->
-    %% Only hook settings changed: the connection stays as it is.
-    ok;
-start_nif(Nif, _Old) ->
+start_nif(Nif, OldHash) ->
+    case erlang:phash2(Nif) =:= OldHash of
+        %% Only hook settings changed: the connection stays as it is.
+        true -> ok;
+        false -> restart_nif(Nif)
+    end.
+
+restart_nif(Nif) ->
     case emqx_offline_cassandra_nif:status() of
         not_started ->
             case emqx_offline_cassandra_nif:start(Nif) of
@@ -248,7 +267,8 @@ check_connection(#{reachable := Was} = State) ->
             State#{reachable => true}
     end.
 
-nif_of({ok, Nif}) -> Nif;
+%% What the state keeps of the NIF config: enough to tell a change, no password.
+nif_of({ok, Nif}) -> erlang:phash2(Nif);
 nif_of({error, _}) -> undefined.
 
 config_result({ok, Nif}) -> {ok, emqx_offline_cassandra_config:redact(Nif)};

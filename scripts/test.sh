@@ -18,6 +18,16 @@ if [ -n "$started_here" ] && [ -z "${KEEP_CASSANDRA:-}" ]; then
     trap 'test/cassandra/cassandra.sh stop' EXIT
 fi
 
+step "local Cassandra with TLS (client certificates required), for the TLS tests"
+tls_started_here=
+if ! test/tls/cassandra-tls.sh status >/dev/null; then tls_started_here=1; fi
+test/tls/cassandra-tls.sh start
+if [ -n "$tls_started_here" ] && [ -z "${KEEP_CASSANDRA:-}" ]; then
+    trap 'test/tls/cassandra-tls.sh stop; [ -z "$started_here" ] || test/cassandra/cassandra.sh stop' EXIT
+fi
+
+export CASSANDRA_TLS_NODE=${CASSANDRA_TLS_NODE:-127.0.0.1:${CASSANDRA_TLS_PORT:-9342}}
+
 step "cassandra.sh behaviour"
 test/cassandra/test_cassandra_sh.sh
 

@@ -53,8 +53,17 @@ each_bad_value_names_its_field_test_() ->
      || {Field, Value} <- Cases
     ].
 
-ssl_is_rejected_until_supported_test() ->
-    ?assertMatch({error, <<"ssl.enable: ", _/binary>>}, ?C:parse(#{<<"ssl">> => #{<<"enable">> => true}})).
+ssl_maps_to_the_nif_tls_fields_test() ->
+    {ok, #{nif := Nif}} = ?C:parse(#{<<"ssl">> => #{<<"enable">> => true, <<"verify">> => true,
+        <<"cafile">> => <<"/etc/ca.pem">>, <<"certfile">> => <<"/etc/c.pem">>, <<"keyfile">> => <<"/etc/c.key">>,
+        <<"server_name">> => <<"cassandra.example">>}}),
+    ?assertMatch(#{<<"tls_enable">> := true, <<"tls_verify">> := true, <<"tls_ca_file">> := <<"/etc/ca.pem">>,
+                   <<"tls_cert_file">> := <<"/etc/c.pem">>, <<"tls_key_file">> := <<"/etc/c.key">>,
+                   <<"tls_server_name">> := <<"cassandra.example">>}, Nif),
+    ?assertMatch({error, <<"ssl.cafile: ", _/binary>>}, ?C:parse(#{<<"ssl">> => #{<<"enable">> => true, <<"verify">> => true}})),
+    ?assertMatch({error, <<"ssl.keyfile: ", _/binary>>}, ?C:parse(#{<<"ssl">> => #{<<"enable">> => true, <<"certfile">> => <<"/c">>}})),
+    ?assertMatch({error, <<"ssl.enable: ", _/binary>>}, ?C:parse(#{<<"ssl">> => #{<<"enable">> => <<"yes">>}})),
+    ?assertMatch({error, <<"ssl.bogus: ", _/binary>>}, ?C:parse(#{<<"ssl">> => #{<<"bogus">> => 1}})).
 
 credentials_in_pairs_test() ->
     ?assertMatch({error, <<"password: ", _/binary>>}, ?C:parse(#{<<"username">> => <<"root">>})).

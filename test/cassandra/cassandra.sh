@@ -21,6 +21,8 @@
 #   CASSANDRA_START_TIMEOUT  seconds to wait for CQL (default 240)
 #   CASSANDRA_CACHE          cache directory (default <project>/.cache/cassandra)
 #   CASSANDRA_EXTRA_YAML     file appended to cassandra.yaml (e.g. client_encryption_options)
+#   CASSANDRA_SKIP_BOOTSTRAP set: do not create root / keyspace / table (a TLS-only node,
+#                            which cqlsh here cannot reach in plain text)
 set -euo pipefail
 
 # Newest 5.0 patch on Maven Central when this was written (checked against
@@ -230,6 +232,7 @@ cql_as() {
 }
 
 bootstrap() {
+    if [ -n "${CASSANDRA_SKIP_BOOTSTRAP:-}" ]; then return 0; fi
     ensure_cqlsh
     if [ -f "$RUN/.bootstrapped" ] && cql_as root public -e "DESCRIBE TABLE mqtt.mqtt_msg" >/dev/null 2>&1; then
         return 0

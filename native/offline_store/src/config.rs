@@ -8,6 +8,7 @@ use std::time::Duration;
 use scylla::statement::Consistency;
 
 use crate::error::StoreError;
+use crate::tls::TlsConfig;
 
 /// What to do with a new write when the in-memory write buffer is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +59,8 @@ pub struct StoreConfig {
     pub topic_index_ttl: Duration,
     /// Most topics one wildcard replay reads.
     pub max_wildcard_topics: usize,
+    /// TLS to Cassandra; `None` is plain text.
+    pub tls: Option<TlsConfig>,
     /// Most rows in one (single-partition, unlogged) batch.
     pub max_batch_rows: usize,
     /// Batches sent to Cassandra at the same time.
@@ -89,6 +92,7 @@ impl Default for StoreConfig {
             topic_index: true,
             topic_index_ttl: Duration::from_secs(30 * 86_400),
             max_wildcard_topics: 10_000,
+            tls: None,
             max_payload_bytes: 8 * 1024 * 1024,
             buffer_capacity: 100_000,
             overflow_policy: OverflowPolicy::DropNew,
@@ -120,6 +124,7 @@ impl fmt::Debug for StoreConfig {
             .field("topic_index", &self.topic_index)
             .field("topic_index_ttl", &self.topic_index_ttl)
             .field("max_wildcard_topics", &self.max_wildcard_topics)
+            .field("tls", &self.tls)
             .field("max_payload_bytes", &self.max_payload_bytes)
             .field("buffer_capacity", &self.buffer_capacity)
             .field("overflow_policy", &self.overflow_policy)
@@ -150,6 +155,12 @@ pub const CONFIG_KEYS: &[&str] = &[
     "topic_index",
     "topic_index_ttl",
     "max_wildcard_topics",
+    "tls_enable",
+    "tls_ca_file",
+    "tls_cert_file",
+    "tls_key_file",
+    "tls_verify",
+    "tls_server_name",
     "max_payload_bytes",
     "buffer_capacity",
     "overflow_policy",
@@ -165,6 +176,11 @@ impl StoreConfig {
     /// Missing keys keep their defaults; unknown keys and bad values are errors naming the key.
     pub fn from_map(map: &HashMap<String, String>) -> Result<Self, StoreError> {
         let mut cfg = StoreConfig::default();
+        let mut tls_enable = false;
+        let mut tls = TlsConfig {
+            verify: true,
+            ..TlsConfig::default()
+        };
         for (key, value) in map {
             let value = value.trim();
             match key.as_str() {
@@ -184,6 +200,12 @@ impl StoreConfig {
                 "topic_index" => cfg.topic_index = parse_bool(key, value)?,
                 "topic_index_ttl" => cfg.topic_index_ttl = parse_duration(key, value)?,
                 "max_wildcard_topics" => cfg.max_wildcard_topics = parse_num(key, value)?,
+                "tls_enable" => tls_enable = parse_bool(key, value)?,
+                "tls_ca_file" => tls.ca_file = non_empty(value),
+                "tls_cert_file" => tls.cert_file = non_empty(value),
+                "tls_key_file" => tls.key_file = non_empty(value),
+                "tls_verify" => tls.verify = parse_bool(key, value)?,
+                "tls_server_name" => tls.server_name = non_empty(value),
                 "max_payload_bytes" => cfg.max_payload_bytes = parse_size(key, value)?,
                 "buffer_capacity" => cfg.buffer_capacity = parse_num(key, value)?,
                 "overflow_policy" => cfg.overflow_policy = parse_policy(key, value)?,
@@ -199,6 +221,9 @@ impl StoreConfig {
                     ));
                 }
             }
+        }
+        if tls_enable {
+            cfg.tls = Some(tls);
         }
         cfg.validate()?;
         Ok(cfg)
@@ -226,6 +251,20 @@ impl StoreConfig {
                 "password",
                 "username and password must be given together",
             ));
+        }
+        if let Some(tls) = &self.tls {
+            if tls.verify && tls.ca_file.is_none() {
+                return Err(invalid(
+                    "tls_ca_file",
+                    "is required when tls_verify is true",
+                ));
+            }
+            if tls.cert_file.is_some() != tls.key_file.is_some() {
+                return Err(invalid(
+                    "tls_key_file",
+                    "tls_cert_file and tls_key_file go together",
+                ));
+            }
         }
         if self.topic_index_ttl.as_secs() > i32::MAX as u64 {
             return Err(invalid("topic_index_ttl", "must be at most 68 years"));

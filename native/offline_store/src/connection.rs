@@ -68,6 +68,9 @@ pub(crate) async fn connect_once(cfg: &StoreConfig) -> Result<Connection, StoreE
     if let (Some(user), Some(password)) = (&cfg.username, &cfg.password) {
         builder = builder.user(user, password);
     }
+    if let Some(tls) = &cfg.tls {
+        builder = builder.tls_context(Some(crate::tls::client_config(tls)?));
+    }
     // The builder's own attempts are bounded by connect_timeout per node; add a hard cap so
     // one attempt never hangs the supervisor.
     let build_deadline = cfg.connect_timeout * 2 + Duration::from_secs(1);

@@ -20,6 +20,10 @@ pub enum StoreError {
     #[error("authentication failed: {0} (check username and password)")]
     AuthFailed(String),
 
+    /// The TLS handshake with Cassandra failed (certificate, name, or a plain-text port).
+    #[error("TLS to Cassandra failed: {0}")]
+    TlsFailed(String),
+
     /// The configured keyspace does not exist.
     #[error(
         "keyspace `{0}` does not exist; create it, e.g. CREATE KEYSPACE {0} WITH replication = {{'class': 'SimpleStrategy', 'replication_factor': '1'}}"
@@ -78,6 +82,7 @@ impl StoreError {
             StoreError::InvalidConfig { .. } => "invalid_config",
             StoreError::NotConnected { .. } => "not_connected",
             StoreError::AuthFailed(_) => "auth_failed",
+            StoreError::TlsFailed(_) => "tls_failed",
             StoreError::KeyspaceMissing(_) => "keyspace_missing",
             StoreError::TableMissing(_) => "table_missing",
             StoreError::SchemaMismatch(_) => "schema_mismatch",
@@ -106,6 +111,10 @@ impl StoreError {
         let text = err.to_string();
         if text.contains("Authentication") || text.contains("authentication") {
             StoreError::AuthFailed(auth_detail(&text))
+        } else if let Some(i) = text.find("invalid peer certificate") {
+            StoreError::TlsFailed(text[i..].trim().to_string())
+        } else if text.contains("TLS") || text.contains("tls") || text.contains("certificate") {
+            StoreError::TlsFailed(text)
         } else if text.contains("exceeded a client timeout")
             || text.contains("Timeout")
             || text.contains("timed out")

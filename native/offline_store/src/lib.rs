@@ -21,6 +21,7 @@ pub mod payload;
 pub mod schema;
 mod stats;
 mod store;
+pub mod tls;
 pub mod topic;
 
 pub use config::{OverflowPolicy, StoreConfig};
@@ -28,3 +29,4 @@ pub use error::StoreError;
 pub use msgid::MsgId;
 pub use stats::StatsSnapshot;
 pub use store::{ConnState, FetchOptions, Handover, Message, ShutdownReport, Store, StoredMessage};
+pub use tls::TlsConfig;
