@@ -504,10 +504,24 @@ where
         + Send
         + 'static,
 {
+    spawn_replying_with(handle, reply, work, |env, rows| {
+        (atoms::ok(), rows_term(env, &rows)).encode(env)
+    });
+}
+
+/// Runs `work` on the runtime and replies `encode(result)`, `{error, Reason}`, or
+/// `{error, {panic, Message}}` when `work` panicked (tokio reports that through the join
+/// handle; the `Reply` guard covers a task dropped at shutdown).
+fn spawn_replying_with<T, F, E>(handle: &Handle, reply: Reply, work: F, encode: E)
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
+    E: for<'b> FnOnce(Env<'b>, T) -> Term<'b> + Send + 'static,
+{
     let inner = handle.spawn(work);
     handle.spawn(async move {
         match inner.await {
-            Ok(Ok(rows)) => reply.send(|env| (atoms::ok(), rows_term(env, &rows)).encode(env)),
+            Ok(Ok(value)) => reply.send(|env| encode(env, value)),
             Ok(Err(e)) => reply.send(|env| error_term(env, &e)),
             Err(join) => {
                 let what = if join.is_panic() {
@@ -552,27 +566,14 @@ fn admin<'a>(
         return (atoms::error(), atoms::badarg()).encode(env);
     }
     let reply = Reply::new(pid, reference);
-    let inner = handle.spawn(async move {
+    let work = async move {
         if purge {
             store.purge(&topic).await
         } else {
             store.count(&topic).await
         }
-    });
-    handle.spawn(async move {
-        match inner.await {
-            Ok(Ok(n)) => reply.send(|env| (atoms::ok(), n).encode(env)),
-            Ok(Err(e)) => reply.send(|env| error_term(env, &e)),
-            Err(join) => {
-                let what = if join.is_panic() {
-                    panic_message(join.into_panic())
-                } else {
-                    "task cancelled".to_string()
-                };
-                reply.send(|env| (atoms::error(), (atoms::panic(), what.as_str())).encode(env))
-            }
-        }
-    });
+    };
+    spawn_replying_with(&handle, reply, work, |env, n| (atoms::ok(), n).encode(env));
     atoms::ok().encode(env)
 }
 
