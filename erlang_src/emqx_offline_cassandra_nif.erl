@@ -14,6 +14,7 @@
 
 -export([
     start/1,
+    set_event_pid/1,
     validate/1,
     reconfigure/2,
     stop/0,
@@ -107,6 +108,13 @@ lib_path() ->
 -spec start(#{binary() => binary() | integer() | boolean()}) -> ok | {error, reason()}.
 start(Config) when is_map(Config) ->
     nif_start(Config).
+
+%% @doc Pid receives the store's events as {offline_cassandra_event, Kind,
+%% Detail}: state_changed (the new status), writes_failed ({Count, Reason})
+%% and writes_requeued (Count).
+-spec set_event_pid(pid()) -> ok.
+set_event_pid(Pid) when is_pid(Pid) ->
+    nif_set_event_pid(Pid).
 
 %% @doc Checks a config without applying it.
 -spec validate(map()) -> ok | {error, reason()}.
@@ -231,6 +239,7 @@ hex_msgid(Hex) when is_binary(Hex) -> Hex.
 nif_start(_Config) -> ?NOT_LOADED.
 nif_stop(_GraceMs) -> ?NOT_LOADED.
 nif_validate(_Config) -> ?NOT_LOADED.
+nif_set_event_pid(_Pid) -> ?NOT_LOADED.
 nif_reconfigure(_Config, _GraceMs) -> ?NOT_LOADED.
 nif_status() -> ?NOT_LOADED.
 nif_store(_Topic, _MsgId, _Sender, _Qos, _Retain, _Payload, _ArrivedMs, _Ttl) -> ?NOT_LOADED.

@@ -99,6 +99,7 @@ init([]) ->
     ok = emqx_offline_cassandra_metrics:init(),
     _ = ets:new(?GROUPS, [named_table, public, set]),
     Features = emqx_offline_cassandra_compat:detect(),
+    ok = emqx_offline_cassandra_nif:set_event_pid(self()),
     {Source, Result} =
         case emqx_offline_cassandra_compat:read_config() of
             {ok, Raw, Src} -> {Src, apply_config(Raw, undefined)};
@@ -139,6 +140,16 @@ handle_cast({monitor_claim, Key, Pid}, State) ->
 handle_cast(_Msg, State) ->
     {noreply, State}.
 
+%% Events from the Rust side reach the same logger: failures once per burst.
+handle_info({offline_cassandra_event, state_changed, Status}, State) ->
+    logger:debug(#{msg => offline_cassandra_state, status => Status}),
+    {noreply, State};
+handle_info({offline_cassandra_event, writes_failed, {Count, Reason}}, State) ->
+    emqx_offline_cassandra_log:burst(offline_cassandra_writes_failed, #{count => Count, reason => Reason}),
+    {noreply, State};
+handle_info({offline_cassandra_event, writes_requeued, Count}, State) ->
+    emqx_offline_cassandra_log:burst(offline_cassandra_writes_requeued, #{count => Count}),
+    {noreply, State};
 handle_info(check, State) ->
     erlang:send_after(?CHECK_INTERVAL_MS, self(), check),
     {noreply, check_connection(State)};

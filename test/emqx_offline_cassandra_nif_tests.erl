@@ -215,6 +215,7 @@ cassandra_stops_and_comes_back() ->
     [Host, PortStr] = string:split(binary_to_list(node_addr()), ":"),
     {ok, Proxy} = emqx_offline_cassandra_tcp_proxy:start(list_to_integer(PortStr)),
     ProxyAddr = iolist_to_binary([Host, ":", integer_to_list(emqx_offline_cassandra_tcp_proxy:port(Proxy))]),
+    ok = ?NIF:set_event_pid(self()),
     start_connected((config())#{<<"servers">> => ProxyAddr}),
     Topic = unique_topic("outage"),
     ok = ?NIF:store(message(Topic, <<"before">>)),
@@ -236,6 +237,10 @@ cassandra_stops_and_comes_back() ->
     {ok, Rows} = ?NIF:fetch_sync(Topic, #{}, 5000),
     ?assertEqual([<<"before">>, <<"during">>], [maps:get(payload, R) || R <- Rows]),
     ?assertEqual(0, stat(failed)),
+    %% The Rust side told us about both changes.
+    receive {offline_cassandra_event, state_changed, {disconnected, _}} -> ok after 1000 -> error(no_disconnected_event) end,
+    receive {offline_cassandra_event, state_changed, connected} -> ok after 1000 -> error(no_connected_event) end,
+    ok = ?NIF:set_event_pid(spawn(fun Drop() -> receive _ -> Drop() end end)),
     stop(),
     emqx_offline_cassandra_tcp_proxy:stop(Proxy).
 

@@ -9,7 +9,9 @@ use std::collections::HashMap;
 use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
-use offline_store::{ConnState, FetchOptions, Message, MsgId, Store, StoreConfig, StoreError};
+use offline_store::{
+    ConnState, FetchOptions, Message, MsgId, Store, StoreConfig, StoreError, StoreEvent,
+};
 use rustler::{Atom, Binary, Encoder, Env, LocalPid, NewBinary, OwnedEnv, Term};
 use tokio::runtime::{Handle, Runtime};
 
@@ -23,6 +25,7 @@ mod atoms {
         accepted, written, failed, dropped, evicted, rejected, in_flight, buffered,
         batches, retries, fetches, fetch_failures, fetched_rows,
         flushed, abandoned, handed_over, invalid_config, requeued,
+        offline_cassandra_event, state_changed, writes_failed, writes_requeued,
         write_latency_p50_us, write_latency_p99_us, read_latency_p50_us, read_latency_p99_us,
         buffer_capacity, purge, count, badarg,
     }
@@ -32,6 +35,9 @@ mod atoms {
 static RUNTIME: Mutex<Option<Runtime>> = Mutex::new(None);
 /// Hot-path copy of the store handle and runtime handle (a read lock per call).
 static STORE: RwLock<Option<(Store, Handle)>> = RwLock::new(None);
+
+/// Where store events go: `{offline_cassandra_event, Kind, Detail}` (see `set_event_pid`).
+static EVENT_PID: Mutex<Option<LocalPid>> = Mutex::new(None);
 
 /// Keys `start/1` takes besides the core's own (`offline_store::config::CONFIG_KEYS`).
 const WORKER_THREADS_KEY: &str = "worker_threads";
@@ -104,6 +110,44 @@ fn parse_config(config: HashMap<String, Term>) -> Result<(StoreConfig, usize), S
     Ok((StoreConfig::from_map(&strings)?, workers))
 }
 
+/// Names the process that receives store events as `{offline_cassandra_event, Kind,
+/// Detail}`: `state_changed` (the new status), `writes_failed` / `writes_requeued`
+/// (`{Count, Reason}`). The plugin's server logs them.
+#[rustler::nif(name = "nif_set_event_pid")]
+fn set_event_pid(pid: LocalPid) -> Atom {
+    *EVENT_PID.lock().unwrap_or_else(|e| e.into_inner()) = Some(pid);
+    atoms::ok()
+}
+
+/// Forwards store events to the event process. Events raised on a BEAM thread (none are,
+/// in practice) are dropped: rustler cannot send from there.
+fn event_sink() -> offline_store::EventSink {
+    Box::new(|event| {
+        if rustler::thread::is_scheduler_thread() {
+            return;
+        }
+        let Some(pid) = *EVENT_PID.lock().unwrap_or_else(|e| e.into_inner()) else {
+            return;
+        };
+        let mut env = OwnedEnv::new();
+        let _ = env.send_and_clear(&pid, |env| {
+            let (kind, detail) = match &event {
+                StoreEvent::StateChanged(state) => {
+                    (atoms::state_changed(), status_term(env, state))
+                }
+                StoreEvent::WritesFailed { count, error } => (
+                    atoms::writes_failed(),
+                    (*count, error_reason(env, error)).encode(env),
+                ),
+                StoreEvent::WritesRequeued { count } => {
+                    (atoms::writes_requeued(), count.encode(env))
+                }
+            };
+            (atoms::offline_cassandra_event(), kind, detail).encode(env)
+        });
+    })
+}
+
 /// Checks a config without applying it: `ok | {error, {invalid_config, Why}}`.
 #[rustler::nif(name = "nif_validate")]
 fn validate<'a>(env: Env<'a>, config: HashMap<String, Term<'a>>) -> Term<'a> {
@@ -134,6 +178,7 @@ fn reconfigure<'a>(env: Env<'a>, config: HashMap<String, Term<'a>>, grace_ms: u6
             Err(e) => return error_term(env, &e),
         }
     };
+    new_store.set_event_sink(event_sink());
     let handle = rt.handle().clone();
     let old = STORE
         .write()
@@ -192,6 +237,7 @@ fn start<'a>(env: Env<'a>, config: HashMap<String, Term<'a>>) -> Term<'a> {
             let _guard = rt.enter();
             Store::start(cfg)?
         };
+        store.set_event_sink(event_sink());
         Ok((rt, store))
     })();
     match result {
@@ -246,7 +292,11 @@ fn status(env: Env) -> Term {
     let Some((store, _)) = running() else {
         return atoms::not_started().encode(env);
     };
-    match store.state() {
+    status_term(env, &store.state())
+}
+
+fn status_term<'a>(env: Env<'a>, state: &ConnState) -> Term<'a> {
+    match state {
         ConnState::Connected => atoms::connected().encode(env),
         ConnState::Connecting {
             last_error: None, ..
@@ -258,7 +308,7 @@ fn status(env: Env) -> Term {
         ConnState::Disconnected { reason } => {
             (atoms::disconnected(), reason.to_string()).encode(env)
         }
-        ConnState::Error(e) => (atoms::error(), error_reason(env, &e)).encode(env),
+        ConnState::Error(e) => (atoms::error(), error_reason(env, e)).encode(env),
         ConnState::Stopped => atoms::not_started().encode(env),
     }
 }

@@ -28,5 +28,8 @@ pub use config::{OverflowPolicy, StoreConfig};
 pub use error::StoreError;
 pub use msgid::MsgId;
 pub use stats::StatsSnapshot;
-pub use store::{ConnState, FetchOptions, Handover, Message, ShutdownReport, Store, StoredMessage};
+pub use store::{
+    ConnState, EventSink, FetchOptions, Handover, Message, ShutdownReport, Store, StoreEvent,
+    StoredMessage,
+};
 pub use tls::TlsConfig;

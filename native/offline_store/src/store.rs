@@ -115,6 +115,20 @@ impl Handover {
     }
 }
 
+/// Something an operator may want in the log, reported as it happens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreEvent {
+    /// The connection state changed.
+    StateChanged(ConnState),
+    /// A batch of writes was given up (after its attempts) and counted as failed.
+    WritesFailed { count: u64, error: StoreError },
+    /// A batch lost its connection and went back to the buffer.
+    WritesRequeued { count: u64 },
+}
+
+/// Receives `StoreEvent`s; called on the store's threads, must return quickly.
+pub type EventSink = Box<dyn Fn(StoreEvent) + Send + Sync>;
+
 /// What `shutdown` did with the writes it found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ShutdownReport {
@@ -177,6 +191,8 @@ struct Inner {
     stopped: AtomicBool,
     shutdown: watch::Sender<bool>,
     writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Where `StoreEvent`s go (the NIF forwards them to Erlang's logger).
+    events: Mutex<Option<EventSink>>,
     /// Topics whose index rows were written recently (by the writer tasks only).
     indexed: Mutex<HashMap<String, Instant>>,
     counters: Counters,
@@ -221,6 +237,7 @@ impl Store {
             shutdown,
             writer: Mutex::new(None),
             indexed: Mutex::new(HashMap::new()),
+            events: Mutex::new(None),
             counters: Counters::default(),
         });
         tokio::spawn(supervise(inner.clone()));
@@ -240,6 +257,11 @@ impl Store {
                 Err(e)
             }
         }
+    }
+
+    /// Sends every later `StoreEvent` to `sink` (replacing an earlier one).
+    pub fn set_event_sink(&self, sink: EventSink) {
+        *lock(&self.inner.events) = Some(sink);
     }
 
     pub fn state(&self) -> ConnState {
@@ -789,6 +811,12 @@ impl Inner {
         self.work.notify_one();
     }
 
+    fn emit(&self, event: StoreEvent) {
+        if let Some(sink) = lock(&self.events).as_ref() {
+            sink(event);
+        }
+    }
+
     /// Takes the head staged write plus following staged writes of the same kind to the
     /// same partition.
     fn take_batch(&self) -> Vec<Pending> {
@@ -916,13 +944,16 @@ async fn supervise(inner: Arc<Inner>) {
 }
 
 fn set_state(inner: &Inner, next: ConnState) {
-    inner.state.send_if_modified(|s| {
+    let changed = inner.state.send_if_modified(|s| {
         if matches!(s, ConnState::Stopped) || *s == next {
             return false;
         }
-        *s = next;
+        *s = next.clone();
         true
     });
+    if changed {
+        inner.emit(StoreEvent::StateChanged(next));
+    }
 }
 
 /// Drains the buffer: one partition's batch at a time, at most `max_in_flight` requests
@@ -991,6 +1022,7 @@ async fn write_batch(inner: &Inner, conn: &Connection, batch: Vec<Pending>) {
                     // buffer, under its cap) for the connection to come back.
                     set_state(inner, ConnState::Disconnected { reason: e });
                     Counters::add(&c.requeued, n);
+                    inner.emit(StoreEvent::WritesRequeued { count: n });
                     inner.requeue(batch);
                     return;
                 }
@@ -1004,6 +1036,12 @@ async fn write_batch(inner: &Inner, conn: &Connection, batch: Vec<Pending>) {
         }
     };
     Counters::sub(&c.in_flight, n);
+    if let Err(e) = &outcome {
+        inner.emit(StoreEvent::WritesFailed {
+            count: n,
+            error: e.clone(),
+        });
+    }
     Counters::add(
         if outcome.is_ok() {
             &c.written
