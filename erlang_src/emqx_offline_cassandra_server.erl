@@ -36,9 +36,12 @@ config_changed(NewConfig) ->
     try
         gen_server:call(?SERVER, {config_changed, NewConfig}, 30000)
     catch
-        exit:{noproc, _} -> validate(NewConfig);
+        exit:{noproc, _} -> validation_result(validate(NewConfig));
         exit:{timeout, _} -> {error, <<"timed out applying the config">>}
     end.
+
+validation_result({ok, _}) -> ok;
+validation_result({error, _} = Error) -> Error.
 
 %% @doc `ok' when the config is valid and Cassandra answers; otherwise
 %% `{error, Reason}' in one line. Reads state directly (no call), so it is
@@ -102,7 +105,7 @@ init([]) ->
     ok = emqx_offline_cassandra_nif:set_event_pid(self()),
     {Source, Result} =
         case emqx_offline_cassandra_compat:read_config() of
-            {ok, Raw, Src} -> {Src, apply_config(Raw, undefined)};
+            {ok, Raw, Src} -> {Src, load_config(Raw)};
             {error, Why} -> {<<"none">>, {error, iolist_to_binary(io_lib:format("~0p", [Why]))}}
         end,
     logger:notice(#{
@@ -118,9 +121,10 @@ init([]) ->
     {ok, #{nif => nif_of(Result), reachable => undefined}}.
 
 handle_call({config_changed, NewConfig}, _From, #{nif := OldNif} = State) ->
+    %% A rejected change leaves the running config (and its hooks) alone.
     case validate(NewConfig) of
-        ok ->
-            Result = apply_config(NewConfig, OldNif),
+        {ok, Parsed} ->
+            Result = apply_valid(Parsed, OldNif),
             logger:notice(#{msg => offline_cassandra_config_applied, result => config_result(Result)}),
             case Result of
                 {ok, _} -> {reply, ok, State#{nif => nif_of(Result)}};
@@ -191,11 +195,13 @@ terminate(_Reason, _State) ->
 
 %%--------------------------------------------------------------------
 
+%% Both checks are pure (no network, no files): the plugin's own, then the
+%% storage core's (server addresses, consistency names, sizes...).
 validate(Raw) ->
     case emqx_offline_cassandra_config:parse(Raw) of
-        {ok, #{nif := Nif}} ->
+        {ok, #{nif := Nif} = Parsed} ->
             case emqx_offline_cassandra_nif:validate(Nif) of
-                ok -> ok;
+                ok -> {ok, Parsed};
                 {error, {_Kind, Why}} when is_binary(Why) -> {error, Why};
                 {error, Other} -> {error, iolist_to_binary(io_lib:format("~0p", [Other]))}
             end;
@@ -203,26 +209,29 @@ validate(Raw) ->
             {error, Why}
     end.
 
-%% Starts or reconfigures the NIF, then publishes the settings and hooks.
-%% An invalid config leaves the plugin running but unhooked and unhealthy.
-apply_config(Raw, OldNif) ->
+%% At start: an invalid config leaves the plugin running but unhooked, with
+%% the reason in its health.
+load_config(Raw) ->
     case validate(Raw) of
+        {ok, Parsed} ->
+            apply_valid(Parsed, undefined);
         {error, Why} ->
             persistent_term:put(?CONFIG_ERROR, Why),
             ok = emqx_offline_cassandra_hooks:unhook(),
-            {error, Why};
+            {error, Why}
+    end.
+
+%% Starts or reconfigures the NIF, then publishes the settings and hooks.
+apply_valid(#{nif := Nif, settings := Settings}, OldNif) ->
+    case start_nif(Nif, OldNif) of
         ok ->
-            {ok, #{nif := Nif, settings := Settings}} = emqx_offline_cassandra_config:parse(Raw),
-            case start_nif(Nif, OldNif) of
-                ok ->
-                    persistent_term:erase(?CONFIG_ERROR),
-                    ok = emqx_offline_cassandra_hooks:set_settings(Settings),
-                    ok = emqx_offline_cassandra_hooks:hook(),
-                    persistent_term:put(?RUNNING_CONFIG, emqx_offline_cassandra_config:redact(Nif)),
-                {ok, Nif};
-                {error, Why} ->
-                    {error, Why}
-            end
+            persistent_term:erase(?CONFIG_ERROR),
+            ok = emqx_offline_cassandra_hooks:set_settings(Settings),
+            ok = emqx_offline_cassandra_hooks:hook(),
+            persistent_term:put(?RUNNING_CONFIG, emqx_offline_cassandra_config:redact(Nif)),
+            {ok, Nif};
+        {error, Why} ->
+            {error, Why}
     end.
 
 start_nif(Nif, OldHash) ->
