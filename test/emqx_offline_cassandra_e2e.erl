@@ -534,18 +534,4 @@ cql_msgids(Topic) ->
     lists:append(Ids).
 
 wait(Pred, Ms) ->
-    End = erlang:monotonic_time(millisecond) + Ms,
-    wait_(Pred, End).
-
-wait_(Pred, End) ->
-    case catch Pred() of
-        true ->
-            ok;
-        _ ->
-            case erlang:monotonic_time(millisecond) > End of
-                true -> {timeout, Pred};
-                false ->
-                    timer:sleep(50),
-                    wait_(Pred, End)
-            end
-    end.
+    emqx_offline_cassandra_test_util:wait_until(Pred, Ms).

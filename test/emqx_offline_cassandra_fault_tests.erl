@@ -42,17 +42,7 @@ stats() ->
     S.
 
 wait_until(Pred, Ms) ->
-    End = erlang:monotonic_time(millisecond) + Ms,
-    wait_(Pred, End).
-wait_(Pred, End) ->
-    case Pred() of
-        true -> ok;
-        false ->
-            case erlang:monotonic_time(millisecond) > End of
-                true -> {timeout, ?NIF:status(), stats()};
-                false -> timer:sleep(20), wait_(Pred, End)
-            end
-    end.
+    emqx_offline_cassandra_test_util:wait_until(Pred, Ms).
 
 message(Topic, Payload) ->
     Us = erlang:system_time(microsecond),

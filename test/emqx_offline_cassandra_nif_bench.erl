@@ -148,21 +148,7 @@ pct(Sorted, P) ->
     lists:nth(max(1, round(length(Sorted) * P)), Sorted).
 
 wait(Pred, Ms) ->
-    End = erlang:monotonic_time(millisecond) + Ms,
-    wait_(Pred, End).
-wait_(Pred, End) ->
-    case Pred() of
-        true ->
-            ok;
-        false ->
-            case erlang:monotonic_time(millisecond) > End of
-                true ->
-                    {timeout, ?NIF:status()};
-                false ->
-                    timer:sleep(5),
-                    wait_(Pred, End)
-            end
-    end.
+    emqx_offline_cassandra_test_util:wait_until(Pred, Ms).
 
 list_to_float_or_undefined(false) -> undefined;
 list_to_float_or_undefined("") -> undefined;

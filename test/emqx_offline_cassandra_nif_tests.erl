@@ -48,24 +48,8 @@ start_connected(Config) ->
     ok = wait_until(fun() -> ?NIF:status() =:= connected end, 20000),
     ok.
 
-%% Polls Pred every 10 ms until it holds or DeadlineMs passes.
-wait_until(Pred, DeadlineMs) ->
-    End = erlang:monotonic_time(millisecond) + DeadlineMs,
-    wait_until_(Pred, End).
-
-wait_until_(Pred, End) ->
-    case Pred() of
-        true ->
-            ok;
-        false ->
-            case erlang:monotonic_time(millisecond) > End of
-                true ->
-                    {timeout, ?NIF:status()};
-                false ->
-                    timer:sleep(10),
-                    wait_until_(Pred, End)
-            end
-    end.
+wait_until(Pred, Ms) ->
+    emqx_offline_cassandra_test_util:wait_until(Pred, Ms).
 
 unique_topic(Name) ->
     iolist_to_binary(io_lib:format("test/erl/~s/~b/~b", [Name, erlang:system_time(millisecond), erlang:unique_integer([positive])])).
