@@ -4,6 +4,7 @@
 # benchmarks alternate for BENCH_ROUNDS rounds and the summary compares medians.
 #   core: pipeline vs one awaited INSERT at a time        -> bench-results/core.jsonl
 #   NIF:  store/1 call times; end-to-end rate vs the core -> bench-results/nif.jsonl
+#   plugin (packaged, in the EMQX double): publish hook time, replay latencies -> plugin.jsonl
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${BENCH_ROUNDS:-3}
@@ -20,6 +21,9 @@ for round in $(seq "$rounds"); do
         -pa _build/test/lib/emqx_offline_cassandra/ebin -pa _build/test/lib/emqx_offline_cassandra/test \
         -eval 'ok = emqx_offline_cassandra_nif_bench:run(), halt().'
 done
+scripts/package.sh >/dev/null
+erl -noshell -pa _build/test/lib/emqx_offline_cassandra/test \
+    -eval 'ok = emqx_offline_cassandra_plugin_bench:run(), halt().'
 python3 - "$rounds" <<'PY'
 import json, statistics, sys
 n = int(sys.argv[1])
