@@ -56,18 +56,9 @@ settings() ->
 %%--------------------------------------------------------------------
 
 on_message_publish(Msg) ->
-    try
-        maybe_store(Msg, settings())
-    catch
-        Class:Reason:Stack ->
-            emqx_offline_cassandra_log:burst(store_crashed, #{
-                class => Class, reason => Reason, stacktrace => Stack
-            })
-    end,
+    guarded(store_crashed, fun(Settings) -> maybe_store(Msg, Settings) end),
     {ok, Msg}.
 
-maybe_store(_Msg, undefined) ->
-    ok;
 maybe_store(Msg, #{topics := Filters} = Settings) ->
     Topic = emqx_message:topic(Msg),
     Store =
@@ -124,15 +115,7 @@ sender(From) -> iolist_to_binary(io_lib:format("~0p", [From])).
 %%--------------------------------------------------------------------
 
 on_session_subscribed(ClientInfo, TopicFilter, SubOpts) ->
-    try
-        maybe_replay(ClientInfo, TopicFilter, SubOpts, settings())
-    catch
-        Class:Reason:Stack ->
-            emqx_offline_cassandra_log:burst(replay_crashed, #{
-                class => Class, reason => Reason, stacktrace => Stack
-            })
-    end,
-    ok.
+    guarded(replay_crashed, fun(Settings) -> maybe_replay(ClientInfo, TopicFilter, SubOpts, Settings) end).
 
 %% NOTE: replay happens only for
 %% - new subscriptions (is_new): a re-subscribe must not replay twice;
@@ -142,8 +125,6 @@ on_session_subscribed(ClientInfo, TopicFilter, SubOpts) ->
 %% - filters that can match a configured topic (others have nothing stored);
 %% - one member per shared-subscription group on this node (the group gets
 %%   the messages once, not once per member).
-maybe_replay(_ClientInfo, _TopicFilter, _SubOpts, undefined) ->
-    ok;
 maybe_replay(_ClientInfo, TopicFilter, SubOpts, #{topics := Filters} = Settings) ->
     {Filter, Group} = emqx_offline_cassandra_compat:parse_subscription(TopicFilter, SubOpts),
     Wanted =
@@ -175,18 +156,8 @@ first_of_group(Group, Filter) ->
 %%--------------------------------------------------------------------
 
 on_message_acked(_ClientInfo, Msg) ->
-    try
-        maybe_delete(Msg, settings())
-    catch
-        Class:Reason:Stack ->
-            emqx_offline_cassandra_log:burst(delete_crashed, #{
-                class => Class, reason => Reason, stacktrace => Stack
-            })
-    end,
-    ok.
+    guarded(delete_crashed, fun(Settings) -> maybe_delete(Msg, Settings) end).
 
-maybe_delete(_Msg, undefined) ->
-    ok;
 maybe_delete(Msg, #{topics := Filters}) ->
     Topic = emqx_message:topic(Msg),
     case emqx_message:qos(Msg) > 0 andalso matches_any(Topic, Filters) of
@@ -201,6 +172,25 @@ maybe_delete(Msg, #{topics := Filters}) ->
         false ->
             ok
     end.
+
+%% Runs a callback's work with the current settings (none: the plugin is
+%% not configured, nothing to do). A crash is counted and logged once per
+%% burst; it never reaches the client's process.
+guarded(CrashKind, Work) ->
+    case settings() of
+        undefined ->
+            ok;
+        Settings ->
+            try
+                Work(Settings)
+            catch
+                Class:Reason:Stack ->
+                    emqx_offline_cassandra_log:burst(CrashKind, #{
+                        class => Class, reason => Reason, stacktrace => Stack
+                    })
+            end
+    end,
+    ok.
 
 %%--------------------------------------------------------------------
 %% Topic filters
