@@ -71,6 +71,12 @@ pub struct StoreConfig {
     pub max_fetch_rows: u32,
     /// Rows per page when reading a partition.
     pub fetch_page_rows: u32,
+    /// Keep the side table `mqtt_msg_floor` so replay skips the tombstones that acks leave
+    /// (see docs/tombstones.md).
+    pub replay_floor: bool,
+    /// How far behind now the floor stays: rows published within this time are never
+    /// skipped, and a write landing later than half of it resets its topic's floor.
+    pub replay_floor_lag: Duration,
 }
 
 impl Default for StoreConfig {
@@ -101,6 +107,8 @@ impl Default for StoreConfig {
             write_attempts: 3,
             max_fetch_rows: 10_000,
             fetch_page_rows: 1_000,
+            replay_floor: true,
+            replay_floor_lag: Duration::from_secs(60),
         }
     }
 }
@@ -133,6 +141,8 @@ impl fmt::Debug for StoreConfig {
             .field("write_attempts", &self.write_attempts)
             .field("max_fetch_rows", &self.max_fetch_rows)
             .field("fetch_page_rows", &self.fetch_page_rows)
+            .field("replay_floor", &self.replay_floor)
+            .field("replay_floor_lag", &self.replay_floor_lag)
             .finish()
     }
 }
@@ -169,6 +179,8 @@ pub const CONFIG_KEYS: &[&str] = &[
     "write_attempts",
     "max_fetch_rows",
     "fetch_page_rows",
+    "replay_floor",
+    "replay_floor_lag",
 ];
 
 impl StoreConfig {
@@ -214,6 +226,8 @@ impl StoreConfig {
                 "write_attempts" => cfg.write_attempts = parse_num(key, value)?,
                 "max_fetch_rows" => cfg.max_fetch_rows = parse_num(key, value)?,
                 "fetch_page_rows" => cfg.fetch_page_rows = parse_num(key, value)?,
+                "replay_floor" => cfg.replay_floor = parse_bool(key, value)?,
+                "replay_floor_lag" => cfg.replay_floor_lag = parse_duration(key, value)?,
                 _ => {
                     return Err(invalid(
                         key,
@@ -292,6 +306,17 @@ impl StoreConfig {
                 "max_payload_bytes",
                 "must be between 1 and 10485760 (10 MiB)",
             ));
+        }
+        // A write that is still on its way when a floor scan starts must not be skipped:
+        // half the lag has to cover a whole write attempt.
+        if self.replay_floor_lag < self.request_timeout * 2 + Duration::from_secs(1) {
+            return Err(invalid(
+                "replay_floor_lag",
+                "must be at least twice request_timeout plus 1s",
+            ));
+        }
+        if self.replay_floor_lag > Duration::from_secs(30 * 86_400) {
+            return Err(invalid("replay_floor_lag", "must be at most 30d"));
         }
         for (field, v, max) in [
             ("buffer_capacity", self.buffer_capacity, 10_000_000),
@@ -507,6 +532,8 @@ mod tests {
             ("write_attempts", "5"),
             ("max_fetch_rows", "500"),
             ("fetch_page_rows", "100"),
+            ("replay_floor", "false"),
+            ("replay_floor_lag", "5m"),
         ]))
         .unwrap();
         assert_eq!(
@@ -532,6 +559,8 @@ mod tests {
             (8, 4, 5)
         );
         assert_eq!((cfg.max_fetch_rows, cfg.fetch_page_rows), (500, 100));
+        assert!(!cfg.replay_floor);
+        assert_eq!(cfg.replay_floor_lag, Duration::from_secs(300));
     }
 
     #[test]
@@ -553,6 +582,8 @@ mod tests {
             ("max_batch_rows", "0"),
             ("pool_size", "65"),
             ("auto_reconnect", "1"),
+            ("replay_floor_lag", "5s"),
+            ("replay_floor_lag", "31d"),
             ("no_such_key", "1"),
         ];
         for (key, value) in cases {

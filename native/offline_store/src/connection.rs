@@ -36,6 +36,21 @@ pub(crate) struct Connection {
     /// Topic index (`None` when `topic_index` is off): insert `(root, topic)` with a TTL,
     /// and read one root's topics.
     pub index: Option<IndexStatements>,
+    /// Newest first within `[lower, upper)`: replay in bounded slices.
+    pub select_range: PreparedStatement,
+    /// The replay floor (`None` when `replay_floor` is off).
+    pub floor: Option<FloorStatements>,
+}
+
+pub(crate) struct FloorStatements {
+    /// `msgid` of one topic's floor.
+    pub read: PreparedStatement,
+    /// Sets it: (ttl, timestamp, msgid, topic).
+    pub write: PreparedStatement,
+    /// Drops it: (timestamp, topic).
+    pub reset: PreparedStatement,
+    /// The oldest live msgid within `[lower, upper)`.
+    pub first_live: PreparedStatement,
 }
 
 pub(crate) struct IndexStatements {
@@ -129,6 +144,18 @@ async fn check_or_create_table(session: &Session, cfg: &StoreConfig) -> Result<(
             .await
             .map_err(|e| {
                 StoreError::IndexUnavailable(StoreError::from_driver(e, timeout).to_string())
+            })?;
+        session
+            .await_schema_agreement()
+            .await
+            .map_err(|e| StoreError::from_driver(e, timeout))?;
+    }
+    if cfg.replay_floor {
+        session
+            .query_unpaged(schema::create_floor_table_cql(&ks), ())
+            .await
+            .map_err(|e| {
+                StoreError::FloorUnavailable(StoreError::from_driver(e, timeout).to_string())
             })?;
         session
             .await_schema_agreement()
@@ -234,10 +261,52 @@ async fn prepare_all(session: Session, cfg: &StoreConfig) -> Result<Connection, 
     )
     .await?;
     let count = prepare(
-        format!("SELECT count(*) FROM {ks}.{t} WHERE topic = ?"),
+        format!("SELECT count(*) FROM {ks}.{t} WHERE topic = ? AND msgid >= ?"),
         true,
     )
     .await?;
+    let select_range = prepare(
+        format!(
+            "SELECT {COLUMNS} FROM {ks}.{t} WHERE topic = ? AND msgid >= ? AND msgid < ? LIMIT ?"
+        ),
+        true,
+    )
+    .await?;
+    let floor = if cfg.replay_floor {
+        let f = schema::FLOOR_TABLE;
+        let unavailable = |e: StoreError| StoreError::FloorUnavailable(e.to_string());
+        let read = prepare(format!("SELECT msgid FROM {ks}.{f} WHERE topic = ?"), true)
+            .await
+            .map_err(unavailable)?;
+        let write = prepare(
+            format!("UPDATE {ks}.{f} USING TTL ? AND TIMESTAMP ? SET msgid = ? WHERE topic = ?"),
+            false,
+        )
+        .await
+        .map_err(unavailable)?;
+        let reset = prepare(
+            format!("DELETE msgid FROM {ks}.{f} USING TIMESTAMP ? WHERE topic = ?"),
+            false,
+        )
+        .await
+        .map_err(unavailable)?;
+        let first_live = prepare(
+            format!(
+                "SELECT msgid FROM {ks}.{t} WHERE topic = ? AND msgid >= ? AND msgid < ? \
+                 ORDER BY msgid ASC LIMIT 1"
+            ),
+            true,
+        )
+        .await?;
+        Some(FloorStatements {
+            read,
+            write,
+            reset,
+            first_live,
+        })
+    } else {
+        None
+    };
     let index = if cfg.topic_index {
         let insert = prepare(
             format!(
@@ -269,6 +338,8 @@ async fn prepare_all(session: Session, cfg: &StoreConfig) -> Result<Connection, 
         select_newest,
         select_from,
         select_after,
+        select_range,
+        floor,
         probe,
     })
 }

@@ -42,6 +42,12 @@ pub enum StoreError {
     )]
     IndexUnavailable(String),
 
+    /// The replay floor table could not be created or used.
+    #[error(
+        "replay floor table mqtt_msg_floor unavailable: {0} (grant CREATE on the keyspace or set replay_floor = false)"
+    )]
+    FloorUnavailable(String),
+
     /// `mqtt_msg` exists but differs from the table this plugin works with.
     #[error("table mqtt_msg does not match the expected schema: {0}")]
     SchemaMismatch(String),
@@ -87,6 +93,7 @@ impl StoreError {
             StoreError::TableMissing(_) => "table_missing",
             StoreError::SchemaMismatch(_) => "schema_mismatch",
             StoreError::IndexUnavailable(_) => "index_unavailable",
+            StoreError::FloorUnavailable(_) => "floor_unavailable",
             StoreError::Timeout(_) => "timeout",
             StoreError::Overloaded { .. } => "overloaded",
             StoreError::PayloadTooLarge { .. } => "payload_too_large",
@@ -103,6 +110,13 @@ impl StoreError {
             self,
             StoreError::NotConnected { .. } | StoreError::Timeout(_) | StoreError::Db(_)
         )
+    }
+
+    /// True when Cassandra aborted a read because it met more tombstones than its
+    /// `tombstone_failure_threshold`: the same read over a narrower msgid range can succeed.
+    pub fn is_tombstone_overflow(&self) -> bool {
+        matches!(self, StoreError::Db(text)
+            if text.contains("READ_TOO_MANY_TOMBSTONES") || text.contains("TombstoneOverwhelming"))
     }
 
     /// Classifies a driver error from any operation. Authentication failures hide deep in

@@ -16,6 +16,7 @@
 pub mod config;
 mod connection;
 pub mod error;
+mod floor;
 pub mod msgid;
 pub mod payload;
 pub mod schema;

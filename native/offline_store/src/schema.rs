@@ -14,6 +14,11 @@ pub const INDEX_TABLE: &str = "mqtt_msg_topics";
 /// real first level can collide with it.
 pub const ROOTS_PARTITION: &str = "\u{0}";
 
+/// The product's second side table: per topic, a msgid below which every `mqtt_msg` row is
+/// known to be deleted (the replay floor). Reads start there, so the tombstones that acks
+/// leave below it are never walked again. Design and safety argument: docs/tombstones.md.
+pub const FLOOR_TABLE: &str = "mqtt_msg_floor";
+
 /// One column as `system_schema.columns` describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ColumnInfo {
@@ -108,6 +113,14 @@ pub fn create_index_table_cql(keyspace: &str) -> String {
         "CREATE TABLE IF NOT EXISTS {keyspace}.{INDEX_TABLE} (root text, topic text, \
          PRIMARY KEY (root, topic)) \
          WITH comment = 'emqx_offline_cassandra: topics with stored messages, for wildcard replay'"
+    )
+}
+
+/// `CREATE TABLE IF NOT EXISTS` for the replay floor. `keyspace` is a validated identifier.
+pub fn create_floor_table_cql(keyspace: &str) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {keyspace}.{FLOOR_TABLE} (topic text PRIMARY KEY, msgid text) \
+         WITH comment = 'emqx_offline_cassandra: per topic, every mqtt_msg row below msgid is deleted'"
     )
 }
 

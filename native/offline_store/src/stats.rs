@@ -63,6 +63,9 @@ pub(crate) struct Counters {
     pub fetches: AtomicU64,
     pub fetch_failures: AtomicU64,
     pub fetched_rows: AtomicU64,
+    pub floor_scans: AtomicU64,
+    pub floor_resets: AtomicU64,
+    pub sliced_reads: AtomicU64,
     pub write_latency: Latency,
     pub read_latency: Latency,
 }
@@ -93,6 +96,9 @@ impl Counters {
             fetches: self.fetches.load(Relaxed),
             fetch_failures: self.fetch_failures.load(Relaxed),
             fetched_rows: self.fetched_rows.load(Relaxed),
+            floor_scans: self.floor_scans.load(Relaxed),
+            floor_resets: self.floor_resets.load(Relaxed),
+            sliced_reads: self.sliced_reads.load(Relaxed),
             write_latency_p50_us: self.write_latency.quantile_us(0.50),
             write_latency_p99_us: self.write_latency.quantile_us(0.99),
             read_latency_p50_us: self.read_latency.quantile_us(0.50),
@@ -131,6 +137,12 @@ pub struct StatsSnapshot {
     pub fetches: u64,
     pub fetch_failures: u64,
     pub fetched_rows: u64,
+    /// Background scans that moved a topic's replay floor up past acked rows.
+    pub floor_scans: u64,
+    /// Floors dropped because a write landed late (after an outage) below them.
+    pub floor_resets: u64,
+    /// Reads that Cassandra aborted for tombstones and that were redone in msgid slices.
+    pub sliced_reads: u64,
     /// Latency of write requests (batches) and reads, p50 / p99, as the upper bound of a
     /// power-of-two bucket in µs (0: none yet).
     pub write_latency_p50_us: u64,

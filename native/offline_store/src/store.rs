@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crossbeam_channel::TrySendError;
 use scylla::response::{PagingState, PagingStateResponse};
+use scylla::serialize::row::SerializeRow;
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::value::CqlTimestamp;
 use tokio::sync::{Notify, Semaphore, oneshot, watch};
@@ -195,7 +196,15 @@ struct Inner {
     events: Mutex<Option<EventSink>>,
     /// Topics whose index rows were written recently (by the writer tasks only).
     indexed: Mutex<HashMap<String, Instant>>,
+    /// Deletes per topic since its floor was last moved, and whether a scan runs.
+    floor_scans: Mutex<HashMap<String, FloorScan>>,
     counters: Counters,
+}
+
+#[derive(Default)]
+struct FloorScan {
+    deletes: u32,
+    running: bool,
 }
 
 /// Handle to the store. Cheap to clone; all clones share one session and one buffer.
@@ -212,6 +221,9 @@ const WILDCARD_READS_IN_FLIGHT: usize = 16;
 
 /// Items the writer looks at when it gathers one partition's batch.
 const BATCH_SCAN: usize = 512;
+
+/// Deletes of one topic after which its replay floor is moved up.
+const FLOOR_SCAN_AFTER_DELETES: u32 = 500;
 
 impl Store {
     /// Starts connecting in the background (retrying with backoff) and returns at once.
@@ -237,6 +249,7 @@ impl Store {
             shutdown,
             writer: Mutex::new(None),
             indexed: Mutex::new(HashMap::new()),
+            floor_scans: Mutex::new(HashMap::new()),
             events: Mutex::new(None),
             counters: Counters::default(),
         });
@@ -357,14 +370,13 @@ impl Store {
         opts: FetchOptions,
     ) -> Result<Vec<StoredMessage>, StoreError> {
         let limit = self.limit(opts.limit);
-        let bound = opts
+        let since = opts
             .since_ms
             .map(|ms| MsgId::lower_bound_for_time_ms(ms).to_string())
             .unwrap_or_default();
         let conn = self.connection()?;
-        let mut rows = self
-            .read_pages(&conn, &conn.select_newest, topic, &bound, limit)
-            .await?;
+        let lower = self.lower_bound(&conn, topic, since).await;
+        let mut rows = self.read_newest(&conn, topic, &lower, limit).await?;
         rows.reverse();
         Ok(rows)
     }
@@ -380,17 +392,23 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<StoredMessage>, StoreError> {
         let limit = self.limit(Some(limit));
-        let since = since_ms.map(MsgId::lower_bound_for_time_ms);
+        let since = since_ms
+            .map(|ms| MsgId::lower_bound_for_time_ms(ms).to_string())
+            .unwrap_or_default();
         let conn = self.connection()?;
-        let (stmt, bound) = match (after, since) {
-            (Some(a), Some(s)) if s > *a => (&conn.select_from, s.to_string()),
-            (Some(a), _) => (&conn.select_after, a.to_string()),
-            (None, s) => (
-                &conn.select_from,
-                s.map(|s| s.to_string()).unwrap_or_default(),
-            ),
+        let lower = self.lower_bound(&conn, topic, since).await;
+        let (stmt, bound) = match after {
+            Some(a) if a.as_str() >= lower.as_str() => (&conn.select_after, a.to_string()),
+            _ => (&conn.select_from, lower),
         };
-        self.read_pages(&conn, stmt, topic, &bound, limit).await
+        self.read_pages(
+            &conn,
+            stmt,
+            topic,
+            &(topic, bound.as_str(), limit as i32),
+            limit,
+        )
+        .await
     }
 
     /// Messages for a subscription filter, oldest first. A plain topic reads its partition;
@@ -469,9 +487,10 @@ impl Store {
     pub async fn count(&self, topic: &str) -> Result<u64, StoreError> {
         let conn = self.connection()?;
         let timeout = self.inner.cfg.request_timeout;
+        let lower = self.lower_bound(&conn, topic, String::new()).await;
         let result = conn
             .session
-            .execute_unpaged(&conn.count, (topic,))
+            .execute_unpaged(&conn.count, (topic, lower))
             .await
             .map_err(|e| StoreError::from_driver(e, timeout))?
             .into_rows_result()
@@ -640,12 +659,51 @@ impl Store {
         requested.unwrap_or(max).clamp(1, max)
     }
 
+    /// Where a read of `topic` starts: `since` or the topic's replay floor, the higher.
+    /// Without a readable floor the read starts at `since` (slower, never wrong).
+    async fn lower_bound(&self, conn: &Connection, topic: &str, since: String) -> String {
+        let Some(f) = &conn.floor else { return since };
+        match crate::floor::read(conn, f, topic, self.inner.cfg.request_timeout).await {
+            Ok(Some(floor)) if floor > since => floor,
+            _ => since,
+        }
+    }
+
+    /// The newest `limit` rows at or above `lower`, newest first. A read that Cassandra
+    /// aborts for tombstones is redone in slices; either that or a tombstone warning asks
+    /// for the topic's floor to be moved up.
+    async fn read_newest(
+        &self,
+        conn: &Connection,
+        topic: &str,
+        lower: &str,
+        limit: u32,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        let values = (topic, lower, limit as i32);
+        match self
+            .read_pages(conn, &conn.select_newest, topic, &values, limit)
+            .await
+        {
+            Err(e) if e.is_tombstone_overflow() => {
+                Counters::add(&self.inner.counters.sliced_reads, 1);
+                self.inner.request_floor_scan(topic);
+                crate::floor::read_newest_sliced(lower, limit, |lo, hi, n| async move {
+                    let values = (topic, lo.as_str(), hi.as_str(), n as i32);
+                    self.read_pages(conn, &conn.select_range, topic, &values, n)
+                        .await
+                })
+                .await
+            }
+            other => other,
+        }
+    }
+
     async fn read_pages(
         &self,
         conn: &Connection,
         stmt: &scylla::statement::prepared::PreparedStatement,
         topic: &str,
-        bound: &str,
+        values: &(impl SerializeRow + Sync),
         limit: u32,
     ) -> Result<Vec<StoredMessage>, StoreError> {
         let c = &self.inner.counters;
@@ -655,17 +713,28 @@ impl Store {
             conn,
             stmt,
             topic,
-            bound,
+            values,
             limit,
             self.inner.cfg.request_timeout,
         )
         .await;
         c.read_latency.record(started.elapsed());
-        match &result {
-            Ok(rows) => Counters::add(&c.fetched_rows, rows.len() as u64),
-            Err(_) => Counters::add(&c.fetch_failures, 1),
+        match result {
+            Ok((rows, warned)) => {
+                Counters::add(&c.fetched_rows, rows.len() as u64);
+                if warned {
+                    self.inner.request_floor_scan(topic);
+                }
+                Ok(rows)
+            }
+            Err(e) => {
+                // An overflow is redone in slices by the caller, not a failed fetch.
+                if !e.is_tombstone_overflow() {
+                    Counters::add(&c.fetch_failures, 1);
+                }
+                Err(e)
+            }
         }
-        result
     }
 }
 
@@ -707,14 +776,16 @@ async fn read_index(
     Ok(out)
 }
 
+/// Rows of one topic, page by page, at most `limit`; also whether Cassandra warned (it
+/// does when a read walks more than `tombstone_warn_threshold` tombstones).
 async fn read_pages(
     conn: &Connection,
     stmt: &scylla::statement::prepared::PreparedStatement,
     topic: &str,
-    bound: &str,
+    values: &(impl SerializeRow + Sync),
     limit: u32,
     request_timeout: Duration,
-) -> Result<Vec<StoredMessage>, StoreError> {
+) -> Result<(Vec<StoredMessage>, bool), StoreError> {
     type Row = (
         String,
         Option<CqlTimestamp>,
@@ -725,13 +796,15 @@ async fn read_pages(
         Option<i32>,
     );
     let mut out = Vec::with_capacity(limit.min(1024) as usize);
+    let mut warned = false;
     let mut paging = PagingState::start();
     loop {
         let (result, next) = conn
             .session
-            .execute_single_page(stmt, (topic, bound, limit as i32), paging)
+            .execute_single_page(stmt, values, paging)
             .await
             .map_err(|e| StoreError::from_driver(e, request_timeout))?;
+        warned |= result.warnings().next().is_some();
         let rows = result.into_rows_result().map_err(db_err)?;
         for row in rows.rows::<Row>().map_err(db_err)? {
             let (msgid, arrived, stored, qos, retain, sender, ttl_secs) = row.map_err(db_err)?;
@@ -754,10 +827,35 @@ async fn read_pages(
         }
     }
     out.truncate(limit as usize);
-    Ok(out)
+    Ok((out, warned))
 }
 
 impl Inner {
+    /// Counts deletes of `topic`; after `FLOOR_SCAN_AFTER_DELETES` of them starts a
+    /// background scan that moves its replay floor up (one scan per topic at a time).
+    fn note_deletes(self: &Arc<Self>, topic: &str, n: u32) {
+        if !self.cfg.replay_floor || self.stopped() {
+            return;
+        }
+        let mut scans = lock(&self.floor_scans);
+        if scans.len() >= 100_000 {
+            scans.retain(|_, s| s.running);
+        }
+        let scan = scans.entry(topic.to_owned()).or_default();
+        scan.deletes = scan.deletes.saturating_add(n);
+        if scan.running || scan.deletes < FLOOR_SCAN_AFTER_DELETES {
+            return;
+        }
+        scan.running = true;
+        scan.deletes = 0;
+        drop(scans);
+        tokio::spawn(run_floor_scans(self.clone(), topic.to_owned()));
+    }
+
+    /// Asks for a floor scan now (a read met many tombstones).
+    fn request_floor_scan(self: &Arc<Self>, topic: &str) {
+        self.note_deletes(topic, FLOOR_SCAN_AFTER_DELETES);
+    }
     /// Moves writes from the buffer into the staging area, up to `BATCH_SCAN`. Returns
     /// whether anything is staged.
     fn refill_staging(&self) -> bool {
@@ -999,7 +1097,7 @@ async fn run_writer(inner: Arc<Inner>) {
     }
 }
 
-async fn write_batch(inner: &Inner, conn: &Connection, batch: Vec<Pending>) {
+async fn write_batch(inner: &Arc<Inner>, conn: &Connection, batch: Vec<Pending>) {
     let c = &inner.counters;
     let n = batch.len() as u64;
     let mut attempt = 1;
@@ -1009,7 +1107,10 @@ async fn write_batch(inner: &Inner, conn: &Connection, batch: Vec<Pending>) {
         // message can always find its topic.
         let started = std::time::Instant::now();
         let result = match ensure_indexed(inner, conn, &batch).await {
-            Ok(()) => execute(conn, &batch, inner.cfg.write_consistency).await,
+            Ok(()) => match reset_floor_if_late(inner, conn, &batch).await {
+                Ok(()) => execute(conn, &batch, inner.cfg.write_consistency).await,
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         };
         c.write_latency.record(started.elapsed());
@@ -1036,6 +1137,11 @@ async fn write_batch(inner: &Inner, conn: &Connection, batch: Vec<Pending>) {
         }
     };
     Counters::sub(&c.in_flight, n);
+    if let (Ok(()), Some(first)) = (&outcome, batch.first())
+        && !first.op.is_insert()
+    {
+        inner.note_deletes(first.op.topic(), n as u32);
+    }
     if let Err(e) = &outcome {
         inner.emit(StoreEvent::WritesFailed {
             count: n,
@@ -1052,6 +1158,56 @@ async fn write_batch(inner: &Inner, conn: &Connection, batch: Vec<Pending>) {
     );
     for p in batch {
         p.finish(outcome.clone());
+    }
+}
+
+/// Before inserts that land late (published more than half a lag ago, e.g. buffered
+/// through an outage), drops their topic's replay floor so replay cannot skip them.
+async fn reset_floor_if_late(
+    inner: &Inner,
+    conn: &Connection,
+    batch: &[Pending],
+) -> Result<(), scylla::errors::ExecutionError> {
+    let Some(f) = &conn.floor else { return Ok(()) };
+    let lag = inner.cfg.replay_floor_lag;
+    let now = crate::floor::now_us();
+    let late = batch.iter().any(|p| match &p.op {
+        Op::Insert(m) => crate::floor::is_late(&m.msgid, lag, now),
+        Op::Delete { .. } => false,
+    });
+    let Some(first) = batch.first().filter(|_| late) else {
+        return Ok(());
+    };
+    crate::floor::reset(conn, f, first.op.topic(), lag).await?;
+    Counters::add(&inner.counters.floor_resets, 1);
+    Ok(())
+}
+
+/// Moves `topic`'s floor up, again while enough deletes came in during the last scan. A
+/// failed scan is left for the next deletes to retry.
+async fn run_floor_scans(inner: Arc<Inner>, topic: String) {
+    loop {
+        if let Ok(conn) = inner.connection()
+            && let Some(f) = &conn.floor
+        {
+            let (lag, timeout) = (inner.cfg.replay_floor_lag, inner.cfg.request_timeout);
+            if let Ok(true) = crate::floor::advance(&conn, f, &topic, lag, timeout).await {
+                Counters::add(&inner.counters.floor_scans, 1);
+            }
+        }
+        let mut scans = lock(&inner.floor_scans);
+        let Some(scan) = scans.get_mut(&topic) else {
+            return;
+        };
+        if scan.deletes >= FLOOR_SCAN_AFTER_DELETES && !inner.stopped() {
+            scan.deletes = 0;
+            continue;
+        }
+        scan.running = false;
+        if scan.deletes == 0 {
+            scans.remove(&topic);
+        }
+        return;
     }
 }
 

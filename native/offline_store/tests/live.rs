@@ -706,3 +706,204 @@ async fn count_and_purge_a_topic() {
     assert_eq!(store.count(&topic).await.unwrap(), 1);
     store.shutdown(Duration::from_secs(5)).await;
 }
+
+/// Messages published `age` ago and later, one every `step_us`, on one topic.
+fn published_since(
+    topic: &str,
+    start_us: u64,
+    step_us: u64,
+    n: u64,
+) -> Vec<offline_store::Message> {
+    (0..n)
+        .map(|i| {
+            let us = start_us + i * step_us;
+            let mut m = message(topic, format!("old{i}").as_bytes());
+            m.msgid = MsgId::new(us, 0x00AB_CDEF_0123, (i & 0xFFFF) as u16);
+            m.arrived_ms = (us / 1000) as i64;
+            m
+        })
+        .collect()
+}
+
+/// Issue "prove it" §2: every ack leaves a tombstone, and Cassandra aborts a read that walks
+/// more than 100,000 of them (`tombstone_failure_threshold`). A topic drained by a
+/// subscriber for a day (200,000 messages acked in order) plus 100 waiting must still
+/// replay: without a floor through slices, with one in a single short read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_survives_two_hundred_thousand_acked_rows() {
+    let topic = unique_topic("tombstones");
+    let day_ago_us = (now_ms() - 86_400_000) as u64 * 1000;
+    let acked = published_since(&topic, day_ago_us, 400_000, 200_000);
+    let live: Vec<_> = (0..100)
+        .map(|i| message(&topic, format!("live{i}").as_bytes()))
+        .collect();
+    let want: Vec<_> = live.iter().map(|m| m.payload.clone()).collect();
+    // A day of history, written in seconds by a store without the floor (its writes would
+    // all count as late: landing a day after their publish).
+    let history = connect_with(StoreConfig {
+        buffer_capacity: 250_000,
+        replay_floor: false,
+        ..config()
+    })
+    .await;
+    for m in &acked {
+        history.submit_store(m.clone()).unwrap();
+    }
+    history.flush(Duration::from_secs(300)).await.unwrap();
+
+    let store = connect_with(StoreConfig {
+        buffer_capacity: 250_000,
+        ..config()
+    })
+    .await;
+    for m in &acked {
+        store.submit_delete(&m.topic, m.msgid).unwrap();
+    }
+    for m in &live {
+        store.submit_store(m.clone()).unwrap();
+    }
+    store.flush(Duration::from_secs(300)).await.unwrap();
+    let s = store.stats();
+    assert_eq!((s.written, s.failed, s.dropped), (200_100, 0, 0), "{s:?}");
+
+    // Without a floor the plain read is aborted; the slices still return every live row.
+    let started = Instant::now();
+    let rows = history
+        .fetch(&topic, FetchOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("replay over 200,000 tombstones failed: {e}"));
+    let sliced = started.elapsed();
+    let got: Vec<_> = rows.iter().map(|r| r.payload.clone()).collect();
+    assert_eq!(got, want);
+    assert_eq!(history.stats().sliced_reads, 1, "{:?}", history.stats());
+    history.shutdown(Duration::from_secs(5)).await;
+
+    // The deletes moved the floor up in the background; once it passed the acked rows a
+    // replay is one read that walks no tombstone of theirs.
+    let last_acked = acked.last().unwrap().msgid.to_string();
+    let admin = admin().await;
+    let floor_passed = || async {
+        admin
+            .query_unpaged(
+                "SELECT msgid FROM mqtt.mqtt_msg_floor WHERE topic = ?",
+                (&topic,),
+            )
+            .await
+            .unwrap()
+            .into_rows_result()
+            .unwrap()
+            .maybe_first_row::<(String,)>()
+            .unwrap()
+            .is_some_and(|(f,)| f > last_acked)
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !floor_passed().await {
+        assert!(
+            Instant::now() < deadline,
+            "floor never passed the acked rows: {:?}",
+            store.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let started = Instant::now();
+    let rows = store.fetch(&topic, FetchOptions::default()).await.unwrap();
+    let floored = started.elapsed();
+    let got: Vec<_> = rows.iter().map(|r| r.payload.clone()).collect();
+    assert_eq!(got, want);
+    assert_eq!(store.stats().sliced_reads, 0, "{:?}", store.stats());
+    assert_eq!(store.count(&topic).await.unwrap(), 100);
+    eprintln!(
+        "replay of 100 live rows beside 200,000 tombstones: sliced {sliced:?}, from the floor {floored:?}"
+    );
+    store.shutdown(Duration::from_secs(5)).await;
+}
+
+/// The floor must never hide a message: a write that lands long after its publish (held
+/// in the buffer through an outage) below a floor resets that floor first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_write_below_the_floor_is_still_replayed() {
+    let topic = unique_topic("late");
+    let hour_ago_us = (now_ms() - 3_600_000) as u64 * 1000;
+    let old = published_since(&topic, hour_ago_us, 1_000_000, 1_100);
+    let history = connect_with(StoreConfig {
+        replay_floor: false,
+        ..config()
+    })
+    .await;
+    for m in &old {
+        history.submit_store(m.clone()).unwrap();
+    }
+    history.flush(Duration::from_secs(60)).await.unwrap();
+    history.shutdown(Duration::from_secs(5)).await;
+
+    let store = connect_with(StoreConfig {
+        request_timeout: Duration::from_secs(1),
+        replay_floor_lag: Duration::from_secs(3),
+        ..config()
+    })
+    .await;
+    for m in &old[..600] {
+        store.submit_delete(&m.topic, m.msgid).unwrap();
+    }
+    store.flush(Duration::from_secs(60)).await.unwrap();
+    let admin = admin().await;
+    let read_floor = || async {
+        admin
+            .query_unpaged(
+                "SELECT msgid FROM mqtt.mqtt_msg_floor WHERE topic = ?",
+                (&topic,),
+            )
+            .await
+            .unwrap()
+            .into_rows_result()
+            .unwrap()
+            .maybe_first_row::<(String,)>()
+            .unwrap()
+            .map(|(f,)| f)
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while read_floor().await.as_deref() != Some(old[600].msgid.as_str()) {
+        assert!(Instant::now() < deadline, "floor: {:?}", read_floor().await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Published 50 minutes ago, between acked rows: below the floor.
+    let mut late = message(&topic, b"late");
+    late.msgid = MsgId::new(old[300].msgid.timestamp_us() + 1, 0x00AB_CDEF_0999, 1);
+    late.arrived_ms = (late.msgid.timestamp_us() / 1000) as i64;
+    store.store(late.clone()).await.unwrap();
+    assert_eq!(store.stats().floor_resets, 1);
+    let replayed = |rows: Vec<offline_store::StoredMessage>| {
+        rows.iter().any(|r| r.msgid == late.msgid.as_str())
+    };
+    assert!(replayed(
+        store.fetch(&topic, FetchOptions::default()).await.unwrap()
+    ));
+
+    // More acks start more scans, during and after the reset's shadow: none hides it.
+    let scans = store.stats().floor_scans;
+    for m in &old[600..] {
+        store.submit_delete(&m.topic, m.msgid).unwrap();
+    }
+    store.flush(Duration::from_secs(60)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while store.stats().floor_scans == scans {
+        assert!(Instant::now() < deadline, "no scan after the late write");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let rows = store.fetch(&topic, FetchOptions::default()).await.unwrap();
+    assert!(
+        replayed(rows.clone()),
+        "late message hidden; floor {:?}",
+        read_floor().await
+    );
+    assert_eq!(rows.len(), 1);
+    if let Some(f) = read_floor().await {
+        assert!(
+            f.as_str() <= late.msgid.as_str(),
+            "floor {f} above the late message"
+        );
+    }
+    store.shutdown(Duration::from_secs(5)).await;
+}

@@ -1,0 +1,357 @@
+//! Tombstone-safe replay.
+//!
+//! Every ack deletes a row and leaves a tombstone in its topic's partition for
+//! `gc_grace_seconds` (10 days). A read walks the tombstones between the live rows it
+//! returns, and Cassandra aborts it after `tombstone_failure_threshold` (100,000) of them,
+//! so a busy topic would stop replaying at all. The table is fixed, so the answer lives
+//! beside it:
+//!
+//! * **The floor** (`mqtt_msg_floor`): per topic, a msgid below which every row is known to
+//!   be deleted. Reads start there. A background scan moves it up past acked rows after
+//!   every few hundred deletes of a topic, never closer to now than `replay_floor_lag`.
+//! * **Late writes reset it.** A write that lands more than half the lag after its publish
+//!   (after an outage) first deletes its topic's floor, with a timestamp half a lag in the
+//!   future so that no scan already running can put it back.
+//! * **Slices.** A read that Cassandra still aborts is redone in msgid slices (publish-time
+//!   ranges) that shrink until each stays under the limit.
+//!
+//! Why this is safe: docs/tombstones.md.
+
+use std::future::Future;
+use std::time::Duration;
+
+use crate::connection::{Connection, FloorStatements, db_err};
+use crate::error::StoreError;
+use crate::msgid::MsgId;
+
+/// Greater than every msgid (32 hex digits): the open upper end of a slice.
+const ABOVE_ALL: &str = "G";
+
+/// A floor row lives this long after its last move; an expired floor only costs one
+/// longer scan.
+const FLOOR_TTL_SECS: i32 = 30 * 86_400;
+
+/// First width of a slice: one minute of publish time.
+const FIRST_SLICE_US: u64 = 60_000_000;
+
+pub(crate) fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// The publish time (µs) a msgid bound starts with; 0 for the empty bound.
+fn time_of(bound: &str) -> u64 {
+    bound
+        .get(..16)
+        .and_then(|h| u64::from_str_radix(h, 16).ok())
+        .unwrap_or(0)
+}
+
+fn bound_at(us: u64) -> String {
+    MsgId::new(us, 0, 0).to_string()
+}
+
+/// True when a write of `msgid`, sent now, may land below a floor that a scan has set.
+pub(crate) fn is_late(msgid: &MsgId, lag: Duration, now_us: u64) -> bool {
+    now_us.saturating_sub(msgid.timestamp_us()) > (lag / 2).as_micros() as u64
+}
+
+/// The floor of `topic`, if one is set.
+pub(crate) async fn read(
+    conn: &Connection,
+    f: &FloorStatements,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Option<String>, StoreError> {
+    let rows = conn
+        .session
+        .execute_unpaged(&f.read, (topic,))
+        .await
+        .map_err(|e| StoreError::from_driver(e, timeout))?
+        .into_rows_result()
+        .map_err(db_err)?;
+    Ok(rows
+        .maybe_first_row::<(Option<String>,)>()
+        .map_err(db_err)?
+        .and_then(|(m,)| m))
+}
+
+/// Deletes the floor of `topic` with a timestamp half a lag ahead, before a late write is
+/// sent: a scan that started before then cannot set it again.
+pub(crate) async fn reset(
+    conn: &Connection,
+    f: &FloorStatements,
+    topic: &str,
+    lag: Duration,
+) -> Result<(), scylla::errors::ExecutionError> {
+    let at = now_us() + (lag / 2).as_micros() as u64;
+    conn.session
+        .execute_unpaged(&f.reset, (at as i64, topic))
+        .await
+        .map(|_| ())
+}
+
+/// Moves the floor of `topic` up to its oldest live row, but not above `now - lag`.
+/// Returns whether it moved. The new floor is written with the scan's start time, so a
+/// reset sent since wins over it.
+pub(crate) async fn advance(
+    conn: &Connection,
+    f: &FloorStatements,
+    topic: &str,
+    lag: Duration,
+    timeout: Duration,
+) -> Result<bool, StoreError> {
+    let started_us = now_us();
+    let cap = bound_at(started_us.saturating_sub(lag.as_micros() as u64));
+    let current = read(conn, f, topic, timeout).await?.unwrap_or_default();
+    if current >= cap {
+        return Ok(false);
+    }
+    let first = first_live(&current, &cap, |lo, hi| async move {
+        let rows = conn
+            .session
+            .execute_unpaged(&f.first_live, (topic, lo, hi))
+            .await
+            .map_err(|e| StoreError::from_driver(e, timeout))?
+            .into_rows_result()
+            .map_err(db_err)?;
+        Ok(rows
+            .maybe_first_row::<(String,)>()
+            .map_err(db_err)?
+            .map(|(m,)| m))
+    })
+    .await?;
+    let new = first.unwrap_or(cap);
+    if new <= current {
+        return Ok(false);
+    }
+    conn.session
+        .execute_unpaged(&f.write, (FLOOR_TTL_SECS, started_us as i64, &new, topic))
+        .await
+        .map_err(|e| StoreError::from_driver(e, timeout))?;
+    Ok(true)
+}
+
+/// The oldest live msgid in `[lower, upper)`. One read if Cassandra allows it; otherwise
+/// slices upward from `lower`, one second wide at first, doubled after each read that
+/// passes, halved after each that is aborted.
+async fn first_live<F, Fut>(
+    lower: &str,
+    upper: &str,
+    mut query: F,
+) -> Result<Option<String>, StoreError>
+where
+    F: FnMut(String, String) -> Fut,
+    Fut: Future<Output = Result<Option<String>, StoreError>>,
+{
+    match query(lower.to_owned(), upper.to_owned()).await {
+        Err(e) if e.is_tombstone_overflow() => {}
+        other => return other,
+    }
+    let upper_us = time_of(upper);
+    let (mut lo, mut lo_us) = (lower.to_owned(), time_of(lower));
+    let mut width = 1_000_000u64;
+    loop {
+        let hi_us = lo_us.saturating_add(width);
+        let last = hi_us >= upper_us;
+        let hi = if last {
+            upper.to_owned()
+        } else {
+            bound_at(hi_us)
+        };
+        match query(lo.clone(), hi.clone()).await {
+            Ok(Some(m)) => return Ok(Some(m)),
+            Ok(None) if last => return Ok(None),
+            Ok(None) => {
+                (lo, lo_us) = (hi, hi_us);
+                width = width.saturating_mul(2);
+            }
+            Err(e) if e.is_tombstone_overflow() && width > 1 => width /= 2,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Up to `limit` rows at or above `lower`, newest first, read in slices going back from
+/// now: one minute wide at first, doubled after each read that passes, halved after each
+/// that Cassandra aborts for tombstones.
+pub(crate) async fn read_newest_sliced<T, F, Fut>(
+    lower: &str,
+    limit: u32,
+    mut query: F,
+) -> Result<Vec<T>, StoreError>
+where
+    F: FnMut(String, String, u32) -> Fut,
+    Fut: Future<Output = Result<Vec<T>, StoreError>>,
+{
+    let lower_us = time_of(lower);
+    let (mut hi, mut hi_us) = (ABOVE_ALL.to_owned(), now_us());
+    let mut width = FIRST_SLICE_US;
+    // Widened only after two reads in a row pass, so an aborted width is not retried at once.
+    let mut shrunk = false;
+    let mut out = Vec::new();
+    while out.len() < limit as usize {
+        let lo_us = hi_us.saturating_sub(width);
+        let last = lo_us <= lower_us;
+        let lo = if last {
+            lower.to_owned()
+        } else {
+            bound_at(lo_us)
+        };
+        match query(lo.clone(), hi.clone(), limit - out.len() as u32).await {
+            Ok(rows) => {
+                out.extend(rows);
+                if last {
+                    break;
+                }
+                (hi, hi_us) = (lo, lo_us);
+                if !std::mem::take(&mut shrunk) {
+                    width = width.saturating_mul(2);
+                }
+            }
+            Err(e) if e.is_tombstone_overflow() && width > 1 => {
+                width /= 2;
+                shrunk = true;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    out.truncate(limit as usize);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+
+    fn overflow() -> StoreError {
+        StoreError::Db("... READ_TOO_MANY_TOMBSTONES from /127.0.0.1:7000".into())
+    }
+
+    /// A partition as a sorted list of (publish µs, live); a read fails when it would
+    /// walk more than `limit` dead rows, as Cassandra does.
+    struct Partition {
+        rows: Vec<(u64, bool)>,
+        limit: usize,
+    }
+
+    impl Partition {
+        fn in_range(&self, lo: &str, hi: &str) -> Vec<(u64, bool)> {
+            self.rows
+                .iter()
+                .filter(|(t, _)| {
+                    let id = bound_at(*t);
+                    id.as_str() >= lo && id.as_str() < hi
+                })
+                .copied()
+                .collect()
+        }
+        fn newest(&self, lo: &str, hi: &str, n: u32) -> Result<Vec<u64>, StoreError> {
+            let (mut dead, mut out) = (0, Vec::new());
+            for (t, live) in self.in_range(lo, hi).into_iter().rev() {
+                if out.len() == n as usize {
+                    break;
+                }
+                if live {
+                    out.push(t);
+                } else {
+                    dead += 1;
+                    if dead > self.limit {
+                        return Err(overflow());
+                    }
+                }
+            }
+            Ok(out)
+        }
+        fn oldest_live(&self, lo: &str, hi: &str) -> Result<Option<String>, StoreError> {
+            let mut dead = 0;
+            for (t, live) in self.in_range(lo, hi) {
+                if live {
+                    return Ok(Some(bound_at(t)));
+                }
+                dead += 1;
+                if dead > self.limit {
+                    return Err(overflow());
+                }
+            }
+            Ok(None)
+        }
+    }
+
+    /// 5,000 acked rows over the last day, then 10 live ones; at most 100 tombstones a read.
+    fn busy_topic() -> Partition {
+        let start = now_us() - 86_400_000_000;
+        let mut rows: Vec<_> = (0..5_000u64)
+            .map(|i| (start + i * 1_000_000, false))
+            .collect();
+        rows.extend((0..10u64).map(|i| (start + 6_000_000_000 + i, true)));
+        Partition { rows, limit: 100 }
+    }
+
+    #[tokio::test]
+    async fn sliced_read_returns_what_one_read_would_have() {
+        let p = busy_topic();
+        assert!(
+            p.newest("", ABOVE_ALL, 1000).is_err(),
+            "the fixture must overflow"
+        );
+        let calls = RefCell::new(0);
+        let got = read_newest_sliced("", 1000, |lo, hi, n| {
+            *calls.borrow_mut() += 1;
+            let r = p.newest(&lo, &hi, n);
+            async move { r }
+        })
+        .await
+        .unwrap();
+        let want: Vec<u64> = p.rows.iter().rev().filter(|r| r.1).map(|r| r.0).collect();
+        assert_eq!(got, want);
+        // About two reads per 100 tombstones (the fixture's limit) plus ~30 back to 1970.
+        assert!(*calls.borrow() < 250, "{} reads", calls.borrow());
+        // A limit stops early.
+        let two = read_newest_sliced("", 2, |lo, hi, n| {
+            let r = p.newest(&lo, &hi, n);
+            async move { r }
+        })
+        .await
+        .unwrap();
+        assert_eq!(two, want[..2]);
+    }
+
+    #[tokio::test]
+    async fn first_live_finds_the_oldest_live_row_through_slices() {
+        let p = busy_topic();
+        let cap = bound_at(now_us());
+        assert!(
+            p.oldest_live("", &cap).is_err(),
+            "the fixture must overflow"
+        );
+        let got = first_live("", &cap, |lo, hi| {
+            let r = p.oldest_live(&lo, &hi);
+            async move { r }
+        })
+        .await
+        .unwrap();
+        assert_eq!(got, Some(bound_at(p.rows[5_000].0)));
+        // Nothing live below the cap: no floor candidate.
+        let early = bound_at(p.rows[4_000].0);
+        let none = first_live("", &early, |lo, hi| {
+            let r = p.oldest_live(&lo, &hi);
+            async move { r }
+        })
+        .await
+        .unwrap();
+        assert_eq!(none, None);
+    }
+
+    #[test]
+    fn lateness_is_half_the_lag() {
+        let lag = Duration::from_secs(60);
+        let now = now_us();
+        assert!(!is_late(&MsgId::new(now - 29_000_000, 0, 0), lag, now));
+        assert!(is_late(&MsgId::new(now - 31_000_000, 0, 0), lag, now));
+        assert!(!is_late(&MsgId::new(now + 5_000_000, 0, 0), lag, now));
+    }
+}
