@@ -45,6 +45,7 @@ defaults() ->
         <<"buffer_capacity">> => 100000,
         <<"overflow_policy">> => <<"drop_new">>,
         <<"topic_index">> => true,
+        <<"replay_floor">> => true,
         <<"max_payload_size">> => <<"8MB">>
     }.
 
@@ -115,6 +116,9 @@ build(Conf) ->
         <<"buffer_capacity">> => int(<<"buffer_capacity">>, maps:get(<<"buffer_capacity">>, Conf), 1, 10000000),
         <<"overflow_policy">> => str(<<"overflow_policy">>, maps:get(<<"overflow_policy">>, Conf)),
         <<"topic_index">> => bool(<<"topic_index">>, maps:get(<<"topic_index">>, Conf)),
+        <<"replay_floor">> => bool(<<"replay_floor">>, maps:get(<<"replay_floor">>, Conf)),
+        %% Half the lag must cover one write attempt (see docs/tombstones.md).
+        <<"replay_floor_lag">> => ms(max(60000, 2 * Timeout + 1000)),
         <<"max_payload_bytes">> => str(<<"max_payload_size">>, maps:get(<<"max_payload_size">>, Conf)),
         <<"tls_enable">> => TlsEnable,
         <<"tls_verify">> => TlsVerify,
