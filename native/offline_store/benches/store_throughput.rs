@@ -1,11 +1,12 @@
-//! Throughput of the storage core against the local Cassandra, with its baseline measured
+//! Throughput of the storage core against the local Cassandra, with its baselines measured
 //! in the same run: one awaited INSERT per message, one at a time (the design of EMQ's
-//! official offline-message plugin).
+//! official offline-message plugin), and for the store + ack cycle one awaited INSERT and
+//! one awaited DELETE per message.
 //!
 //!   cargo bench -p offline_store --bench store_throughput
 //!
 //! Env: CASSANDRA_NODE (127.0.0.1:9042), BENCH_MESSAGES (50000), BENCH_TOPICS (100),
-//! BENCH_PAYLOAD (100 bytes), BENCH_BASELINE_SECS (5), BENCH_RESULTS (file to append a
+//! BENCH_PAYLOAD (100 bytes), BENCH_BASELINE_SECS (5), BENCH_ACKED (20000), BENCH_RESULTS (file to append a
 //! JSON line to; default bench-results/core.jsonl).
 
 use std::io::Write;
@@ -148,6 +149,44 @@ async fn main() {
         .unwrap();
     assert_eq!(sample.len(), 5);
 
+    // Store + ack-delete: every message is stored, then acknowledged (deleted).
+    let acked_total = env_num("BENCH_ACKED", 20_000) as usize;
+    let deadline = Instant::now() + Duration::from_secs(baseline_secs);
+    let started = Instant::now();
+    let mut cycle_n = 0usize;
+    while Instant::now() < deadline {
+        let m = message(&mut ids, &topic_names[cycle_n % topics], &payload);
+        store.store_unbatched(m.clone()).await.unwrap();
+        store.delete(&m.topic, m.msgid).await.unwrap();
+        cycle_n += 1;
+    }
+    let cycle_baseline_rate = cycle_n as f64 / started.elapsed().as_secs_f64();
+    let acked: Vec<Message> = (0..acked_total)
+        .map(|i| message(&mut ids, &topic_names[i % topics], &payload))
+        .collect();
+    let before_cycle = store.stats();
+    let started = Instant::now();
+    // Acks follow their publishes 100 messages behind, as a live subscriber's would.
+    for (i, m) in acked.iter().enumerate() {
+        store.submit_store(m.clone()).unwrap();
+        if i >= 100 {
+            let a = &acked[i - 100];
+            store.submit_delete(&a.topic, a.msgid).unwrap();
+        }
+    }
+    for a in &acked[acked_total.saturating_sub(100)..] {
+        store.submit_delete(&a.topic, a.msgid).unwrap();
+    }
+    store.flush(Duration::from_secs(300)).await.unwrap();
+    let cycle_rate = acked_total as f64 / started.elapsed().as_secs_f64();
+    let after_cycle = store.stats();
+    assert_eq!(
+        after_cycle.written - before_cycle.written,
+        2 * acked_total as u64,
+        "{after_cycle:?}"
+    );
+    let cycle_ratio = cycle_rate / cycle_baseline_rate;
+
     let ratio = pipeline_rate / baseline_rate;
     let requests = after.batches - before.batches;
     println!();
@@ -168,6 +207,11 @@ async fn main() {
     );
     println!("| ratio pipeline / baseline | {ratio:.1}x |");
     println!(
+        "| store + ack-delete, one awaited INSERT + DELETE each | {cycle_baseline_rate:.0} msg/s ({cycle_n}) |"
+    );
+    println!("| store + ack-delete through the pipeline | {cycle_rate:.0} msg/s ({acked_total}) |");
+    println!("| ratio store + ack pipeline / awaited | {cycle_ratio:.1}x |");
+    println!(
         "| rows per request | {:.1} |",
         total as f64 / requests.max(1) as f64
     );
@@ -187,7 +231,7 @@ async fn main() {
         let _ = std::fs::create_dir_all(dir);
     }
     let line = format!(
-        "{{\"bench\":\"core_throughput\",\"unix_ms\":{run},\"messages\":{total},\"topics\":{topics},\"payload_bytes\":{},\"baseline_msg_s\":{baseline_rate:.0},\"pipeline_msg_s\":{pipeline_rate:.0},\"ratio\":{ratio:.2},\"submit_ns_p50\":{},\"submit_ns_p99\":{},\"submit_ns_max\":{}}}",
+        "{{\"bench\":\"core_throughput\",\"unix_ms\":{run},\"messages\":{total},\"topics\":{topics},\"payload_bytes\":{},\"baseline_msg_s\":{baseline_rate:.0},\"pipeline_msg_s\":{pipeline_rate:.0},\"ratio\":{ratio:.2},\"cycle_baseline_msg_s\":{cycle_baseline_rate:.0},\"cycle_msg_s\":{cycle_rate:.0},\"cycle_ratio\":{cycle_ratio:.2},\"submit_ns_p50\":{},\"submit_ns_p99\":{},\"submit_ns_max\":{}}}",
         payload.len(),
         percentile(&call_ns, 0.5),
         percentile(&call_ns, 0.99),
