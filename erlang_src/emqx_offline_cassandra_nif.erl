@@ -34,6 +34,7 @@
     nif_store/8,
     nif_store_large/8,
     nif_fetch/5,
+    nif_insert_awaited/5,
     debug_panicking_fetch/2,
     debug_sleeping_fetch/3,
     debug_panic/0
@@ -248,6 +249,7 @@ nif_delete(_Topic, _MsgId) -> ?NOT_LOADED.
 nif_fetch(_Pid, _Ref, _Topic, _Limit, _SinceMs) -> ?NOT_LOADED.
 nif_stats() -> ?NOT_LOADED.
 nif_admin(_Pid, _Ref, _Op, _Topic) -> ?NOT_LOADED.
+nif_insert_awaited(_Pid, _Ref, _Topic, _MsgId, _Payload) -> ?NOT_LOADED.
 %% Only in test builds (cargo feature fault_injection).
 debug_panicking_fetch(_Pid, _Ref) -> ?NOT_LOADED.
 debug_sleeping_fetch(_Pid, _Ref, _Ms) -> ?NOT_LOADED.

@@ -4,7 +4,11 @@
 # benchmarks alternate for BENCH_ROUNDS rounds and the summary compares medians.
 #   core: pipeline vs one awaited INSERT at a time        -> bench-results/core.jsonl
 #   NIF:  store/1 call times; end-to-end rate vs the core -> bench-results/nif.jsonl
-#   plugin (packaged, in the EMQX double): publish hook time, replay latencies -> plugin.jsonl
+#   tombstones: replay beside 200,000 acked rows, floor vs slices -> tombstones.jsonl
+#   plugin (packaged, in the EMQX double): publish hook time vs a synchronous-insert hook,
+#     hook-path rate vs the core, replay latencies, RSS through an outage -> plugin.jsonl
+# Then one table of every figure with its baseline and target, appended as one JSON line to
+# bench-results/summary.jsonl (format: docs/benchmarks.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${BENCH_ROUNDS:-3}
@@ -21,23 +25,12 @@ for round in $(seq "$rounds"); do
         -pa _build/test/lib/emqx_offline_cassandra/ebin -pa _build/test/lib/emqx_offline_cassandra/test \
         -eval 'ok = emqx_offline_cassandra_nif_bench:run(), halt().'
 done
-scripts/package.sh >/dev/null
-erl -noshell -pa _build/test/lib/emqx_offline_cassandra/test \
-    -eval 'ok = emqx_offline_cassandra_plugin_bench:run(), halt().'
-python3 - "$rounds" <<'PY'
+cargo bench -p offline_store --bench tombstone_replay 2>/dev/null
+ceiling=$(python3 -c '
 import json, statistics, sys
-n = int(sys.argv[1])
-def last(path):
-    with open(path) as f:
-        return [json.loads(l) for l in f.read().splitlines()[-n:]]
-core, nif = last("bench-results/core.jsonl"), last("bench-results/nif.jsonl")
-med = lambda rows, k: statistics.median(r[k] for r in rows)
-print(f"\n=== summary: medians of {n} alternating rounds")
-print("| figure | median | target |\n|---|---|---|")
-print(f"| core: one awaited INSERT at a time | {med(core,'baseline_msg_s'):.0f} msg/s | |")
-print(f"| core: pipeline | {med(core,'pipeline_msg_s'):.0f} msg/s | |")
-print(f"| core: pipeline / one-at-a-time | {med(core,'ratio'):.1f}x | |")
-print(f"| NIF store/1 call p50 / p99 / max | {med(nif,'call_ns_p50')/1000:.1f} / {med(nif,'call_ns_p99')/1000:.1f} / {med(nif,'call_ns_max')/1000:.1f} us | p99 <= 20 us, max < 100 us |")
-print(f"| NIF end to end, Erlang -> Cassandra | {med(nif,'end_to_end_msg_s'):.0f} msg/s | |")
-print(f"| NIF end to end / core pipeline | {med(nif,'end_to_end_msg_s')/med(core,'pipeline_msg_s'):.2f}x | >= 0.9x |")
-PY
+rows = [json.loads(l) for l in open("bench-results/core.jsonl").read().splitlines()[-int(sys.argv[1]):]]
+print(round(statistics.median(r["pipeline_msg_s"] for r in rows)))' "$rounds")
+scripts/package.sh >/dev/null
+CORE_CEILING_MSG_S=$ceiling erl -noshell -pa _build/test/lib/emqx_offline_cassandra/test \
+    -eval 'ok = emqx_offline_cassandra_plugin_bench:run(), halt().'
+python3 scripts/bench-summary.py "$rounds" "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"

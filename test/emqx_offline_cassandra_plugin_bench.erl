@@ -1,13 +1,21 @@
 %%--------------------------------------------------------------------
-%% Benchmark of the packaged plugin in the EMQX double (scripts/bench.sh):
-%% the message.publish hook's wall time as a publisher's process sees it,
-%% and replay latency from subscribe to the last {deliver, ...} for 1,000
-%% stored messages on one topic and 10 on each of 100 topics (wildcard).
+%% Benchmark of the packaged plugin in the EMQX double (scripts/bench.sh),
+%% each figure with its baseline from the same run:
+%% - the message.publish hook's wall time as a publisher's process sees it,
+%%   against a hook that awaits one synchronous INSERT per message;
+%% - stored messages/s through the hook path, against the core pipeline
+%%   alone (CORE_CEILING_MSG_S, measured by the core benchmark just before);
+%% - replay latency from subscribe to the last {deliver, ...} for 1,000
+%%   stored messages on one topic and 10 on each of 100 topics (wildcard);
+%% - resident memory of the VM through a Cassandra outage of
+%%   BENCH_OUTAGE_SECS (600) at 1,000 msg/s, against the buffer's cap.
 %% Appends a JSON line to bench-results/plugin.jsonl.
 %%--------------------------------------------------------------------
 -module(emqx_offline_cassandra_plugin_bench).
 
 -export([run/0]).
+%% The baseline hook callback (called through emqx_hooks).
+-export([sync_insert/1]).
 
 -define(D, emqx_double).
 
@@ -24,20 +32,44 @@ run() ->
     ok = emqx_offline_cassandra_test_util:wait_until(fun() -> ?D:health(NV) =:= ok end, 30000),
     Run = integer_to_binary(erlang:system_time(millisecond)),
     {P50, P99, Max, N} = hook_times(<<"t/bench/", Run/binary, "/hook">>, 10000),
+    {PP50, PP99, PMax, PN} = hook_times(<<"t/bench/", Run/binary, "/paced">>, 10000, 5),
+    HookRate = hook_rate(<<"t/bench/", Run/binary, "/rate">>, 50000),
     Replay1000 = replay_ms(<<"t/bench/", Run/binary, "/one">>, [<<>>], 1000),
     Topics = [<<"/", (integer_to_binary(I))/binary>> || I <- lists:seq(1, 100)],
     Wildcard = replay_ms(<<"t/bench/", Run/binary, "/many">>, Topics, 10),
+    {SP50, SP99, SMax, SN} = sync_hook_times(<<"t/bench/", Run/binary, "/sync">>, 2000),
     ok = ?D:stop_plugin(NV),
+    Outage = outage_rss(NV, Config, list_to_integer(os:getenv("BENCH_OUTAGE_SECS", "600"))),
+    Ceiling = list_to_integer(os:getenv("CORE_CEILING_MSG_S", "0")),
     io:format("~nThe plugin in the EMQX double against Cassandra~n"),
     io:format("| figure | value | target |~n|---|---|---|~n"),
     io:format("| message.publish hook, ~b QoS 1 calls: p50 / p99 / max | ~.1f / ~.1f / ~.1f us | p99 <= 20 us |~n",
               [N, P50 / 1000, P99 / 1000, Max / 1000]),
+    io:format("| message.publish hook at 5,000 msg/s, ~b calls: p50 / p99 / max | ~.1f / ~.1f / ~.1f us | p99 <= 20 us |~n",
+              [PN, PP50 / 1000, PP99 / 1000, PMax / 1000]),
+    io:format("| baseline: hook awaiting one INSERT, ~b calls: p50 / p99 / max | ~.1f / ~.1f / ~.1f us | |~n",
+              [SN, SP50 / 1000, SP99 / 1000, SMax / 1000]),
+    io:format("| baseline / plugin hook, p50 and p99 | ~.1fx / ~.1fx | >= 50x |~n", [SP50 / max(1, P50), SP99 / max(1, P99)]),
+    io:format("| stored through the hook path | ~b msg/s | |~n", [HookRate]),
+    io:format("| hook path / core pipeline (~b msg/s) | ~.2fx | >= 0.9x |~n", [Ceiling, HookRate / max(1, Ceiling)]),
     io:format("| replay of 1,000 stored messages: subscribe -> last deliver | ~b ms | <= 50 ms |~n", [Replay1000]),
     io:format("| wildcard replay, 100 topics x 10: subscribe -> last deliver | ~b ms | <= 150 ms |~n", [Wildcard]),
+    #{secs := OSecs, rss_start := R0, rss_full := RFull, rss_max := RMax, cap := Cap,
+      bytes_per_msg := BPM, dropped := Dropped, published := Published, written_after := WAfter} = Outage,
+    io:format("| outage ~b s at 1,000 msg/s: RSS start / buffer full / max | ~.1f / ~.1f / ~.1f MiB | flat once the cap (~b msgs) is reached |~n",
+              [OSecs, R0 / 1048576, RFull / 1048576, RMax / 1048576, Cap]),
+    io:format("| outage: published / dropped (counted) / written after | ~b / ~b / ~b | |~n", [Published, Dropped, WAfter]),
+    io:format("| outage: RSS per buffered message | ~b bytes | |~n", [BPM]),
     Line = io_lib:format(
         "{\"bench\":\"plugin\",\"unix_ms\":~s,\"hook_ns_p50\":~b,\"hook_ns_p99\":~b,\"hook_ns_max\":~b,"
-        "\"replay_1000_ms\":~b,\"wildcard_100x10_ms\":~b}~n",
-        [Run, P50, P99, Max, Replay1000, Wildcard]
+        "\"paced_hook_ns_p50\":~b,\"paced_hook_ns_p99\":~b,\"paced_hook_ns_max\":~b,"
+        "\"sync_hook_ns_p50\":~b,\"sync_hook_ns_p99\":~b,\"sync_hook_ns_max\":~b,"
+        "\"hook_path_msg_s\":~b,\"core_ceiling_msg_s\":~b,"
+        "\"replay_1000_ms\":~b,\"wildcard_100x10_ms\":~b,"
+        "\"outage_secs\":~b,\"outage_rss_start\":~b,\"outage_rss_full\":~b,\"outage_rss_max\":~b,"
+        "\"outage_cap_msgs\":~b,\"outage_published\":~b,\"outage_dropped\":~b,\"outage_written_after\":~b}~n",
+        [Run, P50, P99, Max, PP50, PP99, PMax, SP50, SP99, SMax, HookRate, Ceiling, Replay1000, Wildcard,
+         OSecs, R0, RFull, RMax, Cap, Published, Dropped, WAfter]
     ),
     File = "bench-results/plugin.jsonl",
     ok = filelib:ensure_dir(File),
@@ -49,22 +81,27 @@ run() ->
 %% process with a large heap so that the benchmark's own garbage collection
 %% does not land inside the timed calls.
 hook_times(Topic, N) ->
+    hook_times(Topic, N, 0).
+
+%% PerMs > 0: PerMs calls a millisecond (a steady rate) instead of back to back.
+hook_times(Topic, N, PerMs) ->
     Parent = self(),
-    Pid = spawn_opt(fun() -> Parent ! {self(), hook_times_(Topic, N)} end, [{min_heap_size, 16 * 1024 * 1024}]),
+    Pid = spawn_opt(fun() -> Parent ! {self(), hook_times_(Topic, N, PerMs)} end, [{min_heap_size, 16 * 1024 * 1024}]),
     receive
         {Pid, Result} -> Result
     end.
 
-hook_times_(Topic, N) ->
+hook_times_(Topic, N, PerMs) ->
     Payload = binary:copy(<<"x">>, 100),
-    Msgs = [emqx_message:make(<<"bench">>, 1, Topic, Payload) || _ <- lists:seq(1, N)],
+    Msgs = lists:zip(lists:seq(1, N), [emqx_message:make(<<"bench">>, 1, Topic, Payload) || _ <- lists:seq(1, N)]),
     Times = lists:sort([
         begin
+            PerMs > 0 andalso I rem PerMs =:= 0 andalso timer:sleep(1),
             T = erlang:monotonic_time(nanosecond),
             _ = emqx_hooks:run_fold('message.publish', [], M),
             erlang:monotonic_time(nanosecond) - T
         end
-     || M <- Msgs
+     || {I, M} <- Msgs
     ]),
     {ok, N} = wait_stored(Topic, N),
     {pct(Times, 0.5), pct(Times, 0.99), lists:last(Times), N}.
@@ -105,3 +142,95 @@ wait_stored(TopicOrFilter, N) ->
 
 pct(Sorted, P) ->
     lists:nth(max(1, round(length(Sorted) * P)), Sorted).
+
+%% Stored messages/s through message.publish: N publishes as fast as one
+%% process can make them, until Cassandra confirmed them all.
+hook_rate(Topic, N) ->
+    Payload = binary:copy(<<"x">>, 100),
+    Msgs = [emqx_message:make(<<"bench">>, 1, Topic, Payload) || _ <- lists:seq(1, N)],
+    {ok, #{written := W0}} = emqx_offline_cassandra_nif:stats(),
+    T0 = erlang:monotonic_time(microsecond),
+    [_ = emqx_hooks:run_fold('message.publish', [], M) || M <- Msgs],
+    ok = emqx_offline_cassandra_test_util:wait_until(
+        fun() -> {ok, #{written := W}} = emqx_offline_cassandra_nif:stats(), W - W0 >= N end, 300000),
+    round(N * 1000000 / (erlang:monotonic_time(microsecond) - T0)).
+
+%% The baseline: the plugin's publish hook swapped for one that awaits one
+%% INSERT per message (the design of one-write-per-publish plugins).
+sync_hook_times(Topic, N) ->
+    ok = emqx_hooks:del('message.publish', {emqx_offline_cassandra_hooks, on_message_publish}),
+    ok = emqx_hooks:put('message.publish', {?MODULE, sync_insert, []}, 10),
+    try
+        hook_times(Topic, N)
+    after
+        emqx_hooks:del('message.publish', {?MODULE, sync_insert}),
+        emqx_hooks:put('message.publish', {emqx_offline_cassandra_hooks, on_message_publish, []}, 10)
+    end.
+
+sync_insert(Msg) ->
+    Topic = emqx_message:topic(Msg),
+    <<Id:128>> = emqx_message:id(Msg),
+    MsgId = list_to_binary(io_lib:format("~32.16.0B", [Id])),
+    Ref = make_ref(),
+    ok = emqx_offline_cassandra_nif:nif_insert_awaited(self(), Ref, Topic, MsgId, emqx_message:payload(Msg)),
+    receive
+        {offline_cassandra, Ref, {ok, _}} -> {ok, Msg}
+    after 10000 -> error(insert_timeout)
+    end.
+
+%% Cassandra away (a TCP proxy cut) for Secs while 1,000 msg/s are published
+%% through the hook: the VM's resident memory grows with the buffer and stops
+%% when the buffer reaches its cap; drops are counted; all that fit is written
+%% after.
+outage_rss(NV, Config, Secs) ->
+    [Host, Port] = string:split(os:getenv("CASSANDRA_NODE", "127.0.0.1:9042"), ":"),
+    {ok, Proxy} = emqx_offline_cassandra_tcp_proxy:start(list_to_integer(Port)),
+    Addr = iolist_to_binary([Host, ":", integer_to_list(emqx_offline_cassandra_tcp_proxy:port(Proxy))]),
+    Cap = 100000,
+    persistent_term:put({emqx_double, plugin_config, NV},
+                        Config#{<<"servers">> => Addr, <<"buffer_capacity">> => Cap}),
+    ok = ?D:start_plugin(NV),
+    try
+        ok = emqx_offline_cassandra_test_util:wait_until(fun() -> ?D:health(NV) =:= ok end, 30000),
+        Topic = iolist_to_binary(["t/bench/outage/", integer_to_list(erlang:system_time(millisecond))]),
+        Pub = spawn_link(fun() -> publish_steadily(Topic, 0) end),
+        timer:sleep(5000),
+        erlang:garbage_collect(),
+        Rss0 = rss(),
+        {ok, #{written := W0}} = emqx_offline_cassandra_nif:stats(),
+        ok = emqx_offline_cassandra_tcp_proxy:cut(Proxy),
+        Samples = [begin timer:sleep(1000), {ok, S} = emqx_offline_cassandra_nif:stats(), {rss(), maps:get(buffered, S)} end
+                   || _ <- lists:seq(1, Secs)],
+        Pub ! {stop, self()},
+        Published = receive {published, P} -> P after 10000 -> error(publisher_stuck) end,
+        {ok, #{dropped := Dropped, buffered := Buffered}} = emqx_offline_cassandra_nif:stats(),
+        ok = emqx_offline_cassandra_tcp_proxy:restore(Proxy),
+        ok = emqx_offline_cassandra_test_util:wait_until(fun() ->
+            {ok, S} = emqx_offline_cassandra_nif:stats(), maps:get(buffered, S) + maps:get(in_flight, S) =:= 0 end, 300000),
+        {ok, #{written := W1, failed := Failed}} = emqx_offline_cassandra_nif:stats(),
+        0 = Failed,
+        RssMax = lists:max([R || {R, _} <- Samples]),
+        RssFull = case [R || {R, B} <- Samples, B >= Cap] of [] -> RssMax; [F | _] -> F end,
+        #{secs => Secs, rss_start => Rss0, rss_full => RssFull, rss_max => RssMax, cap => Cap,
+          bytes_per_msg => (RssFull - Rss0) div max(1, min(Buffered, Cap)),
+          dropped => Dropped, published => Published, written_after => W1 - W0}
+    after
+        ?D:stop_plugin(NV),
+        emqx_offline_cassandra_tcp_proxy:stop(Proxy)
+    end.
+
+%% 1,000 publishes a second, in bursts of 10 every 10 ms.
+publish_steadily(Topic, N) ->
+    receive
+        {stop, From} -> From ! {published, N}
+    after 10 ->
+        Payload = binary:copy(<<"x">>, 100),
+        [_ = emqx_hooks:run_fold('message.publish', [], emqx_message:make(<<"bench">>, 1, Topic, Payload))
+         || _ <- lists:seq(1, 10)],
+        publish_steadily(Topic, N + 10)
+    end.
+
+rss() ->
+    {ok, Status} = file:read_file("/proc/self/status"),
+    {match, [Kb]} = re:run(Status, "VmRSS:\\s+(\\d+) kB", [{capture, all_but_first, binary}]),
+    binary_to_integer(Kb) * 1024.

@@ -594,6 +594,43 @@ fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "panic".to_string())
 }
 
+/// One INSERT awaited on its own, bypassing the pipeline: the design of one-write-per-call
+/// plugins, kept for the benchmark's baseline. Replies `{offline_cassandra, Ref, {ok, 0} |
+/// {error, Reason}}`.
+#[rustler::nif(name = "nif_insert_awaited")]
+fn insert_awaited<'a>(
+    env: Env<'a>,
+    pid: LocalPid,
+    reference: Term<'a>,
+    topic: Binary<'a>,
+    msgid: Binary<'a>,
+    payload: Binary<'a>,
+) -> Term<'a> {
+    let Some((store, handle)) = running() else {
+        return (atoms::error(), atoms::not_started()).encode(env);
+    };
+    let message = (|| {
+        Ok::<_, StoreError>(Message {
+            topic: text(&topic, "topic")?,
+            msgid: MsgId::parse(std::str::from_utf8(msgid.as_slice()).unwrap_or(""))?,
+            sender: String::new(),
+            qos: 1,
+            retain: false,
+            payload: payload.as_slice().to_vec(),
+            arrived_ms: 0,
+            ttl_secs: None,
+        })
+    })();
+    let message = match message {
+        Ok(m) => m,
+        Err(e) => return error_term(env, &e),
+    };
+    let reply = Reply::new(pid, reference);
+    let work = async move { store.store_unbatched(message).await.map(|()| 0u64) };
+    spawn_replying_with(&handle, reply, work, |env, n| (atoms::ok(), n).encode(env));
+    atoms::ok().encode(env)
+}
+
 /// Operator commands: `count` or `purge` a topic. Replies like `fetch`:
 /// `{offline_cassandra, Ref, {ok, Rows} | {error, Reason}}` with `Rows` the number of rows
 /// the topic had.

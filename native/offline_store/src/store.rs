@@ -189,6 +189,9 @@ struct Inner {
     /// `BATCH_SCAN`). Only the writer task and `shutdown` touch it.
     staging: Mutex<Staging>,
     work: Notify,
+    /// The writer waits for `work` (idle for a while); otherwise it looks at the buffer
+    /// every millisecond by itself and submitters need not wake it.
+    writer_parked: AtomicBool,
     stopped: AtomicBool,
     shutdown: watch::Sender<bool>,
     writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -222,6 +225,12 @@ const WILDCARD_READS_IN_FLIGHT: usize = 16;
 /// Items the writer looks at when it gathers one partition's batch.
 const BATCH_SCAN: usize = 512;
 
+/// How often an idle writer looks at the buffer before it parks.
+const IDLE_POLL: Duration = Duration::from_millis(1);
+
+/// Idle time after which the writer parks and submitters wake it again.
+const PARK_AFTER: Duration = Duration::from_secs(1);
+
 /// Deletes of one topic after which its replay floor is moved up.
 const FLOOR_SCAN_AFTER_DELETES: u32 = 500;
 
@@ -245,6 +254,7 @@ impl Store {
             rx,
             staging: Mutex::new(Staging::default()),
             work: Notify::new(),
+            writer_parked: AtomicBool::new(true),
             stopped: AtomicBool::new(false),
             shutdown,
             writer: Mutex::new(None),
@@ -646,7 +656,12 @@ impl Store {
             }
         }
         Counters::add(&c.accepted, 1);
-        self.inner.work.notify_one();
+        // Waking the writer is a syscall, and on a small machine the woken thread may take
+        // the caller's CPU inside its publish hook: only a parked writer is woken.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.inner.writer_parked.load(Ordering::Relaxed) {
+            self.inner.work.notify_one();
+        }
         Ok(())
     }
 
@@ -1060,6 +1075,7 @@ async fn run_writer(inner: Arc<Inner>) {
     let permits = Arc::new(Semaphore::new(inner.cfg.max_in_flight));
     let mut state = inner.state.subscribe();
     let mut shutdown = inner.shutdown.subscribe();
+    let mut idle_since = Instant::now();
     loop {
         if inner.stopped() {
             return;
@@ -1075,12 +1091,28 @@ async fn run_writer(inner: Arc<Inner>) {
             continue;
         };
         if !inner.refill_staging() {
-            tokio::select! {
-                _ = inner.work.notified() => {}
-                _ = shutdown.changed() => return,
+            if idle_since.elapsed() < PARK_AFTER {
+                tokio::select! {
+                    _ = inner.work.notified() => {}
+                    _ = sleep(IDLE_POLL) => {}
+                    _ = shutdown.changed() => return,
+                }
+                continue;
             }
+            inner.writer_parked.store(true, Ordering::SeqCst);
+            std::sync::atomic::fence(Ordering::SeqCst);
+            // A submit that saw the flag still clear is in the buffer by now.
+            if !inner.refill_staging() {
+                tokio::select! {
+                    _ = inner.work.notified() => {}
+                    _ = shutdown.changed() => return,
+                }
+            }
+            inner.writer_parked.store(false, Ordering::SeqCst);
+            idle_since = Instant::now();
             continue;
         }
+        idle_since = Instant::now();
         let permit = tokio::select! {
             p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
             _ = shutdown.changed() => return,
