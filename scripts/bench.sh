@@ -33,4 +33,6 @@ print(round(statistics.median(r["pipeline_msg_s"] for r in rows)))' "$rounds")
 scripts/package.sh >/dev/null
 CORE_CEILING_MSG_S=$ceiling erl -noshell -pa _build/test/lib/emqx_offline_cassandra/test \
     -eval 'ok = emqx_offline_cassandra_plugin_bench:run(), halt().'
+erl -noshell -pa _build/test/lib/emqx_offline_cassandra/test \
+    -eval 'ok = emqx_offline_cassandra_plugin_bench:run_outage(), halt().'
 python3 scripts/bench-summary.py "$rounds" "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"

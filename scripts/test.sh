@@ -52,6 +52,11 @@ step "package"
 scripts/package.sh
 rebar3 as test compile
 
+step "the packaged NIF loads with Debian 11's glibc 2.31 (the EMQX 5.0-5.4 images)"
+rm -rf .cache/glibc-check/pkg && mkdir -p .cache/glibc-check/pkg
+tar -xzf _build/plugin/emqx_offline_cassandra-*.tar.gz -C .cache/glibc-check/pkg
+test/glibc/check-glibc.sh .cache/glibc-check/pkg/*/*/priv/libemqx_offline_cassandra_nif.so
+
 step "end to end: the packaged plugin in the EMQX double, seed scenario"
 erl -noshell -pa _build/test/lib/emqx_offline_cassandra/test -eval 'emqx_offline_cassandra_e2e:run()'
 

@@ -165,7 +165,9 @@ stop_answers_pending_fetches() ->
     {ok, _} = ?NIF:stop(0),
     FastReplies = collect(Fast, 10000),
     ?assertEqual([], [R || R <- FastReplies, R =/= {ok, []}, R =/= {error, shutdown}]),
-    ?assertEqual(lists:duplicate(100, {error, shutdown}), collect(Slow, 10000)),
+    SlowReplies = collect(Slow, 10000),
+    ?assertEqual([], [R || R <- SlowReplies, R =/= {error, shutdown}]),
+    ?assertEqual(100, length(SlowReplies)),
     %% No second reply for any of them.
     receive
         {offline_cassandra, _, Extra} -> ?assertEqual(no_extra_reply, Extra)

@@ -7,13 +7,14 @@
 %%   alone (CORE_CEILING_MSG_S, measured by the core benchmark just before);
 %% - replay latency from subscribe to the last {deliver, ...} for 1,000
 %%   stored messages on one topic and 10 on each of 100 topics (wildcard);
-%% - resident memory of the VM through a Cassandra outage of
+%% - run_outage/0, in a VM of its own (so that no earlier phase has grown
+%%   its allocators): resident memory through a Cassandra outage of
 %%   BENCH_OUTAGE_SECS (600) at 1,000 msg/s, against the buffer's cap.
-%% Appends a JSON line to bench-results/plugin.jsonl.
+%% Each appends a JSON line to bench-results/plugin.jsonl or outage.jsonl.
 %%--------------------------------------------------------------------
 -module(emqx_offline_cassandra_plugin_bench).
 
--export([run/0]).
+-export([run/0, run_outage/0]).
 %% The baseline hook callback (called through emqx_hooks).
 -export([sync_insert/1]).
 
@@ -39,7 +40,6 @@ run() ->
     Wildcard = replay_ms(<<"t/bench/", Run/binary, "/many">>, Topics, 10),
     {SP50, SP99, SMax, SN} = sync_hook_times(<<"t/bench/", Run/binary, "/sync">>, 2000),
     ok = ?D:stop_plugin(NV),
-    Outage = outage_rss(NV, Config, list_to_integer(os:getenv("BENCH_OUTAGE_SECS", "600"))),
     Ceiling = list_to_integer(os:getenv("CORE_CEILING_MSG_S", "0")),
     io:format("~nThe plugin in the EMQX double against Cassandra~n"),
     io:format("| figure | value | target |~n|---|---|---|~n"),
@@ -54,22 +54,13 @@ run() ->
     io:format("| hook path / core pipeline (~b msg/s) | ~.2fx | >= 0.9x |~n", [Ceiling, HookRate / max(1, Ceiling)]),
     io:format("| replay of 1,000 stored messages: subscribe -> last deliver | ~b ms | <= 50 ms |~n", [Replay1000]),
     io:format("| wildcard replay, 100 topics x 10: subscribe -> last deliver | ~b ms | <= 150 ms |~n", [Wildcard]),
-    #{secs := OSecs, rss_start := R0, rss_full := RFull, rss_max := RMax, cap := Cap,
-      bytes_per_msg := BPM, dropped := Dropped, published := Published, written_after := WAfter} = Outage,
-    io:format("| outage ~b s at 1,000 msg/s: RSS start / buffer full / max | ~.1f / ~.1f / ~.1f MiB | flat once the cap (~b msgs) is reached |~n",
-              [OSecs, R0 / 1048576, RFull / 1048576, RMax / 1048576, Cap]),
-    io:format("| outage: published / dropped (counted) / written after | ~b / ~b / ~b | |~n", [Published, Dropped, WAfter]),
-    io:format("| outage: RSS per buffered message | ~b bytes | |~n", [BPM]),
     Line = io_lib:format(
         "{\"bench\":\"plugin\",\"unix_ms\":~s,\"hook_ns_p50\":~b,\"hook_ns_p99\":~b,\"hook_ns_max\":~b,"
         "\"paced_hook_ns_p50\":~b,\"paced_hook_ns_p99\":~b,\"paced_hook_ns_max\":~b,"
         "\"sync_hook_ns_p50\":~b,\"sync_hook_ns_p99\":~b,\"sync_hook_ns_max\":~b,"
         "\"hook_path_msg_s\":~b,\"core_ceiling_msg_s\":~b,"
-        "\"replay_1000_ms\":~b,\"wildcard_100x10_ms\":~b,"
-        "\"outage_secs\":~b,\"outage_rss_start\":~b,\"outage_rss_full\":~b,\"outage_rss_max\":~b,"
-        "\"outage_cap_msgs\":~b,\"outage_published\":~b,\"outage_dropped\":~b,\"outage_written_after\":~b}~n",
-        [Run, P50, P99, Max, PP50, PP99, PMax, SP50, SP99, SMax, HookRate, Ceiling, Replay1000, Wildcard,
-         OSecs, R0, RFull, RMax, Cap, Published, Dropped, WAfter]
+        "\"replay_1000_ms\":~b,\"wildcard_100x10_ms\":~b}~n",
+        [Run, P50, P99, Max, PP50, PP99, PMax, SP50, SP99, SMax, HookRate, Ceiling, Replay1000, Wildcard]
     ),
     File = "bench-results/plugin.jsonl",
     ok = filelib:ensure_dir(File),
@@ -143,6 +134,36 @@ wait_stored(TopicOrFilter, N) ->
 pct(Sorted, P) ->
     lists:nth(max(1, round(length(Sorted) * P)), Sorted).
 
+%% The outage figure, in a fresh VM.
+run_outage() ->
+    ok = ?D:start(#{mode => '5.10'}),
+    [Tar] = filelib:wildcard("_build/plugin/emqx_offline_cassandra-*.tar.gz"),
+    {ok, NV} = ?D:install_plugin(Tar),
+    Config = ?D:plugin_config(NV),
+    Secs = list_to_integer(os:getenv("BENCH_OUTAGE_SECS", "600")),
+    #{rss_start := R0, rss_full := RFull, rss_max := RMax, cap := Cap, full_after_s := FullAfter,
+      mem_start := M0, mem_full := MFull, mem_max := MMax,
+      bytes_per_msg := BPM, dropped := Dropped, published := Published, written_after := WAfter} =
+        outage_rss(NV, Config, Secs),
+    io:format("~nThe plugin in the EMQX double through a Cassandra outage~n"),
+    io:format("| figure | value | target |~n|---|---|---|~n"),
+    io:format("| outage ~b s at 1,000 msg/s: VM RSS start / buffer full (after ~b s) / max | ~.1f / ~.1f / ~.1f MiB | flat once the cap (~b msgs) is reached |~n",
+              [Secs, FullAfter, R0 / 1048576, RFull / 1048576, RMax / 1048576, Cap]),
+    io:format("| outage: published / dropped (counted) / written after | ~b / ~b / ~b | |~n", [Published, Dropped, WAfter]),
+    io:format("| outage: erlang:memory(total) (the NIF allocates through enif_alloc) start / full / max | ~.1f / ~.1f / ~.1f MiB | flat once the cap is reached |~n",
+              [M0 / 1048576, MFull / 1048576, MMax / 1048576]),
+    io:format("| outage: memory per buffered message | ~b bytes | |~n", [BPM]),
+    Line = io_lib:format(
+        "{\"bench\":\"outage\",\"unix_ms\":~b,\"outage_secs\":~b,\"rss_start\":~b,\"rss_full\":~b,"
+        "\"rss_max\":~b,\"mem_start\":~b,\"mem_full\":~b,\"mem_max\":~b,\"full_after_s\":~b,\"cap_msgs\":~b,\"bytes_per_msg\":~b,\"published\":~b,"
+        "\"dropped\":~b,\"written_after\":~b}~n",
+        [erlang:system_time(millisecond), Secs, R0, RFull, RMax, M0, MFull, MMax, FullAfter, Cap, BPM, Published, Dropped, WAfter]),
+    File = "bench-results/outage.jsonl",
+    ok = filelib:ensure_dir(File),
+    ok = file:write_file(File, Line, [append]),
+    io:format("results appended to ~s~n", [File]),
+    ok.
+
 %% Stored messages/s through message.publish: N publishes as fast as one
 %% process can make them, until Cassandra confirmed them all.
 hook_rate(Topic, N) ->
@@ -197,9 +218,14 @@ outage_rss(NV, Config, Secs) ->
         timer:sleep(5000),
         erlang:garbage_collect(),
         Rss0 = rss(),
+        Mem0 = erlang:memory(total),
         {ok, #{written := W0}} = emqx_offline_cassandra_nif:stats(),
         ok = emqx_offline_cassandra_tcp_proxy:cut(Proxy),
-        Samples = [begin timer:sleep(1000), {ok, S} = emqx_offline_cassandra_nif:stats(), {rss(), maps:get(buffered, S)} end
+        Samples = [begin
+                       timer:sleep(1000),
+                       {ok, S} = emqx_offline_cassandra_nif:stats(),
+                       {rss(), maps:get(buffered, S), erlang:memory(total)}
+                   end
                    || _ <- lists:seq(1, Secs)],
         Pub ! {stop, self()},
         Published = receive {published, P} -> P after 10000 -> error(publisher_stuck) end,
@@ -209,10 +235,17 @@ outage_rss(NV, Config, Secs) ->
             {ok, S} = emqx_offline_cassandra_nif:stats(), maps:get(buffered, S) + maps:get(in_flight, S) =:= 0 end, 300000),
         {ok, #{written := W1, failed := Failed}} = emqx_offline_cassandra_nif:stats(),
         0 = Failed,
-        RssMax = lists:max([R || {R, _} <- Samples]),
-        RssFull = case [R || {R, B} <- Samples, B >= Cap] of [] -> RssMax; [F | _] -> F end,
+        RssMax = lists:max([R || {R, _, _} <- Samples]),
+        MemMax = lists:max([M || {_, _, M} <- Samples]),
+        {FullAfter, RssFull, MemFull} =
+            case [{I, R, M} || {I, {R, B, M}} <- lists:enumerate(Samples), B >= Cap] of
+                [] -> {Secs, RssMax, MemMax};
+                [F | _] -> F
+            end,
         #{secs => Secs, rss_start => Rss0, rss_full => RssFull, rss_max => RssMax, cap => Cap,
-          bytes_per_msg => (RssFull - Rss0) div max(1, min(Buffered, Cap)),
+          mem_start => Mem0, mem_full => MemFull, mem_max => MemMax,
+          full_after_s => FullAfter,
+          bytes_per_msg => (MemFull - Mem0) div max(1, min(Buffered, Cap)),
           dropped => Dropped, published => Published, written_after => W1 - W0}
     after
         ?D:stop_plugin(NV),

@@ -742,6 +742,9 @@ impl Store {
                 }
                 Ok(rows)
             }
+            // A read cut off by `shutdown` (its connection closed under it) was not failed by
+            // Cassandra: it is answered like every other request the stop ended.
+            Err(_) if self.inner.stopped() => Err(StoreError::Shutdown),
             Err(e) => {
                 // An overflow is redone in slices by the caller, not a failed fetch.
                 if !e.is_tombstone_overflow() {
