@@ -157,7 +157,7 @@ async fn main() {
     while Instant::now() < deadline {
         let m = message(&mut ids, &topic_names[cycle_n % topics], &payload);
         store.store_unbatched(m.clone()).await.unwrap();
-        store.delete(&m.topic, m.msgid).await.unwrap();
+        store.delete_unbatched(&m.topic, m.msgid).await.unwrap();
         cycle_n += 1;
     }
     let cycle_baseline_rate = cycle_n as f64 / started.elapsed().as_secs_f64();

@@ -371,6 +371,16 @@ impl Store {
             .map_err(|e| StoreError::from_driver(e, self.inner.cfg.request_timeout))
     }
 
+    /// One awaited DELETE, bypassing the pipeline (the benchmark's baseline, as above).
+    pub async fn delete_unbatched(&self, topic: &str, msgid: MsgId) -> Result<(), StoreError> {
+        let conn = self.connection()?;
+        conn.session
+            .execute_unpaged(&conn.delete, delete_values(topic, &msgid))
+            .await
+            .map(|_| ())
+            .map_err(|e| StoreError::from_driver(e, self.inner.cfg.request_timeout))
+    }
+
     /// Reads stored messages of one topic, oldest first. With a limit, the newest `limit`
     /// messages are returned (older ones stay stored). Read page by page, never more than
     /// `max_fetch_rows` rows.
@@ -634,6 +644,7 @@ impl Store {
         }
         let c = &self.inner.counters;
         let capacity = self.inner.cfg.buffer_capacity;
+        let awaited = done.is_some();
         let mut pending = Pending { op, done };
         loop {
             match self.inner.tx.try_send(pending) {
@@ -657,9 +668,10 @@ impl Store {
         }
         Counters::add(&c.accepted, 1);
         // Waking the writer is a syscall, and on a small machine the woken thread may take
-        // the caller's CPU inside its publish hook: only a parked writer is woken.
+        // the caller's CPU inside its publish hook: only a parked writer is woken, or one
+        // that a caller is waiting on.
         std::sync::atomic::fence(Ordering::SeqCst);
-        if self.inner.writer_parked.load(Ordering::Relaxed) {
+        if awaited || self.inner.writer_parked.load(Ordering::Relaxed) {
             self.inner.work.notify_one();
         }
         Ok(())
