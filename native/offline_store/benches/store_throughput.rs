@@ -9,17 +9,12 @@
 //! BENCH_PAYLOAD (100 bytes), BENCH_BASELINE_SECS (5), BENCH_ACKED (20000), BENCH_RESULTS (file to append a
 //! JSON line to; default bench-results/core.jsonl).
 
-use std::io::Write;
+mod common;
+
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::env_num;
 use offline_store::{FetchOptions, Message, MsgId, Store, StoreConfig};
-
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 struct Ids {
     last_us: u64,
@@ -222,14 +217,6 @@ async fn main() {
         call_ns.last().unwrap()
     );
 
-    let results = std::env::var("BENCH_RESULTS").unwrap_or_else(|_| {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let root = root.canonicalize().unwrap_or(root);
-        root.join("bench-results/core.jsonl").display().to_string()
-    });
-    if let Some(dir) = std::path::Path::new(&results).parent() {
-        let _ = std::fs::create_dir_all(dir);
-    }
     let line = format!(
         "{{\"bench\":\"core_throughput\",\"unix_ms\":{run},\"messages\":{total},\"topics\":{topics},\"payload_bytes\":{},\"baseline_msg_s\":{baseline_rate:.0},\"pipeline_msg_s\":{pipeline_rate:.0},\"ratio\":{ratio:.2},\"cycle_baseline_msg_s\":{cycle_baseline_rate:.0},\"cycle_msg_s\":{cycle_rate:.0},\"cycle_ratio\":{cycle_ratio:.2},\"submit_ns_p50\":{},\"submit_ns_p99\":{},\"submit_ns_max\":{}}}",
         payload.len(),
@@ -237,16 +224,6 @@ async fn main() {
         percentile(&call_ns, 0.99),
         call_ns.last().unwrap()
     );
-    match std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&results)
-    {
-        Ok(mut f) => {
-            let _ = writeln!(f, "{line}");
-            println!("results appended to {results}");
-        }
-        Err(e) => eprintln!("could not write {results}: {e}"),
-    }
+    common::append_result("core.jsonl", &line);
     store.shutdown(Duration::from_secs(10)).await;
 }

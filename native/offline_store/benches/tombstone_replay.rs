@@ -8,17 +8,12 @@
 //! Env: CASSANDRA_NODE (127.0.0.1:9042), BENCH_TOMBSTONES (200000), BENCH_REPLAYS (5),
 //! BENCH_RESULTS (default bench-results/tombstones.jsonl).
 
-use std::io::Write;
+mod common;
+
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::env_num;
 use offline_store::{FetchOptions, Message, MsgId, Store, StoreConfig};
-
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn now_us() -> u64 {
     SystemTime::now()
@@ -133,30 +128,10 @@ async fn main() {
         s.floor_scans, s.sliced_reads
     );
 
-    let results = std::env::var("BENCH_RESULTS").unwrap_or_else(|_| {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let root = root.canonicalize().unwrap_or(root);
-        root.join("bench-results/tombstones.jsonl")
-            .display()
-            .to_string()
-    });
-    if let Some(dir) = std::path::Path::new(&results).parent() {
-        let _ = std::fs::create_dir_all(dir);
-    }
     let line = format!(
         "{{\"bench\":\"tombstone_replay\",\"unix_ms\":{run},\"acked\":{acked_n},\"live\":100,\"plain_aborted\":{aborted},\"sliced_ms\":{sliced:.1},\"floor_ms\":{floored:.1},\"ratio\":{speedup:.1}}}"
     );
-    match std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&results)
-    {
-        Ok(mut f) => {
-            let _ = writeln!(f, "{line}");
-            println!("results appended to {results}");
-        }
-        Err(e) => eprintln!("could not write {results}: {e}"),
-    }
+    common::append_result("tombstones.jsonl", &line);
     plain.shutdown(Duration::from_secs(5)).await;
     store.shutdown(Duration::from_secs(5)).await;
 }

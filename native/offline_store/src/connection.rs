@@ -139,29 +139,32 @@ async fn check_or_create_table(session: &Session, cfg: &StoreConfig) -> Result<(
     schema::check_columns(&columns).map_err(StoreError::SchemaMismatch)?;
 
     if cfg.topic_index {
-        session
-            .query_unpaged(schema::create_index_table_cql(&ks), ())
-            .await
-            .map_err(|e| {
-                StoreError::IndexUnavailable(StoreError::from_driver(e, timeout).to_string())
-            })?;
-        session
-            .await_schema_agreement()
-            .await
-            .map_err(|e| StoreError::from_driver(e, timeout))?;
+        let cql = schema::create_index_table_cql(&ks);
+        create_side_table(session, cql, timeout, StoreError::IndexUnavailable).await?;
     }
     if cfg.replay_floor {
-        session
-            .query_unpaged(schema::create_floor_table_cql(&ks), ())
-            .await
-            .map_err(|e| {
-                StoreError::FloorUnavailable(StoreError::from_driver(e, timeout).to_string())
-            })?;
-        session
-            .await_schema_agreement()
-            .await
-            .map_err(|e| StoreError::from_driver(e, timeout))?;
+        let cql = schema::create_floor_table_cql(&ks);
+        create_side_table(session, cql, timeout, StoreError::FloorUnavailable).await?;
     }
+    Ok(())
+}
+
+/// Creates one of the product's own side tables (`IF NOT EXISTS`); a refusal becomes
+/// `unavailable`, whose message says how to do without the table.
+async fn create_side_table(
+    session: &Session,
+    cql: String,
+    timeout: Duration,
+    unavailable: fn(String) -> StoreError,
+) -> Result<(), StoreError> {
+    session
+        .query_unpaged(cql, ())
+        .await
+        .map_err(|e| unavailable(StoreError::from_driver(e, timeout).to_string()))?;
+    session
+        .await_schema_agreement()
+        .await
+        .map_err(|e| StoreError::from_driver(e, timeout))?;
     Ok(())
 }
 

@@ -783,18 +783,9 @@ async fn replay_survives_two_hundred_thousand_acked_rows() {
     let last_acked = acked.last().unwrap().msgid.to_string();
     let admin = admin().await;
     let floor_passed = || async {
-        admin
-            .query_unpaged(
-                "SELECT msgid FROM mqtt.mqtt_msg_floor WHERE topic = ?",
-                (&topic,),
-            )
+        floor_of(&admin, &topic)
             .await
-            .unwrap()
-            .into_rows_result()
-            .unwrap()
-            .maybe_first_row::<(String,)>()
-            .unwrap()
-            .is_some_and(|(f,)| f > last_acked)
+            .is_some_and(|f| f > last_acked)
     };
     let deadline = Instant::now() + Duration::from_secs(120);
     while !floor_passed().await {
@@ -847,20 +838,7 @@ async fn a_late_write_below_the_floor_is_still_replayed() {
     }
     store.flush(Duration::from_secs(60)).await.unwrap();
     let admin = admin().await;
-    let read_floor = || async {
-        admin
-            .query_unpaged(
-                "SELECT msgid FROM mqtt.mqtt_msg_floor WHERE topic = ?",
-                (&topic,),
-            )
-            .await
-            .unwrap()
-            .into_rows_result()
-            .unwrap()
-            .maybe_first_row::<(String,)>()
-            .unwrap()
-            .map(|(f,)| f)
-    };
+    let read_floor = || floor_of(&admin, &topic);
     let deadline = Instant::now() + Duration::from_secs(60);
     while read_floor().await.as_deref() != Some(old[600].msgid.as_str()) {
         assert!(Instant::now() < deadline, "floor: {:?}", read_floor().await);

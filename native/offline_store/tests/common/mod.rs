@@ -97,3 +97,19 @@ pub fn random_bytes(seed: &mut u64, len: usize) -> Vec<u8> {
         })
         .collect()
 }
+
+/// The replay floor of `topic` as stored in `mqtt_msg_floor`, read behind the store's back.
+pub async fn floor_of(admin: &Session, topic: &str) -> Option<String> {
+    admin
+        .query_unpaged(
+            "SELECT msgid FROM mqtt.mqtt_msg_floor WHERE topic = ?",
+            (topic,),
+        )
+        .await
+        .unwrap()
+        .into_rows_result()
+        .unwrap()
+        .maybe_first_row::<(String,)>()
+        .unwrap()
+        .map(|(f,)| f)
+}
