@@ -68,6 +68,16 @@ pub enum StoreError {
     #[error("invalid msgid {0:?}: expected 32 hexadecimal characters (an EMQX GUID)")]
     InvalidMsgId(String),
 
+    /// A NIF call got an argument it cannot use (wrong term type, a topic or msgid that is
+    /// not valid). The caller's input is wrong, not the configuration.
+    #[error("invalid input: {0} (fix the arguments of the call)")]
+    InvalidInput(String),
+
+    /// The Tokio runtime that runs the store could not be started (threads or memory
+    /// exhausted); nothing reached Cassandra.
+    #[error("async runtime failed to start: {0} (check the process's thread and memory limits)")]
+    RuntimeFailed(String),
+
     /// A stored row cannot be turned back into a message (e.g. broken payload encoding).
     #[error("stored row is invalid: {0}")]
     InvalidRow(String),
@@ -98,6 +108,8 @@ impl StoreError {
             StoreError::Overloaded { .. } => "overloaded",
             StoreError::PayloadTooLarge { .. } => "payload_too_large",
             StoreError::InvalidMsgId(_) => "invalid_msgid",
+            StoreError::InvalidInput(_) => "invalid_input",
+            StoreError::RuntimeFailed(_) => "runtime_failed",
             StoreError::InvalidRow(_) => "invalid_row",
             StoreError::Db(_) => "db_error",
             StoreError::Shutdown => "shutdown",
