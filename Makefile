@@ -2,9 +2,11 @@
 #   make            build everything and the plugin package (installs what is missing)
 #   make package    only the package: _build/plugin/emqx_offline_cassandra-<vsn>.tar.gz
 #   make test       run every test against a real local Cassandra (CI runs exactly this)
+#   make unit       the tests that need no Cassandra (Rust unit tests, config EUnit, config files)
+#   make lint       rustfmt and clippy
 #   make cassandra  start the local Cassandra (root/public, keyspace mqtt, table mqtt_msg)
 #   make bench      benchmarks against the local Cassandra, with their baselines
-.PHONY: all build package test cassandra cassandra-stop bench fmt clean
+.PHONY: all build package test unit lint cassandra cassandra-stop bench fmt clean
 
 all: build
 
@@ -16,6 +18,12 @@ package:
 
 test:
 	scripts/test.sh
+
+unit:
+	scripts/test.sh unit
+
+lint:
+	scripts/test.sh lint
 
 cassandra:
 	test/cassandra/cassandra.sh start

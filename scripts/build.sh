@@ -14,8 +14,9 @@ for arg in "$@"; do
 done
 
 scripts/ensure-deps.sh rust erlang
-cargo build --release --workspace
-rebar3 compile    # builds the NIF (scripts/build-nif.sh) into priv/, then the Erlang app
+# The NIF is built once, by rebar3's pre-compile hook (scripts/build-nif.sh, against the
+# glibc 2.31 sysroot); package.sh's `rebar3 release` finds it up to date.
+rebar3 compile
 scripts/package.sh
 if [ -n "$start_cassandra" ]; then
     test/cassandra/cassandra.sh start

@@ -1,11 +1,106 @@
 #!/usr/bin/env bash
-# Runs every test on a fresh machine. Installs what is missing, starts the local
-# Cassandra (tests need it: none of them skip without it), runs the checks and the tests.
-# A Cassandra this script started is stopped at the end; KEEP_CASSANDRA=1 keeps it.
+# Runs the project's tests on a fresh machine; installs what is missing.
+#   scripts/test.sh        every suite, against a real local Cassandra (make test; CI runs this)
+#   scripts/test.sh unit   what needs no Cassandra: Rust unit tests, config EUnit, config files
+#   scripts/test.sh lint   rustfmt and clippy
+# Every suite runs even when an earlier one failed; the run ends with a summary of all of
+# them and fails if any failed. Only set-up failures (tools, Cassandra) stop it at once.
+# The Cassandras this script started are stopped at the end; KEEP_CASSANDRA=1 keeps them.
+# TEST_TIME_SCALE (default 1) stretches every deadline of the tests on a busy machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+mode=${1:-all}
+case "$mode" in
+all | unit | lint) ;;
+*) echo "usage: scripts/test.sh [all|unit|lint]" >&2; exit 2 ;;
+esac
+
 step() { printf '\n=== %s\n' "$*"; }
+
+passed=()
+failed=()
+last_rc=0
+# suite NAME COMMAND...: runs one suite, records its outcome, never stops the run.
+suite() {
+    local name=$1 start rc
+    shift
+    step "$name"
+    start=$(date +%s)
+    set +e
+    "$@"
+    rc=$?
+    set -e
+    last_rc=$rc
+    local took=$(($(date +%s) - start))
+    if [ "$rc" = 0 ]; then
+        passed+=("$name (${took}s)")
+    else
+        failed+=("$name (exit $rc, ${took}s)")
+    fi
+    return 0
+}
+# not_run NAME WHY: a suite that could not run because one it depends on failed.
+not_run() {
+    step "$1"
+    echo "not run: $2"
+    failed+=("$1 (not run: $2)")
+}
+
+summary() {
+    step "summary"
+    local s
+    for s in "${passed[@]}"; do echo "  ok      $s"; done
+    for s in "${failed[@]}"; do echo "  FAILED  $s"; done
+    echo "suites: ${#passed[@]} passed, ${#failed[@]} failed"
+    [ "${#failed[@]}" = 0 ]
+}
+
+lint() {
+    suite "rustfmt" cargo fmt --all -- --check
+    suite "clippy" cargo clippy --workspace --all-targets -- -D warnings
+    suite "clippy (fault injection, bench API)" \
+        cargo clippy --workspace --all-targets --features offline_nif/fault_injection,offline_nif/bench_api -- -D warnings
+}
+
+# EUnit modules: every test/*_tests.erl, one suite each.
+eunit_modules() {
+    local f
+    for f in test/*_tests.erl; do basename "$f" .erl; done
+}
+
+config_files() {
+    scripts/ensure-py-tools.sh && .cache/venv/bin/python test/check_plugin_config.py priv
+}
+
+packaged_nif_loads_on_glibc_2_31() {
+    rm -rf .cache/glibc-check/pkg && mkdir -p .cache/glibc-check/pkg
+    tar -xzf _build/plugin/emqx_offline_cassandra-*.tar.gz -C .cache/glibc-check/pkg
+    test/glibc/check-glibc.sh .cache/glibc-check/pkg/*/*/priv/libemqx_offline_cassandra_nif.so
+}
+
+e2e() {
+    rebar3 as test compile &&
+        erl -noshell -pa _build/test/lib/emqx_offline_cassandra/test -eval 'emqx_offline_cassandra_e2e:run()'
+}
+
+if [ "$mode" = lint ]; then
+    step "tools"
+    scripts/ensure-deps.sh rust
+    lint
+    summary
+    exit
+fi
+
+if [ "$mode" = unit ]; then
+    step "tools"
+    scripts/ensure-deps.sh rust python erlang
+    suite "Rust unit tests" cargo test --workspace --lib
+    suite "EUnit: emqx_offline_cassandra_config_tests" rebar3 eunit --module=emqx_offline_cassandra_config_tests
+    suite "plugin config files (config.hocon against config_schema.avsc, i18n)" config_files
+    summary
+    exit
+fi
 
 step "tools"
 scripts/ensure-deps.sh rust java maven python erlang
@@ -13,51 +108,37 @@ scripts/ensure-deps.sh rust java maven python erlang
 step "local Cassandra"
 started_here=
 if ! test/cassandra/cassandra.sh status >/dev/null; then started_here=1; fi
-test/cassandra/cassandra.sh start
-if [ -n "$started_here" ] && [ -z "${KEEP_CASSANDRA:-}" ]; then
-    trap 'test/cassandra/cassandra.sh stop' EXIT
-fi
-
-step "local Cassandra with TLS (client certificates required), for the TLS tests"
 tls_started_here=
 if ! test/tls/cassandra-tls.sh status >/dev/null; then tls_started_here=1; fi
-test/tls/cassandra-tls.sh start
-if [ -n "$tls_started_here" ] && [ -z "${KEEP_CASSANDRA:-}" ]; then
-    trap 'test/tls/cassandra-tls.sh stop; [ -z "$started_here" ] || test/cassandra/cassandra.sh stop' EXIT
-fi
+stop_started() {
+    if [ -n "${KEEP_CASSANDRA:-}" ]; then return; fi
+    [ -z "$tls_started_here" ] || test/tls/cassandra-tls.sh stop || true
+    [ -z "$started_here" ] || test/cassandra/cassandra.sh stop || true
+}
+trap stop_started EXIT
+test/cassandra/cassandra.sh start
 
+step "local Cassandra with TLS (client certificates required), for the TLS tests"
+test/tls/cassandra-tls.sh start
 export CASSANDRA_TLS_NODE=${CASSANDRA_TLS_NODE:-127.0.0.1:${CASSANDRA_TLS_PORT:-9342}}
 
-step "cassandra.sh behaviour"
-test/cassandra/test_cassandra_sh.sh
-
-step "rustfmt"
-cargo fmt --all -- --check
-
-step "clippy"
-cargo clippy --workspace --all-targets -- -D warnings
-cargo clippy --workspace --all-targets --features offline_nif/fault_injection -- -D warnings
-
-step "Rust tests (unit + live against Cassandra)"
-cargo test --workspace
-
-step "Erlang tests: the NIF (fault-injection build) against Cassandra"
-FAULT_INJECTION=1 rebar3 eunit
-
-step "plugin config files (config.hocon against config_schema.avsc, i18n)"
-scripts/ensure-py-tools.sh
-.cache/venv/bin/python test/check_plugin_config.py priv
-
-step "package"
-scripts/package.sh
-rebar3 as test compile
-
-step "the packaged NIF loads with Debian 11's glibc 2.31 (the EMQX 5.0-5.4 images)"
-rm -rf .cache/glibc-check/pkg && mkdir -p .cache/glibc-check/pkg
-tar -xzf _build/plugin/emqx_offline_cassandra-*.tar.gz -C .cache/glibc-check/pkg
-test/glibc/check-glibc.sh .cache/glibc-check/pkg/*/*/priv/libemqx_offline_cassandra_nif.so
-
-step "end to end: the packaged plugin in the EMQX double, seed scenario"
-erl -noshell -pa _build/test/lib/emqx_offline_cassandra/test -eval 'emqx_offline_cassandra_e2e:run()'
-
-step "all tests passed"
+suite "cassandra.sh behaviour" test/cassandra/test_cassandra_sh.sh
+lint
+suite "Rust unit tests" cargo test --workspace --lib
+for t in native/offline_store/tests/*.rs; do
+    suite "Rust against Cassandra: $(basename "$t" .rs)" cargo test -p offline_store --test "$(basename "$t" .rs)"
+done
+# The Erlang suites load the fault-injection build (NIFs that panic on purpose).
+for m in $(eunit_modules); do
+    suite "EUnit: $m" env FAULT_INJECTION=1 rebar3 eunit --module="$m"
+done
+suite "plugin config files (config.hocon against config_schema.avsc, i18n)" config_files
+suite "package" scripts/package.sh
+if [ "$last_rc" = 0 ]; then
+    suite "the packaged NIF loads with Debian 11's glibc 2.31 (the EMQX 5.0-5.4 images)" packaged_nif_loads_on_glibc_2_31
+    suite "end to end: the packaged plugin in the EMQX double, seed scenario" e2e
+else
+    not_run "the packaged NIF loads with Debian 11's glibc 2.31" "the package was not built"
+    not_run "end to end: the packaged plugin in the EMQX double" "the package was not built"
+fi
+summary

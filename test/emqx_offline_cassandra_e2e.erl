@@ -27,7 +27,7 @@ run() ->
     run(['5.3', '5.8', '5.10']).
 
 run(Modes) ->
-    Results = [eunit:test({timeout, 600, scenario(Mode)}, [verbose]) || Mode <- Modes],
+    Results = [eunit:test({timeout, emqx_offline_cassandra_test_util:scaled(600), scenario(Mode)}, [verbose]) || Mode <- Modes],
     case lists:all(fun(R) -> R =:= ok end, Results) of
         true -> halt(0);
         false -> halt(1)
@@ -36,7 +36,7 @@ run(Modes) ->
 scenario(Mode) ->
     {setup, fun() -> setup(Mode) end, fun teardown/1, fun(Ctx) ->
         {inorder, [
-            {timeout, 60, {atom_to_list(Mode) ++ ": " ++ Name, fun() -> F(Ctx) end}}
+            {timeout, emqx_offline_cassandra_test_util:scaled(60), {atom_to_list(Mode) ++ ": " ++ Name, fun() -> F(Ctx) end}}
          || {Name, F} <- [
                 {"one start log line: EMQX version, config source, features", fun start_log_line/1},
                 {"hooks registered with their priorities", fun hooks_registered/1},
@@ -76,7 +76,7 @@ setup(Mode) ->
     set_config(Mode, NameVsn, Config),
     cql("DELETE FROM mqtt.mqtt_msg WHERE topic = 't/1'"),
     {Micros, ok} = timer:tc(fun() -> ?D:start_plugin(NameVsn) end),
-    ?assert(Micros < 10000000),
+    ?assert(Micros < emqx_offline_cassandra_test_util:scaled(10000000)),
     ok = wait(fun() -> ?D:health(NameVsn) =:= ok end, 30000),
     Run = integer_to_binary(erlang:system_time(millisecond)),
     #{name_vsn => NameVsn, run => Run, mode => Mode}.
@@ -261,8 +261,10 @@ shared_once(Ctx) ->
     ok = wait(fun() -> stored(T) =:= 3 end, 10000),
     Members = [?D:connect(<<"member-", (integer_to_binary(I))/binary>>) || I <- [1, 2, 3]],
     [ok = ?D:subscribe(M, <<"$share/g/", T/binary>>, 1) || M <- Members],
+    Delivered0 = fun() -> lists:append([?D:raw_delivered(M) || M <- Members]) end,
+    ok = wait(fun() -> length(Delivered0()) >= 3 end, 10000),
     timer:sleep(800),
-    Delivered = lists:append([?D:raw_delivered(M) || M <- Members]),
+    Delivered = Delivered0(),
     ?assertEqual(3, length(Delivered)),
     [{ok, _} = ?D:ack_all(M) || M <- Members],
     ok = wait(fun() -> stored(T) =:= 0 end, 10000),

@@ -11,13 +11,15 @@
 -define(NIF, emqx_offline_cassandra_nif).
 -define(PROXY, emqx_offline_cassandra_tcp_proxy).
 
+%% Each test's cleanup stops the NIF, so a failure never cascades.
 fault_test_() ->
-    {inorder, [
-        {timeout, 600, fun outage_under_steady_publishing/0},
-        {timeout, 120, fun full_buffer_drops_and_counts/0},
-        {timeout, 120, fun slow_cassandra_never_blocks_callers/0},
-        {timeout, 120, fun bad_input_has_a_clear_outcome/0}
-    ]}.
+    {inorder,
+        {foreach, fun() -> ok end, fun(_) -> emqx_offline_cassandra_test_util:stop_nif() end, [
+            {timeout, scaled(600), fun outage_under_steady_publishing/0},
+            {timeout, scaled(120), fun full_buffer_drops_and_counts/0},
+            {timeout, scaled(120), fun slow_cassandra_never_blocks_callers/0},
+            {timeout, scaled(120), fun bad_input_has_a_clear_outcome/0}
+        ]}}.
 
 %%--------------------------------------------------------------------
 
@@ -44,6 +46,9 @@ stats() ->
 wait_until(Pred, Ms) ->
     emqx_offline_cassandra_test_util:wait_until(Pred, Ms).
 
+scaled(T) ->
+    emqx_offline_cassandra_test_util:scaled(T).
+
 message(Topic, Payload) ->
     Us = erlang:system_time(microsecond),
     Seq = erlang:unique_integer([positive, monotonic]) band 16#FFFF,
@@ -53,7 +58,7 @@ topic(Name) ->
     unicode:characters_to_binary(io_lib:format("test/fault/~ts/~b", [Name, erlang:system_time(millisecond)])).
 
 count_rows(Topic) ->
-    {ok, Rows} = ?NIF:fetch_sync(Topic, #{}, 30000),
+    {ok, Rows} = ?NIF:fetch_sync(Topic, #{}, scaled(30000)),
     length(Rows).
 
 %% Publishes Rate messages/s on Topic until told to stop; reports what it
@@ -74,7 +79,7 @@ publish_loop(Parent, Topic, EveryMs, N, Results, Slowest) ->
 
 stop_publisher(Pid) ->
     Pid ! {stop, self()},
-    receive {published, N, Results, Slowest} -> {N, Results, Slowest} after 10000 -> error(publisher_stuck) end.
+    receive {published, N, Results, Slowest} -> {N, Results, Slowest} after scaled(10000) -> error(publisher_stuck) end.
 
 %%--------------------------------------------------------------------
 
@@ -98,7 +103,7 @@ outage_under_steady_publishing() ->
         ok = ?PROXY:restore(Proxy),
         {ReconnectUs, ok} = timer:tc(fun() -> wait_until(fun() -> ?NIF:status() =:= connected end, 10000) end),
         ?debugFmt("reconnected ~b ms after Cassandra answered again", [ReconnectUs div 1000]),
-        ?assert(ReconnectUs < 2000000),
+        ?assert(ReconnectUs < scaled(2000000)),
         timer:sleep(1000),
         {N, Results, SlowestUs} = stop_publisher(Pub),
         ?debugFmt("published ~b (~p), slowest store call ~b us", [N, Results, SlowestUs]),
@@ -124,7 +129,7 @@ full_buffer_drops_and_counts() ->
                 Topic = topic(binary_to_list(Policy)),
                 Calls = [timer:tc(fun() -> ?NIF:store(message(Topic, integer_to_binary(I))) end) || I <- lists:seq(1, 3000)],
                 Slowest = lists:max([Us || {Us, _} <- Calls]),
-                ?assert(Slowest < 100000),
+                ?assert(Slowest < scaled(100000)),
                 S = stats(),
                 ?assertEqual(2000, maps:get(dropped, S)),
                 case Policy of
@@ -138,7 +143,7 @@ full_buffer_drops_and_counts() ->
                 ok = ?PROXY:restore(Proxy),
                 ok = wait_until(fun() -> ?NIF:status() =:= connected end, 10000),
                 ok = wait_until(fun() -> S2 = stats(), maps:get(buffered, S2) + maps:get(in_flight, S2) =:= 0 end, 30000),
-                {ok, Rows} = ?NIF:fetch_sync(Topic, #{}, 10000),
+                {ok, Rows} = ?NIF:fetch_sync(Topic, #{}, scaled(10000)),
                 ?assertEqual(Expected, [maps:get(payload, R) || R <- Rows]),
                 {ok, _} = ?NIF:stop(1000)
             end,
@@ -157,9 +162,9 @@ slow_cassandra_never_blocks_callers() ->
         Calls = [timer:tc(fun() -> ?NIF:store(message(Topic, <<"x">>)) end) || _ <- lists:seq(1, 200)],
         ?assert(lists:all(fun({_, R}) -> R =:= ok end, Calls)),
         ?assert(lists:max([Us || {Us, _} <- Calls]) < 100000),
-        {FetchUs, Fetch} = timer:tc(fun() -> ?NIF:fetch_sync(Topic, #{}, 10000) end),
+        {FetchUs, Fetch} = timer:tc(fun() -> ?NIF:fetch_sync(Topic, #{}, scaled(10000)) end),
         ?assertEqual({error, timeout}, Fetch),
-        ?assert(FetchUs < 5000000),
+        ?assert(FetchUs < scaled(5000000)),
         ok = wait_until(fun() -> maps:get(failed, stats()) + maps:get(fetch_failures, stats()) > 0 end, 30000),
         ok = ?PROXY:delay(Proxy, 0),
         {ok, _} = ?NIF:stop(0)
@@ -179,7 +184,7 @@ bad_input_has_a_clear_outcome() ->
     ?assertEqual(1, maps:get(rejected, stats())),
     ?assertMatch({error, {invalid_msgid, _}}, ?NIF:store((message(Topic, <<"x">>))#{msgid => <<"not-a-guid">>})),
     ok = wait_until(fun() -> maps:get(written, stats()) =:= 4 end, 20000),
-    {ok, Rows} = ?NIF:fetch_sync(Topic, #{}, 10000),
+    {ok, Rows} = ?NIF:fetch_sync(Topic, #{}, scaled(10000)),
     ?assertEqual(Ok, [maps:get(payload, R) || R <- Rows]),
     ?assertEqual(Topic, maps:get(topic, hd(Rows))),
     ?assert(erlang:is_process_alive(self())),

@@ -1,13 +1,18 @@
 %% Shared by the test suites and the benchmark.
+%%
+%% Every deadline of the Erlang tests goes through scaled/1, so one knob,
+%% TEST_TIME_SCALE (a number, default 1), stretches them all on a machine
+%% that is busy with other work. Waits poll for a condition; a deadline only
+%% bounds how long a test may take to show progress, it never measures speed.
 -module(emqx_offline_cassandra_test_util).
 
--export([wait_until/2]).
+-export([wait_until/2, scaled/1, time_scale/0, stop_nif/0]).
 
 %% @doc Polls Pred (which may crash: that counts as false) every 10 ms until
-%% it holds, or returns {timeout, What} after Ms, with the NIF's status and
-%% counters to explain it.
+%% it holds, or returns {timeout, What} after scaled(Ms), with the NIF's
+%% status and counters to explain it.
 wait_until(Pred, Ms) ->
-    wait_(Pred, erlang:monotonic_time(millisecond) + Ms).
+    wait_(Pred, erlang:monotonic_time(millisecond) + scaled(Ms)).
 
 wait_(Pred, End) ->
     case catch Pred() of
@@ -23,3 +28,32 @@ wait_(Pred, End) ->
                     wait_(Pred, End)
             end
     end.
+
+%% @doc A time limit in ms (or s: any unit) stretched by TEST_TIME_SCALE.
+-spec scaled(non_neg_integer()) -> non_neg_integer().
+scaled(T) ->
+    round(T * time_scale()).
+
+%% @doc TEST_TIME_SCALE as a number (at least 1: it only ever stretches).
+-spec time_scale() -> number().
+time_scale() ->
+    case os:getenv("TEST_TIME_SCALE") of
+        false ->
+            1;
+        S ->
+            N =
+                try
+                    list_to_float(S)
+                catch
+                    error:badarg -> list_to_integer(S)
+                end,
+            max(1, N)
+    end.
+
+%% @doc Leaves the NIF stopped, whatever state a test left it in: the
+%% cleanup of every test that starts it, so one failure never cascades into
+%% `already_started` in the tests after it.
+stop_nif() ->
+    _ = (catch emqx_offline_cassandra_nif:set_event_pid(spawn(fun() -> ok end))),
+    _ = (catch emqx_offline_cassandra_nif:stop(0)),
+    ok.
