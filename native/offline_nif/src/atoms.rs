@@ -1,0 +1,16 @@
+//! Every atom the NIF reads or writes, in one place.
+
+rustler::atoms! {
+    ok, error, undefined, true_ = "true", false_ = "false",
+    connecting, connected, disconnected, not_started,
+    already_started, not_connected, timeout, overloaded, shutdown, panic,
+    offline_cassandra,
+    topic, msgid, sender, qos, retain, payload, arrived, ttl,
+    accepted, written, failed, dropped, evicted, rejected, in_flight, buffered,
+    batches, retries, fetches, fetch_failures, fetched_rows,
+    floor_scans, floor_resets, sliced_reads,
+    flushed, abandoned, handed_over, invalid_config, requeued,
+    offline_cassandra_event, state_changed, writes_failed, writes_requeued,
+    write_latency_p50_us, write_latency_p99_us, read_latency_p50_us, read_latency_p99_us,
+    buffer_capacity, purge, count, badarg,
+}

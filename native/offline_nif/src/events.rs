@@ -1,0 +1,45 @@
+//! Store events forwarded to one Erlang process as `{offline_cassandra_event, Kind, Detail}`.
+
+use std::sync::Mutex;
+
+use offline_store::StoreEvent;
+use rustler::{Encoder, LocalPid, OwnedEnv};
+
+use crate::atoms;
+use crate::terms::{error_reason, status_term};
+
+/// Where store events go (see `nif_set_event_pid`); `None` until it is set.
+static EVENT_PID: Mutex<Option<LocalPid>> = Mutex::new(None);
+
+pub fn set_event_pid(pid: LocalPid) {
+    *EVENT_PID.lock().unwrap_or_else(|e| e.into_inner()) = Some(pid);
+}
+
+/// Forwards store events to the event process. Events raised on a BEAM thread (none are,
+/// in practice) are dropped: rustler cannot send from there.
+pub fn event_sink() -> offline_store::EventSink {
+    Box::new(|event| {
+        if rustler::thread::is_scheduler_thread() {
+            return;
+        }
+        let Some(pid) = *EVENT_PID.lock().unwrap_or_else(|e| e.into_inner()) else {
+            return;
+        };
+        let mut env = OwnedEnv::new();
+        let _ = env.send_and_clear(&pid, |env| {
+            let (kind, detail) = match &event {
+                StoreEvent::StateChanged(state) => {
+                    (atoms::state_changed(), status_term(env, state))
+                }
+                StoreEvent::WritesFailed { count, error } => (
+                    atoms::writes_failed(),
+                    (*count, error_reason(env, error)).encode(env),
+                ),
+                StoreEvent::WritesRequeued { count } => {
+                    (atoms::writes_requeued(), count.encode(env))
+                }
+            };
+            (atoms::offline_cassandra_event(), kind, detail).encode(env)
+        });
+    })
+}

@@ -1,0 +1,125 @@
+//! Rust values to Erlang terms: error reasons, the connection status, fetched rows, counters.
+
+use offline_store::{ConnState, Store, StoreError, StoredMessage};
+use rustler::{Atom, Binary, Encoder, Env, NewBinary, Term};
+
+use crate::atoms;
+
+/// `{error, Reason}` with `Reason` an atom or `{Kind, Detail}` (the core's words).
+pub fn error_reason<'a>(env: Env<'a>, err: &StoreError) -> Term<'a> {
+    match err {
+        StoreError::NotConnected { .. } => atoms::not_connected().encode(env),
+        StoreError::Timeout(_) => atoms::timeout().encode(env),
+        StoreError::Overloaded { .. } => atoms::overloaded().encode(env),
+        StoreError::Shutdown => atoms::shutdown().encode(env),
+        other => {
+            let kind = Atom::from_str(env, other.kind()).unwrap_or(atoms::error());
+            (kind, other.to_string()).encode(env)
+        }
+    }
+}
+
+pub fn error_term<'a>(env: Env<'a>, err: &StoreError) -> Term<'a> {
+    (atoms::error(), error_reason(env, err)).encode(env)
+}
+
+/// `connecting | {connecting, LastError} | connected | {disconnected, Reason} |
+/// {error, Reason} | not_started`.
+pub fn status_term<'a>(env: Env<'a>, state: &ConnState) -> Term<'a> {
+    match state {
+        ConnState::Connected => atoms::connected().encode(env),
+        ConnState::Connecting {
+            last_error: None, ..
+        } => atoms::connecting().encode(env),
+        ConnState::Connecting {
+            last_error: Some(e),
+            ..
+        } => (atoms::connecting(), e.to_string()).encode(env),
+        ConnState::Disconnected { reason } => {
+            (atoms::disconnected(), reason.to_string()).encode(env)
+        }
+        ConnState::Error(e) => (atoms::error(), error_reason(env, e)).encode(env),
+        ConnState::Stopped => atoms::not_started().encode(env),
+    }
+}
+
+/// Fetched rows as a list of maps, in the order given.
+pub fn rows_term<'a>(env: Env<'a>, rows: &[StoredMessage]) -> Term<'a> {
+    let list: Vec<Term<'a>> = rows
+        .iter()
+        .map(|r| {
+            let keys = [
+                atoms::topic().encode(env),
+                atoms::msgid().encode(env),
+                atoms::sender().encode(env),
+                atoms::qos().encode(env),
+                atoms::retain().encode(env),
+                atoms::payload().encode(env),
+                atoms::arrived().encode(env),
+                atoms::ttl().encode(env),
+            ];
+            let values = [
+                r.topic.encode(env),
+                r.msgid.encode(env),
+                r.sender.encode(env),
+                r.qos.encode(env),
+                r.retain.encode(env),
+                Binary::from(NewBinary::from_slice(env, &r.payload)).encode(env),
+                r.arrived_ms.encode(env),
+                match r.ttl_secs {
+                    Some(t) => t.encode(env),
+                    None => atoms::undefined().encode(env),
+                },
+            ];
+            Term::map_from_term_arrays(env, &keys, &values)
+                .unwrap_or_else(|_| atoms::error().encode(env))
+        })
+        .collect();
+    list.encode(env)
+}
+
+/// `{ok, #{Name => Count}}`; a plain `ok` if the map cannot be built (duplicate keys).
+pub fn ok_counts_term<'a>(env: Env<'a>, counts: &[(Atom, u64)]) -> Term<'a> {
+    (
+        atoms::ok(),
+        Term::map_from_pairs(env, counts).unwrap_or_else(|_| atoms::ok().encode(env)),
+    )
+        .encode(env)
+}
+
+/// `{ok, #{Counter => Value}}`: the store's counters (see `offline_store::StatsSnapshot`).
+pub fn stats_term<'a>(env: Env<'a>, store: &Store) -> Term<'a> {
+    let s = store.stats();
+    let pairs = [
+        (atoms::accepted(), s.accepted),
+        (atoms::written(), s.written),
+        (atoms::failed(), s.failed),
+        (atoms::dropped(), s.dropped),
+        (atoms::evicted(), s.evicted),
+        (atoms::handed_over(), s.handed_over),
+        (atoms::rejected(), s.rejected),
+        (atoms::in_flight(), s.in_flight),
+        (atoms::buffered(), s.buffered),
+        (atoms::batches(), s.batches),
+        (atoms::retries(), s.retries),
+        (atoms::fetches(), s.fetches),
+        (atoms::fetch_failures(), s.fetch_failures),
+        (atoms::fetched_rows(), s.fetched_rows),
+        (atoms::floor_scans(), s.floor_scans),
+        (atoms::floor_resets(), s.floor_resets),
+        (atoms::sliced_reads(), s.sliced_reads),
+        (atoms::requeued(), s.requeued),
+        (atoms::write_latency_p50_us(), s.write_latency_p50_us),
+        (atoms::write_latency_p99_us(), s.write_latency_p99_us),
+        (atoms::read_latency_p50_us(), s.read_latency_p50_us),
+        (atoms::read_latency_p99_us(), s.read_latency_p99_us),
+        (
+            atoms::buffer_capacity(),
+            store.config().buffer_capacity as u64,
+        ),
+    ];
+    match Term::map_from_pairs(env, &pairs) {
+        Ok(map) => (atoms::ok(), map).encode(env),
+        Err(_) => (atoms::error(), atoms::panic()).encode(env),
+    }
+}
