@@ -18,11 +18,14 @@
 //! Why this is safe: docs/tombstones.md.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::connection::{Connection, FloorStatements, db_err};
 use crate::error::StoreError;
 use crate::msgid::MsgId;
+use crate::shared::{Inner, Op, Pending, lock};
+use crate::stats::Counters;
 
 /// Greater than every msgid (32 hex digits): the open upper end of a slice.
 const ABOVE_ALL: &str = "G";
@@ -220,6 +223,87 @@ where
     }
     out.truncate(limit as usize);
     Ok(out)
+}
+
+/// Deletes of one topic after which its replay floor is moved up.
+const FLOOR_SCAN_AFTER_DELETES: u32 = 500;
+
+impl Inner {
+    /// Counts deletes of `topic`; after `FLOOR_SCAN_AFTER_DELETES` of them starts a
+    /// background scan that moves its replay floor up (one scan per topic at a time).
+    pub(crate) fn note_deletes(self: &Arc<Self>, topic: &str, n: u32) {
+        if !self.cfg.replay_floor || self.stopped() {
+            return;
+        }
+        let mut scans = lock(&self.floor_scans);
+        if scans.len() >= 100_000 {
+            scans.retain(|_, s| s.running);
+        }
+        let scan = scans.entry(topic.to_owned()).or_default();
+        scan.deletes = scan.deletes.saturating_add(n);
+        if scan.running || scan.deletes < FLOOR_SCAN_AFTER_DELETES {
+            return;
+        }
+        scan.running = true;
+        scan.deletes = 0;
+        drop(scans);
+        tokio::spawn(run_floor_scans(self.clone(), topic.to_owned()));
+    }
+
+    /// Asks for a floor scan now (a read met many tombstones).
+    pub(crate) fn request_floor_scan(self: &Arc<Self>, topic: &str) {
+        self.note_deletes(topic, FLOOR_SCAN_AFTER_DELETES);
+    }
+}
+
+/// Before inserts that land late (published more than half a lag ago, e.g. buffered
+/// through an outage), drops their topic's replay floor so replay cannot skip them.
+pub(crate) async fn reset_floor_if_late(
+    inner: &Inner,
+    conn: &Connection,
+    batch: &[Pending],
+) -> Result<(), scylla::errors::ExecutionError> {
+    let Some(f) = &conn.floor else { return Ok(()) };
+    let lag = inner.cfg.replay_floor_lag;
+    let now = crate::floor::now_us();
+    let late = batch.iter().any(|p| match &p.op {
+        Op::Insert(m) => crate::floor::is_late(&m.msgid, lag, now),
+        Op::Delete { .. } => false,
+    });
+    let Some(first) = batch.first().filter(|_| late) else {
+        return Ok(());
+    };
+    crate::floor::reset(conn, f, first.op.topic(), lag).await?;
+    Counters::add(&inner.counters.floor_resets, 1);
+    Ok(())
+}
+
+/// Moves `topic`'s floor up, again while enough deletes came in during the last scan. A
+/// failed scan is left for the next deletes to retry.
+async fn run_floor_scans(inner: Arc<Inner>, topic: String) {
+    loop {
+        if let Ok(conn) = inner.connection()
+            && let Some(f) = &conn.floor
+        {
+            let (lag, timeout) = (inner.cfg.replay_floor_lag, inner.cfg.request_timeout);
+            if let Ok(true) = crate::floor::advance(&conn, f, &topic, lag, timeout).await {
+                Counters::add(&inner.counters.floor_scans, 1);
+            }
+        }
+        let mut scans = lock(&inner.floor_scans);
+        let Some(scan) = scans.get_mut(&topic) else {
+            return;
+        };
+        if scan.deletes >= FLOOR_SCAN_AFTER_DELETES && !inner.stopped() {
+            scan.deletes = 0;
+            continue;
+        }
+        scan.running = false;
+        if scan.deletes == 0 {
+            scans.remove(&topic);
+        }
+        return;
+    }
 }
 
 #[cfg(test)]

@@ -13,24 +13,31 @@
 //! * [`Store::fetch`] reads page by page, newest `limit` rows returned oldest first.
 //! * Payloads are arbitrary bytes, stored losslessly in the `text` column ([`payload`]).
 
+mod bench_api;
 pub mod config;
 mod connection;
 pub mod error;
 mod floor;
 pub mod msgid;
 pub mod payload;
+mod reads;
 pub mod schema;
+mod shared;
 mod stats;
 mod store;
+mod supervisor;
 pub mod tls;
 pub mod topic;
+mod types;
+mod write_pipeline;
 
 pub use config::{OverflowPolicy, StoreConfig};
 pub use error::StoreError;
 pub use msgid::MsgId;
 pub use stats::StatsSnapshot;
-pub use store::{
-    ConnState, EventSink, FetchOptions, Handover, Message, ShutdownReport, Store, StoreEvent,
-    StoredMessage,
-};
+pub use store::Store;
 pub use tls::TlsConfig;
+pub use types::{
+    ConnState, EventSink, FetchOptions, Message, ShutdownReport, StoreEvent, StoredMessage,
+};
+pub use write_pipeline::Handover;

@@ -1,0 +1,330 @@
+//! Reads: one topic page by page from its floor, newest-N across the topics a wildcard
+//! filter finds in the topic index, and the operators' count and purge.
+
+use std::time::Duration;
+
+use scylla::response::{PagingState, PagingStateResponse};
+use scylla::serialize::row::SerializeRow;
+use scylla::value::CqlTimestamp;
+
+use crate::connection::{Connection, db_err};
+use crate::error::StoreError;
+use crate::msgid::MsgId;
+use crate::payload;
+use crate::stats::Counters;
+use crate::store::Store;
+use crate::types::{FetchOptions, StoredMessage};
+
+/// Topic partitions a wildcard replay reads at the same time.
+const WILDCARD_READS_IN_FLIGHT: usize = 16;
+
+impl Store {
+    /// Reads stored messages of one topic, oldest first. With a limit, the newest `limit`
+    /// messages are returned (older ones stay stored). Read page by page, never more than
+    /// `max_fetch_rows` rows.
+    pub async fn fetch(
+        &self,
+        topic: &str,
+        opts: FetchOptions,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        let limit = self.limit(opts.limit);
+        let since = opts
+            .since_ms
+            .map(|ms| MsgId::lower_bound_for_time_ms(ms).to_string())
+            .unwrap_or_default();
+        let conn = self.inner.connection()?;
+        let lower = self.lower_bound(&conn, topic, since).await;
+        let mut rows = self.read_newest(&conn, topic, &lower, limit).await?;
+        rows.reverse();
+        Ok(rows)
+    }
+
+    /// Messages for a subscription filter, oldest first. A plain topic reads its partition;
+    /// a wildcard filter finds its topics in the topic index (never by scanning
+    /// `mqtt_msg`), reads each, and returns the newest `limit` across all of them.
+    pub async fn fetch_matching(
+        &self,
+        filter: &str,
+        opts: FetchOptions,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        if !crate::topic::is_wildcard(filter) {
+            return self.fetch(filter, opts).await;
+        }
+        let limit = self.limit(opts.limit) as usize;
+        let topics = self.topics_matching(filter).await?;
+        let mut reads = tokio::task::JoinSet::new();
+        let mut newest: Vec<StoredMessage> = Vec::new();
+        let mut pending = topics.into_iter();
+        loop {
+            while reads.len() < WILDCARD_READS_IN_FLIGHT {
+                let Some(topic) = pending.next() else { break };
+                let store = self.clone();
+                reads.spawn(async move { store.fetch(&topic, opts).await });
+            }
+            let Some(done) = reads.join_next().await else {
+                break;
+            };
+            let rows = done.map_err(|e| StoreError::Db(format!("read task failed: {e}")))??;
+            newest.extend(rows);
+            // Keep only the newest `limit` seen so far: memory stays bounded by the limit.
+            if newest.len() > limit * 2 {
+                keep_newest(&mut newest, limit);
+            }
+        }
+        keep_newest(&mut newest, limit);
+        Ok(newest)
+    }
+
+    /// Topics in the index that match `filter` (at most `max_wildcard_topics`).
+    pub async fn topics_matching(&self, filter: &str) -> Result<Vec<String>, StoreError> {
+        let conn = self.inner.connection()?;
+        let Some(ix) = &conn.index else {
+            return Err(StoreError::IndexUnavailable("topic_index is off".into()));
+        };
+        let max = self.inner.cfg.max_wildcard_topics;
+        let timeout = self.inner.cfg.request_timeout;
+        let root = crate::topic::root(filter);
+        let roots = if root == "+" || root == "#" {
+            read_index(
+                &conn,
+                &ix.select,
+                crate::schema::ROOTS_PARTITION,
+                max,
+                timeout,
+            )
+            .await?
+        } else {
+            vec![root.to_owned()]
+        };
+        let mut topics = Vec::new();
+        for r in roots {
+            if topics.len() >= max {
+                break;
+            }
+            let found = read_index(&conn, &ix.select, &r, max - topics.len(), timeout).await?;
+            topics.extend(
+                found
+                    .into_iter()
+                    .filter(|t| crate::topic::matches(t, filter)),
+            );
+        }
+        Ok(topics)
+    }
+
+    /// Live rows stored for one topic (a `count(*)` over its partition; for operators).
+    pub async fn count(&self, topic: &str) -> Result<u64, StoreError> {
+        let conn = self.inner.connection()?;
+        let timeout = self.inner.cfg.request_timeout;
+        let lower = self.lower_bound(&conn, topic, String::new()).await;
+        let result = conn
+            .session
+            .execute_unpaged(&conn.count, (topic, lower))
+            .await
+            .map_err(|e| StoreError::from_driver(e, timeout))?
+            .into_rows_result()
+            .map_err(db_err)?;
+        let (n,) = result.single_row::<(i64,)>().map_err(db_err)?;
+        Ok(n.max(0) as u64)
+    }
+
+    /// Deletes every message stored for `topic` with one partition tombstone (for
+    /// operators). Messages published before now that are still on their way are deleted
+    /// too when they land (their write timestamps are older). Returns how many rows there
+    /// were.
+    pub async fn purge(&self, topic: &str) -> Result<u64, StoreError> {
+        let before = self.count(topic).await?;
+        let conn = self.inner.connection()?;
+        let now_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64)
+            .unwrap_or(0);
+        conn.session
+            .execute_unpaged(&conn.purge, (now_us, topic))
+            .await
+            .map_err(|e| StoreError::from_driver(e, self.inner.cfg.request_timeout))?;
+        Ok(before)
+    }
+
+    pub(crate) fn limit(&self, requested: Option<u32>) -> u32 {
+        let max = self.inner.cfg.max_fetch_rows;
+        requested.unwrap_or(max).clamp(1, max)
+    }
+
+    /// Where a read of `topic` starts: `since` or the topic's replay floor, the higher.
+    /// Without a readable floor the read starts at `since` (slower, never wrong).
+    pub(crate) async fn lower_bound(
+        &self,
+        conn: &Connection,
+        topic: &str,
+        since: String,
+    ) -> String {
+        let Some(f) = &conn.floor else { return since };
+        match crate::floor::read(conn, f, topic, self.inner.cfg.request_timeout).await {
+            Ok(Some(floor)) if floor > since => floor,
+            _ => since,
+        }
+    }
+
+    /// The newest `limit` rows at or above `lower`, newest first. A read that Cassandra
+    /// aborts for tombstones is redone in slices; either that or a tombstone warning asks
+    /// for the topic's floor to be moved up.
+    async fn read_newest(
+        &self,
+        conn: &Connection,
+        topic: &str,
+        lower: &str,
+        limit: u32,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        let values = (topic, lower, limit as i32);
+        match self
+            .read_pages(conn, &conn.select_newest, topic, &values, limit)
+            .await
+        {
+            Err(e) if e.is_tombstone_overflow() => {
+                Counters::add(&self.inner.counters.sliced_reads, 1);
+                self.inner.request_floor_scan(topic);
+                crate::floor::read_newest_sliced(lower, limit, |lo, hi, n| async move {
+                    let values = (topic, lo.as_str(), hi.as_str(), n as i32);
+                    self.read_pages(conn, &conn.select_range, topic, &values, n)
+                        .await
+                })
+                .await
+            }
+            other => other,
+        }
+    }
+
+    pub(crate) async fn read_pages(
+        &self,
+        conn: &Connection,
+        stmt: &scylla::statement::prepared::PreparedStatement,
+        topic: &str,
+        values: &(impl SerializeRow + Sync),
+        limit: u32,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        let c = &self.inner.counters;
+        Counters::add(&c.fetches, 1);
+        let started = std::time::Instant::now();
+        let result = read_pages(
+            conn,
+            stmt,
+            topic,
+            values,
+            limit,
+            self.inner.cfg.request_timeout,
+        )
+        .await;
+        c.read_latency.record(started.elapsed());
+        match result {
+            Ok((rows, warned)) => {
+                Counters::add(&c.fetched_rows, rows.len() as u64);
+                if warned {
+                    self.inner.request_floor_scan(topic);
+                }
+                Ok(rows)
+            }
+            // A read cut off by `shutdown` (its connection closed under it) was not failed by
+            // Cassandra: it is answered like every other request the stop ended.
+            Err(_) if self.inner.stopped() => Err(StoreError::Shutdown),
+            Err(e) => {
+                // An overflow is redone in slices by the caller, not a failed fetch.
+                if !e.is_tombstone_overflow() {
+                    Counters::add(&c.fetch_failures, 1);
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Sorts by msgid (publish time) and keeps the newest `limit`, oldest first.
+fn keep_newest(rows: &mut Vec<StoredMessage>, limit: usize) {
+    rows.sort_by(|a, b| a.msgid.cmp(&b.msgid));
+    if rows.len() > limit {
+        rows.drain(..rows.len() - limit);
+    }
+}
+
+/// One partition of the topic index, page by page, at most `max` entries.
+async fn read_index(
+    conn: &Connection,
+    stmt: &scylla::statement::prepared::PreparedStatement,
+    root: &str,
+    max: usize,
+    request_timeout: Duration,
+) -> Result<Vec<String>, StoreError> {
+    let mut out = Vec::new();
+    let mut paging = PagingState::start();
+    let limit = max.min(i32::MAX as usize) as i32;
+    loop {
+        let (result, next) = conn
+            .session
+            .execute_single_page(stmt, (root, limit), paging)
+            .await
+            .map_err(|e| StoreError::from_driver(e, request_timeout))?;
+        let rows = result.into_rows_result().map_err(db_err)?;
+        for row in rows.rows::<(String,)>().map_err(db_err)? {
+            out.push(row.map_err(db_err)?.0);
+        }
+        match next {
+            PagingStateResponse::HasMorePages { state } if out.len() < max => paging = state,
+            _ => break,
+        }
+    }
+    out.truncate(max);
+    Ok(out)
+}
+
+/// Rows of one topic, page by page, at most `limit`; also whether Cassandra warned (it
+/// does when a read walks more than `tombstone_warn_threshold` tombstones).
+async fn read_pages(
+    conn: &Connection,
+    stmt: &scylla::statement::prepared::PreparedStatement,
+    topic: &str,
+    values: &(impl SerializeRow + Sync),
+    limit: u32,
+    request_timeout: Duration,
+) -> Result<(Vec<StoredMessage>, bool), StoreError> {
+    type Row = (
+        String,
+        Option<CqlTimestamp>,
+        Option<String>,
+        Option<i32>,
+        Option<i32>,
+        Option<String>,
+        Option<i32>,
+    );
+    let mut out = Vec::with_capacity(limit.min(1024) as usize);
+    let mut warned = false;
+    let mut paging = PagingState::start();
+    loop {
+        let (result, next) = conn
+            .session
+            .execute_single_page(stmt, values, paging)
+            .await
+            .map_err(|e| StoreError::from_driver(e, request_timeout))?;
+        warned |= result.warnings().next().is_some();
+        let rows = result.into_rows_result().map_err(db_err)?;
+        for row in rows.rows::<Row>().map_err(db_err)? {
+            let (msgid, arrived, stored, qos, retain, sender, ttl_secs) = row.map_err(db_err)?;
+            out.push(StoredMessage {
+                topic: topic.to_owned(),
+                payload: payload::decode(stored.as_deref().unwrap_or_default())?,
+                msgid,
+                sender: sender.unwrap_or_default(),
+                qos: qos.unwrap_or(1),
+                retain: retain.unwrap_or(0) != 0,
+                arrived_ms: arrived.map(|t| t.0).unwrap_or(0),
+                ttl_secs,
+            });
+        }
+        match next {
+            PagingStateResponse::HasMorePages { state } if out.len() < limit as usize => {
+                paging = state
+            }
+            _ => break,
+        }
+    }
+    out.truncate(limit as usize);
+    Ok((out, warned))
+}

@@ -1,0 +1,165 @@
+//! State shared by the store handle and its background tasks (writer, supervisor, floor
+//! scans), and the writes as they travel through the pipeline.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use tokio::sync::{Notify, oneshot, watch};
+use tokio::time::Instant;
+
+use crate::config::StoreConfig;
+use crate::connection::Connection;
+use crate::error::StoreError;
+use crate::msgid::MsgId;
+use crate::stats::Counters;
+use crate::types::{ConnState, EventSink, Message, StoreEvent};
+
+/// One write: an insert, or the delete an ack becomes.
+pub(crate) enum Op {
+    Insert(Message),
+    Delete { topic: String, msgid: MsgId },
+}
+
+impl Op {
+    pub(crate) fn topic(&self) -> &str {
+        match self {
+            Op::Insert(m) => &m.topic,
+            Op::Delete { topic, .. } => topic,
+        }
+    }
+    pub(crate) fn is_insert(&self) -> bool {
+        matches!(self, Op::Insert(_))
+    }
+}
+
+/// A write on its way through the pipeline, with whoever waits for its outcome.
+pub(crate) struct Pending {
+    pub(crate) op: Op,
+    pub(crate) done: Option<oneshot::Sender<Result<(), StoreError>>>,
+}
+
+impl Pending {
+    pub(crate) fn finish(self, outcome: Result<(), StoreError>) {
+        if let Some(tx) = self.done {
+            let _ = tx.send(outcome);
+        }
+    }
+}
+
+/// Writes taken from the buffer, being grouped by partition. `spare` is the second half of
+/// a double buffer that lets `take_batch` regroup without allocating.
+#[derive(Default)]
+pub(crate) struct Staging {
+    pub(crate) items: VecDeque<Pending>,
+    pub(crate) spare: VecDeque<Pending>,
+}
+
+/// Everything a store's clones and background tasks share.
+pub(crate) struct Inner {
+    pub(crate) cfg: StoreConfig,
+    pub(crate) conn: RwLock<Option<Arc<Connection>>>,
+    pub(crate) state: watch::Sender<ConnState>,
+    /// The write buffer: a bounded lock-free queue, so a submitting thread never waits for
+    /// the writer (which may be descheduled on a busy 2-core machine).
+    pub(crate) tx: crossbeam_channel::Sender<Pending>,
+    pub(crate) rx: crossbeam_channel::Receiver<Pending>,
+    /// Writes the writer took from the buffer to group them by partition (at most
+    /// `BATCH_SCAN`). Only the writer task and `shutdown` touch it.
+    pub(crate) staging: Mutex<Staging>,
+    pub(crate) work: Notify,
+    /// The writer waits for `work` (idle for a while); otherwise it looks at the buffer
+    /// every millisecond by itself and submitters need not wake it.
+    pub(crate) writer_parked: AtomicBool,
+    pub(crate) stopped: AtomicBool,
+    pub(crate) shutdown: watch::Sender<bool>,
+    pub(crate) writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Where `StoreEvent`s go (the NIF forwards them to Erlang's logger).
+    pub(crate) events: Mutex<Option<EventSink>>,
+    /// Topics whose index rows were written recently (by the writer tasks only).
+    pub(crate) indexed: Mutex<HashMap<String, Instant>>,
+    /// Deletes per topic since its floor was last moved, and whether a scan runs.
+    pub(crate) floor_scans: Mutex<HashMap<String, FloorScan>>,
+    pub(crate) counters: Counters,
+}
+
+/// Floor upkeep of one topic (see `floor`).
+#[derive(Default)]
+pub(crate) struct FloorScan {
+    pub(crate) deletes: u32,
+    pub(crate) running: bool,
+}
+
+impl Inner {
+    /// Fresh state for a store not yet connected; the caller starts its tasks.
+    pub(crate) fn new(cfg: StoreConfig) -> Inner {
+        let (state, _) = watch::channel(ConnState::Connecting {
+            attempt: 0,
+            last_error: None,
+        });
+        let (shutdown, _) = watch::channel(false);
+        let (tx, rx) = crossbeam_channel::bounded(cfg.buffer_capacity);
+        Inner {
+            cfg,
+            conn: RwLock::new(None),
+            state,
+            tx,
+            rx,
+            staging: Mutex::new(Staging::default()),
+            work: Notify::new(),
+            writer_parked: AtomicBool::new(true),
+            stopped: AtomicBool::new(false),
+            shutdown,
+            writer: Mutex::new(None),
+            indexed: Mutex::new(HashMap::new()),
+            floor_scans: Mutex::new(HashMap::new()),
+            events: Mutex::new(None),
+            counters: Counters::default(),
+        }
+    }
+
+    /// The session to use now. While disconnected the session is still tried (the driver
+    /// may have reconnected before the next probe); without one the state's error is returned.
+    pub(crate) fn connection(&self) -> Result<Arc<Connection>, StoreError> {
+        let state_error = self.state.borrow().error();
+        match (state_error, self.current()) {
+            (None, Some(conn)) | (Some(StoreError::NotConnected { .. }), Some(conn)) => Ok(conn),
+            (Some(err), _) => Err(err),
+            (None, None) => Err(StoreError::NotConnected {
+                reason: "connecting".into(),
+            }),
+        }
+    }
+
+    pub(crate) fn current(&self) -> Option<Arc<Connection>> {
+        self.conn.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub(crate) fn stopped(&self) -> bool {
+        self.stopped.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn emit(&self, event: StoreEvent) {
+        if let Some(sink) = lock(&self.events).as_ref() {
+            sink(event);
+        }
+    }
+}
+
+pub(crate) fn set_state(inner: &Inner, next: ConnState) {
+    let changed = inner.state.send_if_modified(|s| {
+        if matches!(s, ConnState::Stopped) || *s == next {
+            return false;
+        }
+        *s = next.clone();
+        true
+    });
+    if changed {
+        inner.emit(StoreEvent::StateChanged(next));
+    }
+}
+
+/// Locks a mutex whose data stays consistent even if a holder panicked.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -1,0 +1,110 @@
+//! The store's public value types: messages in and out, read options, connection state,
+//! events and the shutdown report.
+
+use crate::error::StoreError;
+use crate::msgid::MsgId;
+
+/// A message to keep until its subscriber acknowledges it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub topic: String,
+    pub msgid: MsgId,
+    /// Client id of the publisher.
+    pub sender: String,
+    pub qos: u8,
+    pub retain: bool,
+    /// Raw MQTT payload: any bytes (see the `payload` module for how they are stored).
+    pub payload: Vec<u8>,
+    /// Publish time, milliseconds since the epoch (the `arrived` column).
+    pub arrived_ms: i64,
+    /// Seconds until Cassandra expires the row; `None` keeps it until acknowledged.
+    pub ttl_secs: Option<u32>,
+}
+
+/// A message read back from the table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    pub topic: String,
+    /// As stored (upper-case hex for rows this crate wrote).
+    pub msgid: String,
+    pub sender: String,
+    pub qos: i32,
+    pub retain: bool,
+    pub payload: Vec<u8>,
+    pub arrived_ms: i64,
+    /// Seconds until Cassandra expires the row (`None`: stored without a TTL).
+    pub ttl_secs: Option<i32>,
+}
+
+/// Which rows `fetch` returns.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FetchOptions {
+    /// Most rows to return: the **newest** ones (returned oldest first). `None` means
+    /// `max_fetch_rows`; larger values are capped there.
+    pub limit: Option<u32>,
+    /// Only messages published at or after this time (ms since the epoch).
+    pub since_ms: Option<i64>,
+}
+
+/// Connection state, as `Store::state` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnState {
+    /// No session yet; `last_error` says why the previous attempt failed.
+    Connecting {
+        attempt: u32,
+        last_error: Option<StoreError>,
+    },
+    /// Session up and the last probe answered.
+    Connected,
+    /// Session built, but the last probe failed (every node down?); the driver reconnects.
+    Disconnected { reason: StoreError },
+    /// A failure retrying will not fix by itself (bad credentials, missing keyspace or
+    /// table, schema mismatch). Attempts continue at the slowest backoff, so fixing the
+    /// cause heals the store.
+    Error(StoreError),
+    /// `shutdown` was called.
+    Stopped,
+}
+
+impl ConnState {
+    /// The error a request made now would fail with, if any.
+    pub fn error(&self) -> Option<StoreError> {
+        match self {
+            ConnState::Connected => None,
+            ConnState::Connecting { last_error, .. } => Some(StoreError::NotConnected {
+                reason: last_error
+                    .as_ref()
+                    .map(|e| e.to_string())
+                    .unwrap_or_else(|| "connecting".into()),
+            }),
+            ConnState::Disconnected { reason } => Some(StoreError::NotConnected {
+                reason: reason.to_string(),
+            }),
+            ConnState::Error(e) => Some(e.clone()),
+            ConnState::Stopped => Some(StoreError::Shutdown),
+        }
+    }
+}
+
+/// Something an operator may want in the log, reported as it happens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreEvent {
+    /// The connection state changed.
+    StateChanged(ConnState),
+    /// A batch of writes was given up (after its attempts) and counted as failed.
+    WritesFailed { count: u64, error: StoreError },
+    /// A batch lost its connection and went back to the buffer.
+    WritesRequeued { count: u64 },
+}
+
+/// Receives `StoreEvent`s; called on the store's threads, must return quickly.
+pub type EventSink = Box<dyn Fn(StoreEvent) + Send + Sync>;
+
+/// What `shutdown` did with the writes it found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Writes confirmed during the grace period.
+    pub flushed: u64,
+    /// Writes still buffered or in flight when the grace period ended, counted as failed.
+    pub abandoned: u64,
+}

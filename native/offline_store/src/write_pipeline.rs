@@ -1,0 +1,415 @@
+//! The write pipeline: the bounded buffer, staging and grouping by partition, the writer
+//! task, and the statements a batch becomes.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use crossbeam_channel::TrySendError;
+use scylla::statement::batch::{Batch, BatchType};
+use scylla::value::CqlTimestamp;
+use tokio::sync::{Semaphore, oneshot};
+use tokio::time::{Instant, sleep};
+
+use crate::config::OverflowPolicy;
+use crate::connection::Connection;
+use crate::error::StoreError;
+use crate::msgid::MsgId;
+use crate::payload;
+use crate::shared::{Inner, Op, Pending, lock, set_state};
+use crate::stats::Counters;
+use crate::types::{ConnState, Message, StoreEvent};
+
+/// Items the writer looks at when it gathers one partition's batch.
+const BATCH_SCAN: usize = 512;
+
+/// How often an idle writer looks at the buffer before it parks.
+const IDLE_POLL: Duration = Duration::from_millis(1);
+
+/// Idle time after which the writer parks and submitters wake it again.
+const PARK_AFTER: Duration = Duration::from_secs(1);
+
+/// Writes a stopped store still had buffered, on their way to a new store.
+pub struct Handover(pub(crate) Vec<Pending>);
+
+impl Handover {
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+pub(crate) fn enqueue(
+    inner: &Inner,
+    op: Op,
+    done: Option<oneshot::Sender<Result<(), StoreError>>>,
+) -> Result<(), StoreError> {
+    if inner.stopped.load(Ordering::Relaxed) {
+        return Err(StoreError::Shutdown);
+    }
+    let c = &inner.counters;
+    let capacity = inner.cfg.buffer_capacity;
+    let awaited = done.is_some();
+    let mut pending = Pending { op, done };
+    loop {
+        match inner.tx.try_send(pending) {
+            Ok(()) => break,
+            Err(TrySendError::Disconnected(_)) => return Err(StoreError::Shutdown),
+            Err(TrySendError::Full(back)) => match inner.cfg.overflow_policy {
+                OverflowPolicy::DropNew => {
+                    Counters::add(&c.dropped, 1);
+                    return Err(StoreError::Overloaded { capacity });
+                }
+                OverflowPolicy::DropOldest => {
+                    if let Ok(old) = inner.rx.try_recv() {
+                        Counters::add(&c.dropped, 1);
+                        Counters::add(&c.evicted, 1);
+                        old.finish(Err(StoreError::Overloaded { capacity }));
+                    }
+                    pending = back;
+                }
+            },
+        }
+    }
+    Counters::add(&c.accepted, 1);
+    // Waking the writer is a syscall, and on a small machine the woken thread may take
+    // the caller's CPU inside its publish hook: only a parked writer is woken, or one
+    // that a caller is waiting on.
+    std::sync::atomic::fence(Ordering::SeqCst);
+    if awaited || inner.writer_parked.load(Ordering::Relaxed) {
+        inner.work.notify_one();
+    }
+    Ok(())
+}
+
+impl Inner {
+    /// Moves writes from the buffer into the staging area, up to `BATCH_SCAN`. Returns
+    /// whether anything is staged.
+    pub(crate) fn refill_staging(&self) -> bool {
+        let staging = &mut lock(&self.staging).items;
+        while staging.len() < BATCH_SCAN {
+            // Counted as staged before it leaves the buffer, so `stats()` never misses it.
+            Counters::add(&self.counters.staged, 1);
+            match self.rx.try_recv() {
+                Ok(p) => staging.push_back(p),
+                Err(_) => {
+                    Counters::sub(&self.counters.staged, 1);
+                    break;
+                }
+            }
+        }
+        !staging.is_empty()
+    }
+
+    /// Puts a batch back at the front of the staging area, in order (staged before it
+    /// stops being in flight, so `stats()` never misses it).
+    pub(crate) fn requeue(&self, batch: Vec<Pending>) {
+        let n = batch.len() as u64;
+        let mut staging = lock(&self.staging);
+        Counters::add(&self.counters.staged, n);
+        Counters::sub(&self.counters.in_flight, n);
+        for p in batch.into_iter().rev() {
+            staging.items.push_front(p);
+        }
+        drop(staging);
+        self.work.notify_one();
+    }
+
+    /// Takes the head staged write plus following staged writes of the same kind to the
+    /// same partition.
+    pub(crate) fn take_batch(&self) -> Vec<Pending> {
+        let max = self.cfg.max_batch_rows;
+        let staging = &mut *lock(&self.staging);
+        let Some(head) = staging.items.pop_front() else {
+            return Vec::new();
+        };
+        let mut batch = vec![head];
+        for p in staging.items.drain(..) {
+            let same =
+                p.op.topic() == batch[0].op.topic() && p.op.is_insert() == batch[0].op.is_insert();
+            if same && batch.len() < max {
+                batch.push(p);
+            } else {
+                staging.spare.push_back(p);
+            }
+        }
+        // The rest goes back in order; both buffers keep their capacity (no allocation).
+        std::mem::swap(&mut staging.items, &mut staging.spare);
+        // in_flight first, then staged: a concurrent `stats()` may count a write twice for
+        // a moment, never zero times (flush relies on that).
+        Counters::add(&self.counters.in_flight, batch.len() as u64);
+        Counters::sub(&self.counters.staged, batch.len() as u64);
+        batch
+    }
+}
+
+/// Drains the buffer: one partition's batch at a time, at most `max_in_flight` requests
+/// outstanding. Waits (keeping the buffer) while not connected.
+pub(crate) async fn run_writer(inner: Arc<Inner>) {
+    let permits = Arc::new(Semaphore::new(inner.cfg.max_in_flight));
+    let mut state = inner.state.subscribe();
+    let mut shutdown = inner.shutdown.subscribe();
+    let mut idle_since = Instant::now();
+    loop {
+        if inner.stopped() {
+            return;
+        }
+        // Writes stay in the buffer (where the overflow policy applies) until the session
+        // is up and the last probe answered.
+        let connected = matches!(*state.borrow_and_update(), ConnState::Connected);
+        let Some(conn) = inner.current().filter(|_| connected) else {
+            tokio::select! {
+                _ = state.changed() => {}
+                _ = shutdown.changed() => return,
+            }
+            continue;
+        };
+        if !inner.refill_staging() {
+            if idle_since.elapsed() < PARK_AFTER {
+                tokio::select! {
+                    _ = inner.work.notified() => {}
+                    _ = sleep(IDLE_POLL) => {}
+                    _ = shutdown.changed() => return,
+                }
+                continue;
+            }
+            inner.writer_parked.store(true, Ordering::SeqCst);
+            std::sync::atomic::fence(Ordering::SeqCst);
+            // A submit that saw the flag still clear is in the buffer by now.
+            if !inner.refill_staging() {
+                tokio::select! {
+                    _ = inner.work.notified() => {}
+                    _ = shutdown.changed() => return,
+                }
+            }
+            inner.writer_parked.store(false, Ordering::SeqCst);
+            idle_since = Instant::now();
+            continue;
+        }
+        idle_since = Instant::now();
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = shutdown.changed() => return,
+        };
+        let batch = inner.take_batch();
+        if batch.is_empty() {
+            continue;
+        }
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            write_batch(&inner, &conn, batch).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn write_batch(inner: &Arc<Inner>, conn: &Connection, batch: Vec<Pending>) {
+    let c = &inner.counters;
+    let n = batch.len() as u64;
+    let mut attempt = 1;
+    let outcome = loop {
+        Counters::add(&c.batches, 1);
+        // The topic is indexed before its messages land, so a wildcard replay that finds a
+        // message can always find its topic.
+        let started = std::time::Instant::now();
+        let result = match ensure_indexed(inner, conn, &batch).await {
+            Ok(()) => match crate::floor::reset_floor_if_late(inner, conn, &batch).await {
+                Ok(()) => execute(conn, &batch, inner.cfg.write_consistency).await,
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        c.write_latency.record(started.elapsed());
+        match result {
+            Ok(()) => break Ok(()),
+            Err(e) => {
+                let e = StoreError::from_driver(e, inner.cfg.request_timeout);
+                if matches!(e, StoreError::NotConnected { .. }) && !inner.stopped() {
+                    // Cassandra went away: these writes are not failures, they wait (in the
+                    // buffer, under its cap) for the connection to come back.
+                    set_state(inner, ConnState::Disconnected { reason: e });
+                    Counters::add(&c.requeued, n);
+                    inner.emit(StoreEvent::WritesRequeued { count: n });
+                    inner.requeue(batch);
+                    return;
+                }
+                if !e.is_transient() || attempt >= inner.cfg.write_attempts || inner.stopped() {
+                    break Err(e);
+                }
+                Counters::add(&c.retries, 1);
+                sleep(inner.cfg.reconnect_min_backoff * attempt).await;
+                attempt += 1;
+            }
+        }
+    };
+    Counters::sub(&c.in_flight, n);
+    if let (Ok(()), Some(first)) = (&outcome, batch.first())
+        && !first.op.is_insert()
+    {
+        inner.note_deletes(first.op.topic(), n as u32);
+    }
+    if let Err(e) = &outcome {
+        inner.emit(StoreEvent::WritesFailed {
+            count: n,
+            error: e.clone(),
+        });
+    }
+    Counters::add(
+        if outcome.is_ok() {
+            &c.written
+        } else {
+            &c.failed
+        },
+        n,
+    );
+    for p in batch {
+        p.finish(outcome.clone());
+    }
+}
+
+/// Writes the index rows of the batch's topic (and of its first level) unless that was
+/// done recently. Refreshing at half the index TTL (at most hourly) keeps active topics in.
+async fn ensure_indexed(
+    inner: &Inner,
+    conn: &Connection,
+    batch: &[Pending],
+) -> Result<(), scylla::errors::ExecutionError> {
+    let (
+        Some(ix),
+        Some(Pending {
+            op: Op::Insert(first),
+            ..
+        }),
+    ) = (&conn.index, batch.first())
+    else {
+        return Ok(());
+    };
+    let topic = first.topic.as_str();
+    let index_ttl = inner.cfg.topic_index_ttl;
+    let refresh = if index_ttl.is_zero() {
+        Duration::MAX
+    } else {
+        (index_ttl / 2).min(Duration::from_secs(3600))
+    };
+    let fresh = lock(&inner.indexed)
+        .get(topic)
+        .is_some_and(|at| at.elapsed() < refresh);
+    if fresh {
+        return Ok(());
+    }
+    // 0 keeps index rows forever; otherwise they outlive every message they point to.
+    let ttl = if index_ttl.is_zero() {
+        0
+    } else {
+        let longest_message = batch
+            .iter()
+            .filter_map(|p| match &p.op {
+                Op::Insert(m) => m.ttl_secs,
+                Op::Delete { .. } => None,
+            })
+            .max()
+            .unwrap_or(0) as u64;
+        index_ttl
+            .as_secs()
+            .max(longest_message)
+            .min(i32::MAX as u64) as i32
+    };
+    let root = crate::topic::root(topic);
+    let session = &conn.session;
+    let (a, b) = tokio::join!(
+        session.execute_unpaged(&ix.insert, (crate::schema::ROOTS_PARTITION, root, ttl)),
+        session.execute_unpaged(&ix.insert, (root, topic, ttl)),
+    );
+    a?;
+    b?;
+    let mut indexed = lock(&inner.indexed);
+    if indexed.len() >= 100_000 {
+        indexed.clear();
+    }
+    indexed.insert(topic.to_owned(), Instant::now());
+    Ok(())
+}
+
+async fn execute(
+    conn: &Connection,
+    batch: &[Pending],
+    consistency: scylla::statement::Consistency,
+) -> Result<(), scylla::errors::ExecutionError> {
+    let session = &conn.session;
+    if let [single] = batch {
+        return match &single.op {
+            Op::Insert(m) => {
+                session
+                    .execute_unpaged(&conn.insert, insert_values(m))
+                    .await
+            }
+            Op::Delete { topic, msgid } => {
+                session
+                    .execute_unpaged(&conn.delete, delete_values(topic, msgid))
+                    .await
+            }
+        }
+        .map(|_| ());
+    }
+    // One partition, so the batch is applied as one mutation and is exempt from
+    // Cassandra's multi-partition batch warnings.
+    let mut b = Batch::new(BatchType::Unlogged);
+    b.set_consistency(consistency);
+    b.set_is_idempotent(true);
+    if batch[0].op.is_insert() {
+        let mut values = Vec::with_capacity(batch.len());
+        for p in batch {
+            if let Op::Insert(m) = &p.op {
+                b.append_statement(conn.insert.clone());
+                values.push(insert_values(m));
+            }
+        }
+        session.batch(&b, values).await.map(|_| ())
+    } else {
+        let mut values = Vec::with_capacity(batch.len());
+        for p in batch {
+            if let Op::Delete { topic, msgid } = &p.op {
+                b.append_statement(conn.delete.clone());
+                values.push(delete_values(topic, msgid));
+            }
+        }
+        session.batch(&b, values).await.map(|_| ())
+    }
+}
+
+type InsertValues<'a> = (
+    &'a str,
+    &'a str,
+    CqlTimestamp,
+    String,
+    i32,
+    i32,
+    &'a str,
+    i32,
+    i64,
+);
+
+/// The write timestamp of a message is its publish time in µs, taken from its GUID, so
+/// the insert and its delete agree on it without sharing any state.
+pub(crate) fn insert_values(m: &Message) -> InsertValues<'_> {
+    (
+        &m.topic,
+        m.msgid.as_str(),
+        CqlTimestamp(m.arrived_ms),
+        payload::encode(&m.payload),
+        m.qos as i32,
+        m.retain as i32,
+        &m.sender,
+        m.ttl_secs
+            .map(|t| t.min(i32::MAX as u32) as i32)
+            .unwrap_or(0),
+        m.msgid.timestamp_us() as i64,
+    )
+}
+
+pub(crate) fn delete_values<'a>(topic: &'a str, msgid: &'a MsgId) -> (i64, &'a str, &'a str) {
+    (msgid.timestamp_us() as i64 + 1, topic, msgid.as_str())
+}
