@@ -1,7 +1,7 @@
 %%--------------------------------------------------------------------
-%% A small double of the EMQX node the plugin runs in, faithful to the facts
-%% in shared/reference/emqx-plugin-api.md (§1.4 install, §3 hooks, §5
-%% delivery, §8 what a 5.3.2 node showed):
+%% A small double of the EMQX node the plugin runs in, faithful to EMQX's
+%% source (emqx_plugins install and load, emqx_hooks, delivery to a channel)
+%% and to what a real EMQX 5.3.2 node showed:
 %%
 %% - plugins: install a tarball the way EMQX does (extract in memory, write
 %%   regular files, add the ebin path, purge + load every beam, load the app,

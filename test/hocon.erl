@@ -1,5 +1,5 @@
-%% EMQX API double: hocon:load/1, which every EMQX 5 release ships (§8 of
-%% emqx-plugin-api.md: {ok, Map} with binary keys). The project writes its
+%% EMQX API double: hocon:load/1, which every EMQX 5 release ships (on a
+%% real 5.3.2 node it returned {ok, Map} with binary keys). The project writes its
 %% config.hocon in JSON syntax, which HOCON accepts, so JSON decoding stands
 %% in for the real parser here.
 -module(hocon).
