@@ -3,11 +3,13 @@
 # It is linked against glibc 2.31 (Debian 11's, see scripts/ensure-sysroot.sh), so the one
 # library loads on every EMQX 5.0-6.x image; the tests load the same library that ships.
 #   FAULT_INJECTION=1  adds the test-only NIFs that panic on purpose (used by `make test`).
+#   BENCH_API=1        adds the benchmark-only API (nif_insert_awaited; used by `make bench`).
 #   NIF_HOST_GLIBC=1   links against the build host's glibc instead (no download).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 features=()
-if [ -n "${FAULT_INJECTION:-}" ]; then features=(--features fault_injection); fi
+if [ -n "${FAULT_INJECTION:-}" ]; then features+=(--features fault_injection); fi
+if [ -n "${BENCH_API:-}" ]; then features+=(--features bench_api); fi
 triple=x86_64-unknown-linux-gnu
 if [ -z "${NIF_HOST_GLIBC:-}" ]; then
     NIF_SYSROOT=$(scripts/ensure-sysroot.sh)

@@ -12,5 +12,5 @@ rustler::atoms! {
     flushed, abandoned, handed_over, invalid_config, requeued,
     offline_cassandra_event, state_changed, writes_failed, writes_requeued,
     write_latency_p50_us, write_latency_p99_us, read_latency_p50_us, read_latency_p99_us,
-    buffer_capacity, purge, count, badarg,
+    buffer_capacity, purge, count,
 }

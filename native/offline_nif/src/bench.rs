@@ -1,7 +1,8 @@
-//! API for the plugin benchmark only (test/emqx_offline_cassandra_plugin_bench.erl).
+//! Bench builds only (`bench_api`): API for the plugin benchmark
+//! (test/emqx_offline_cassandra_plugin_bench.erl), left out of the shipped library.
 
 use offline_store::{Message, StoreError};
-use rustler::{Binary, Encoder, Env, LocalPid, Term};
+use rustler::{Encoder, Env, LocalPid, Term};
 
 use crate::atoms;
 use crate::input;
@@ -15,29 +16,31 @@ use crate::terms::error_term;
 #[rustler::nif(name = "nif_insert_awaited")]
 fn insert_awaited<'a>(
     env: Env<'a>,
-    pid: LocalPid,
+    pid: Term<'a>,
     reference: Term<'a>,
-    topic: Binary<'a>,
-    msgid: Binary<'a>,
-    payload: Binary<'a>,
+    topic: Term<'a>,
+    msgid: Term<'a>,
+    payload: Term<'a>,
 ) -> Term<'a> {
     let Some((store, handle)) = running() else {
         return (atoms::error(), atoms::not_started()).encode(env);
     };
-    let message = (|| {
-        Ok::<_, StoreError>(Message {
-            topic: input::text(&topic, "topic")?,
-            msgid: input::msgid(&msgid)?,
+    let request = (|| {
+        let pid: LocalPid = input::arg(pid, "pid", "a local pid")?;
+        let message = Message {
+            topic: input::text(topic, "topic")?,
+            msgid: input::msgid(msgid)?,
             sender: String::new(),
             qos: 1,
             retain: false,
-            payload: payload.as_slice().to_vec(),
+            payload: input::bytes(payload, "payload")?.as_slice().to_vec(),
             arrived_ms: 0,
             ttl_secs: None,
-        })
+        };
+        Ok::<_, StoreError>((pid, message))
     })();
-    let message = match message {
-        Ok(m) => m,
+    let (pid, message) = match request {
+        Ok(r) => r,
         Err(e) => return error_term(env, &e),
     };
     let reply = Reply::new(pid, reference);

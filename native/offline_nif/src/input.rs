@@ -1,20 +1,38 @@
-//! Decodes the binary arguments of the write and read NIFs into the core's types.
+//! Decodes the arguments of the write, read and admin NIFs into the core's types. A wrong
+//! argument is the caller's mistake, not the configuration's: it comes back as
+//! `{error, {invalid_input, Why}}` naming the argument, instead of raising `badarg` in the
+//! calling process (a hook) or passing for `invalid_config`.
 
 use offline_store::{MsgId, StoreError};
-use rustler::Binary;
+use rustler::{Binary, Decoder, Term};
 
-/// A UTF-8 text argument (a topic); `field` names it in the error.
-pub fn text(bin: &Binary, field: &str) -> Result<String, StoreError> {
-    std::str::from_utf8(bin.as_slice())
-        .map(str::to_owned)
-        .map_err(|_| StoreError::InvalidConfig {
-            field: field.into(),
-            reason: "must be UTF-8".into(),
-        })
+fn invalid(name: &str, expected: &str) -> StoreError {
+    StoreError::InvalidInput(format!("{name} must be {expected}"))
 }
 
-/// A msgid argument (32 hex digits). Non-UTF-8 bytes are parsed as "" so the core's
-/// `invalid_msgid` names the problem.
-pub fn msgid(bin: &Binary) -> Result<MsgId, StoreError> {
-    MsgId::parse(std::str::from_utf8(bin.as_slice()).unwrap_or(""))
+/// Argument `name` as a `T`; `expected` says what it must be, for the error.
+pub fn arg<'a, T: Decoder<'a>>(
+    term: Term<'a>,
+    name: &str,
+    expected: &str,
+) -> Result<T, StoreError> {
+    term.decode().map_err(|_| invalid(name, expected))
+}
+
+/// A binary argument (a payload, a sender).
+pub fn bytes<'a>(term: Term<'a>, name: &str) -> Result<Binary<'a>, StoreError> {
+    arg(term, name, "a binary")
+}
+
+/// A UTF-8 text argument (a topic).
+pub fn text(term: Term, name: &str) -> Result<String, StoreError> {
+    std::str::from_utf8(bytes(term, name)?.as_slice())
+        .map(str::to_owned)
+        .map_err(|_| invalid(name, "UTF-8 text"))
+}
+
+/// A msgid argument: a binary of 32 hex digits. What the binary holds is the core's to
+/// judge (`invalid_msgid`); bytes that are not UTF-8 reach it as replacement characters.
+pub fn msgid(term: Term) -> Result<MsgId, StoreError> {
+    MsgId::parse(&String::from_utf8_lossy(bytes(term, "msgid")?.as_slice()))
 }

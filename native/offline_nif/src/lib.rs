@@ -13,10 +13,11 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use offline_store::{FetchOptions, Message};
-use rustler::{Atom, Binary, Encoder, Env, LocalPid, Term};
+use offline_store::{FetchOptions, Message, StoreError};
+use rustler::{Atom, Encoder, Env, LocalPid, Term};
 
 mod atoms;
+#[cfg(feature = "bench_api")]
 mod bench;
 mod config;
 mod events;
@@ -125,30 +126,31 @@ fn status(env: Env) -> Term {
 #[allow(clippy::too_many_arguments)]
 fn submit_store<'a>(
     env: Env<'a>,
-    topic: Binary<'a>,
-    msgid: Binary<'a>,
-    sender: Binary<'a>,
-    qos: u8,
-    retain: bool,
-    payload: Binary<'a>,
-    arrived_ms: i64,
-    ttl_secs: u32,
+    topic: Term<'a>,
+    msgid: Term<'a>,
+    sender: Term<'a>,
+    qos: Term<'a>,
+    retain: Term<'a>,
+    payload: Term<'a>,
+    arrived_ms: Term<'a>,
+    ttl_secs: Term<'a>,
 ) -> Term<'a> {
     let Some((store, _)) = running() else {
         return not_started(env);
     };
     let result = (|| {
-        let msgid = input::msgid(&msgid)?;
-        let topic = input::text(&topic, "topic")?;
-        let sender = String::from_utf8_lossy(sender.as_slice()).into_owned();
+        let msgid = input::msgid(msgid)?;
+        let topic = input::text(topic, "topic")?;
+        let sender = String::from_utf8_lossy(input::bytes(sender, "sender")?.as_slice());
+        let ttl_secs: u32 = input::arg(ttl_secs, "ttl", "a whole number of seconds")?;
         store.submit_store(Message {
             topic,
             msgid,
-            sender,
-            qos,
-            retain,
-            payload: payload.as_slice().to_vec(),
-            arrived_ms,
+            sender: sender.into_owned(),
+            qos: input::arg(qos, "qos", "an integer from 0 to 255")?,
+            retain: input::arg(retain, "retain", "a boolean")?,
+            payload: input::bytes(payload, "payload")?.as_slice().to_vec(),
+            arrived_ms: input::arg(arrived_ms, "arrived", "an integer (ms since the epoch)")?,
             ttl_secs: (ttl_secs > 0).then_some(ttl_secs),
         })
     })();
@@ -163,14 +165,14 @@ fn submit_store<'a>(
 #[allow(clippy::too_many_arguments)]
 fn store<'a>(
     env: Env<'a>,
-    topic: Binary<'a>,
-    msgid: Binary<'a>,
-    sender: Binary<'a>,
-    qos: u8,
-    retain: bool,
-    payload: Binary<'a>,
-    arrived_ms: i64,
-    ttl_secs: u32,
+    topic: Term<'a>,
+    msgid: Term<'a>,
+    sender: Term<'a>,
+    qos: Term<'a>,
+    retain: Term<'a>,
+    payload: Term<'a>,
+    arrived_ms: Term<'a>,
+    ttl_secs: Term<'a>,
 ) -> Term<'a> {
     submit_store(
         env, topic, msgid, sender, qos, retain, payload, arrived_ms, ttl_secs,
@@ -183,14 +185,14 @@ fn store<'a>(
 #[allow(clippy::too_many_arguments)]
 fn store_large<'a>(
     env: Env<'a>,
-    topic: Binary<'a>,
-    msgid: Binary<'a>,
-    sender: Binary<'a>,
-    qos: u8,
-    retain: bool,
-    payload: Binary<'a>,
-    arrived_ms: i64,
-    ttl_secs: u32,
+    topic: Term<'a>,
+    msgid: Term<'a>,
+    sender: Term<'a>,
+    qos: Term<'a>,
+    retain: Term<'a>,
+    payload: Term<'a>,
+    arrived_ms: Term<'a>,
+    ttl_secs: Term<'a>,
 ) -> Term<'a> {
     submit_store(
         env, topic, msgid, sender, qos, retain, payload, arrived_ms, ttl_secs,
@@ -199,13 +201,13 @@ fn store_large<'a>(
 
 /// Hands one delete (the ack of `msgid` on `topic`) to the write pipeline.
 #[rustler::nif(name = "nif_delete")]
-fn delete<'a>(env: Env<'a>, topic: Binary<'a>, msgid: Binary<'a>) -> Term<'a> {
+fn delete<'a>(env: Env<'a>, topic: Term<'a>, msgid: Term<'a>) -> Term<'a> {
     let Some((store, _)) = running() else {
         return not_started(env);
     };
     let result = (|| {
-        let msgid = input::msgid(&msgid)?;
-        store.submit_delete(&input::text(&topic, "topic")?, msgid)
+        let msgid = input::msgid(msgid)?;
+        store.submit_delete(&input::text(topic, "topic")?, msgid)
     })();
     match result {
         Ok(()) => atoms::ok().encode(env),
@@ -220,24 +222,31 @@ fn delete<'a>(env: Env<'a>, topic: Binary<'a>, msgid: Binary<'a>) -> Term<'a> {
 #[rustler::nif(name = "nif_fetch")]
 fn fetch<'a>(
     env: Env<'a>,
-    pid: LocalPid,
+    pid: Term<'a>,
     reference: Term<'a>,
-    topic: Binary<'a>,
-    limit: u32,
-    since_ms: i64,
+    topic: Term<'a>,
+    limit: Term<'a>,
+    since_ms: Term<'a>,
 ) -> Term<'a> {
     let Some((store, handle)) = running() else {
         return not_started(env);
     };
-    let topic = match input::text(&topic, "topic") {
-        Ok(t) => t,
+    let request = (|| {
+        let pid: LocalPid = input::arg(pid, "pid", "a local pid")?;
+        let topic = input::text(topic, "topic")?;
+        let limit: u32 = input::arg(limit, "limit", "a whole number (0 = the maximum)")?;
+        let since_ms: i64 = input::arg(since_ms, "since", "an integer (ms since the epoch)")?;
+        let opts = FetchOptions {
+            limit: (limit > 0).then_some(limit),
+            since_ms: (since_ms > 0).then_some(since_ms),
+        };
+        Ok::<_, StoreError>((pid, topic, opts))
+    })();
+    let (pid, topic, opts) = match request {
+        Ok(r) => r,
         Err(e) => return error_term(env, &e),
     };
     let reply = Reply::new(pid, reference);
-    let opts = FetchOptions {
-        limit: (limit > 0).then_some(limit),
-        since_ms: (since_ms > 0).then_some(since_ms),
-    };
     spawn_replying(&handle, reply, async move {
         store.fetch_matching(&topic, opts).await
     });
@@ -250,22 +259,27 @@ fn fetch<'a>(
 #[rustler::nif(name = "nif_admin")]
 fn admin<'a>(
     env: Env<'a>,
-    pid: LocalPid,
+    pid: Term<'a>,
     reference: Term<'a>,
-    op: Atom,
-    topic: Binary<'a>,
+    op: Term<'a>,
+    topic: Term<'a>,
 ) -> Term<'a> {
     let Some((store, handle)) = running() else {
         return not_started(env);
     };
-    let topic = match input::text(&topic, "topic") {
-        Ok(t) => t,
+    let request = (|| {
+        let pid: LocalPid = input::arg(pid, "pid", "a local pid")?;
+        let op: Atom = input::arg(op, "op", "count or purge")?;
+        let purge = op == atoms::purge();
+        if !purge && op != atoms::count() {
+            return Err(StoreError::InvalidInput("op must be count or purge".into()));
+        }
+        Ok((pid, purge, input::text(topic, "topic")?))
+    })();
+    let (pid, purge, topic) = match request {
+        Ok(r) => r,
         Err(e) => return error_term(env, &e),
     };
-    let purge = op == atoms::purge();
-    if !purge && op != atoms::count() {
-        return (atoms::error(), atoms::badarg()).encode(env);
-    }
     let reply = Reply::new(pid, reference);
     let work = async move {
         if purge {

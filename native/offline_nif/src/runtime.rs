@@ -51,7 +51,7 @@ pub fn start(
         .thread_name("offline_cassandra")
         .enable_all()
         .build()
-        .map_err(|e| StoreError::Db(format!("cannot start the Tokio runtime: {e}")))?;
+        .map_err(|e| StoreError::RuntimeFailed(e.to_string()))?;
     let store = {
         let _guard = rt.enter();
         Store::start(cfg)?
