@@ -1,43 +1,48 @@
 %%--------------------------------------------------------------------
 %% `emqx ctl offline_cassandra ...': status, stats, count, peek, purge.
-%% Registered with emqx_ctl while the plugin runs. Commands may block (an
-%% operator waits for the answer), with a 15 s limit.
+%% Registered with emqx_ctl by the application while the plugin runs.
+%% Commands may block (an operator waits for the answer), with a 15 s
+%% limit. What they print is built by pure functions (status_text/1,
+%% stats_text/1): reasons as sentences, every setting and counter under
+%% its full name.
 %%--------------------------------------------------------------------
 -module(emqx_offline_cassandra_cli).
 
 -export([cmd/1, register/0, unregister/0]).
+-export([status_text/1, stats_text/1]).
 
 -define(NIF, emqx_offline_cassandra_nif).
+-define(REASON, emqx_offline_cassandra_reason).
 -define(TIMEOUT, 15000).
 
+-spec register() -> ok.
 register() ->
     catch emqx_ctl:register_command(offline_cassandra, {?MODULE, cmd}),
     ok.
 
+-spec unregister() -> ok.
 unregister() ->
     catch emqx_ctl:unregister_command(offline_cassandra),
     ok.
 
+%% @private emqx_ctl's callback, with the words after `offline_cassandra'.
 cmd(["status"]) ->
-    Health =
-        case emqx_offline_cassandra_server:health() of
-            ok -> "ok";
-            {error, Why} -> ["unhealthy: ", Why]
-        end,
-    emqx_ctl:print("connection: ~ts~n", [format(?NIF:status())]),
-    emqx_ctl:print("health:     ~ts~n", [Health]),
-    emqx_ctl:print("config:     ~ts~n", [format(emqx_offline_cassandra_server:running_config())]);
+    emqx_ctl:print("~ts", [
+        status_text(#{
+            connection => ?NIF:status(),
+            health => emqx_offline_cassandra_server:health(),
+            config => emqx_offline_cassandra_server:running_config(),
+            settings => emqx_offline_cassandra_hooks:settings()
+        })
+    ]);
 cmd(["stats"]) ->
-    Nif =
-        case ?NIF:stats() of
-            {ok, S} -> S;
-            {error, _} -> #{}
-        end,
-    Stats = maps:merge(Nif, emqx_offline_cassandra_metrics:all()),
-    [emqx_ctl:print("~-22s ~b~n", [K, V]) || {K, V} <- lists:sort(maps:to_list(Stats))],
-    Reasons = emqx_offline_cassandra_log:counts(),
-    [emqx_ctl:print("~-22s ~b~n", [K, V]) || {K, V} <- lists:sort(maps:to_list(Reasons))],
-    ok;
+    emqx_ctl:print("~ts", [
+        stats_text(#{
+            storage => ?NIF:stats(),
+            hooks => emqx_offline_cassandra_metrics:all(),
+            events => emqx_offline_cassandra_log:counts()
+        })
+    ]);
 cmd(["count", Topic]) ->
     case ?NIF:count(bin(Topic), ?TIMEOUT) of
         {ok, N} -> emqx_ctl:print("~ts: ~b stored message(s)~n", [Topic, N]);
@@ -98,7 +103,93 @@ binary_summary(P) ->
 
 bin(S) -> unicode:characters_to_binary(S).
 
-format(B) when is_binary(B) -> B;
-format(A) when is_atom(A) -> atom_to_binary(A, utf8);
-format({A, B}) when is_atom(A), is_binary(B) -> [atom_to_binary(A, utf8), ": ", B];
-format(T) -> io_lib:format("~0p", [T]).
+format(Reason) -> ?REASON:describe(Reason).
+
+%%--------------------------------------------------------------------
+%% What the commands print
+%%--------------------------------------------------------------------
+
+%% @doc `status': the connection and the health as sentences, then every
+%% setting the plugin runs with (the storage's, as the NIF got them,
+%% password hidden; the hooks' own), one per line.
+-spec status_text(#{
+    connection := term(),
+    health := ok | {error, term()},
+    config := map() | undefined,
+    settings := map() | undefined
+}) -> binary().
+status_text(#{connection := Connection, health := Health, config := Config, settings := Settings}) ->
+    HealthText =
+        case Health of
+            ok -> <<"ok">>;
+            {error, Why} -> [<<"unhealthy: ">>, format(Why)]
+        end,
+    Sections = [
+        {<<"storage settings (password hidden)">>, Config},
+        {<<"replay and storage rules">>, Settings}
+    ],
+    Width = name_width([K || {_, M} <- Sections, is_map(M), K <- maps:keys(M)]),
+    iolist_to_binary([
+        io_lib:format("connection: ~ts~n", [format(Connection)]),
+        io_lib:format("health:     ~ts~n", [HealthText]),
+        [settings_section(Title, Map, Width) || {Title, Map} <- Sections]
+    ]).
+
+settings_section(Title, Map, Width) when is_map(Map) ->
+    [
+        io_lib:format("~ts:~n", [Title]),
+        [io_lib:format("  ~ts ~ts~n", [pad(K, Width), value(V)]) || {K, V} <- lists:sort(maps:to_list(Map))]
+    ];
+settings_section(Title, _None, _Width) ->
+    io_lib:format("~ts: none (not running; see health)~n", [Title]).
+
+%% @doc `stats': the storage's counters (the NIF's) and the hooks' ones,
+%% which both start from zero when the storage starts, then how often each
+%% kind of logged event happened since the plugin started.
+-spec stats_text(#{
+    storage := {ok, map()} | {error, term()},
+    hooks := map(),
+    events := map()
+}) -> binary().
+stats_text(#{storage := Storage, hooks := Hooks, events := Events}) ->
+    StorageCounters =
+        case Storage of
+            {ok, Counters} -> Counters;
+            {error, _} -> #{}
+        end,
+    Width = name_width(maps:keys(StorageCounters) ++ maps:keys(Hooks) ++ maps:keys(Events)),
+    StorageSection =
+        case Storage of
+            {ok, _} -> counters_section(<<"storage (since it started)">>, StorageCounters, Width);
+            {error, Why} -> io_lib:format("storage: ~ts~n", [format(Why)])
+        end,
+    iolist_to_binary([
+        StorageSection,
+        counters_section(<<"hooks (since the storage started)">>, Hooks, Width),
+        counters_section(<<"logged events (since the plugin started)">>, Events, Width)
+    ]).
+
+counters_section(Title, Counters, Width) ->
+    [
+        io_lib:format("~ts:~n", [Title]),
+        [io_lib:format("  ~ts ~ts~n", [pad(K, Width), value(V)]) || {K, V} <- lists:sort(maps:to_list(Counters))]
+    ].
+
+%% Names are never cut: the column is as wide as the longest one.
+name_width(Names) ->
+    lists:max([0 | [string:length(name(N)) || N <- Names]]).
+
+pad(Name, Width) ->
+    string:pad(name(Name), Width).
+
+name(N) when is_atom(N) -> atom_to_binary(N, utf8);
+name(N) when is_binary(N) -> N;
+name(N) -> io_lib:format("~0tp", [N]).
+
+value(<<>>) -> <<"\"\"">>;
+value(V) when is_binary(V) -> V;
+value(V) when is_integer(V) -> integer_to_binary(V);
+value(V) when is_atom(V) -> atom_to_binary(V, utf8);
+value([]) -> <<"(none)">>;
+value([B | _] = L) when is_binary(B) -> lists:join(<<", ">>, [value(X) || X <- L]);
+value(V) -> io_lib:format("~0tp", [V]).

@@ -56,7 +56,7 @@ settings() ->
 %%--------------------------------------------------------------------
 
 on_message_publish(Msg) ->
-    guarded(store_crashed, fun(Settings) -> maybe_store(Msg, Settings) end),
+    guarded(offline_cassandra_store_crashed, fun(Settings) -> maybe_store(Msg, Settings) end),
     {ok, Msg}.
 
 maybe_store(Msg, #{topics := Filters} = Settings) ->
@@ -65,7 +65,7 @@ maybe_store(Msg, #{topics := Filters} = Settings) ->
         emqx_message:qos(Msg) > 0 andalso
             not emqx_message:is_sys(Msg) andalso
             emqx_message:get_header(allow_publish, Msg, true) =/= false andalso
-            matches_any(Topic, Filters),
+            emqx_offline_cassandra_topic:matches_any(Topic, Filters),
     case Store of
         true -> store(Msg, Topic, Settings);
         false -> ok
@@ -87,7 +87,9 @@ store(Msg, Topic, Settings) ->
             emqx_offline_cassandra_metrics:inc(stored);
         {error, Reason} ->
             emqx_offline_cassandra_metrics:inc(store_refused),
-            emqx_offline_cassandra_log:burst(store_refused, #{reason => Reason, topic => Topic})
+            emqx_offline_cassandra_log:burst(offline_cassandra_store_refused, #{
+                reason => emqx_offline_cassandra_reason:describe(Reason), topic => Topic
+            })
     end.
 
 %% The row lives as long as the shorter of the configured message_ttl and
@@ -115,7 +117,7 @@ sender(From) -> iolist_to_binary(io_lib:format("~0p", [From])).
 %%--------------------------------------------------------------------
 
 on_session_subscribed(ClientInfo, TopicFilter, SubOpts) ->
-    guarded(replay_crashed, fun(Settings) -> maybe_replay(ClientInfo, TopicFilter, SubOpts, Settings) end).
+    guarded(offline_cassandra_replay_crashed, fun(Settings) -> maybe_replay(ClientInfo, TopicFilter, SubOpts, Settings) end).
 
 %% NOTE: replay happens only for
 %% - new subscriptions (is_new): a re-subscribe must not replay twice;
@@ -130,7 +132,7 @@ maybe_replay(_ClientInfo, TopicFilter, SubOpts, #{topics := Filters} = Settings)
     Wanted =
         maps:get(is_new, SubOpts, true) =:= true andalso
             maps:get(qos, SubOpts, 0) > 0 andalso
-            lists:any(fun(F) -> intersects(Filter, F) end, Filters),
+            lists:any(fun(F) -> emqx_offline_cassandra_topic:intersects(Filter, F) end, Filters),
     case Wanted andalso first_of_group(Group, Filter) of
         true -> emqx_offline_cassandra_replay:start(self(), TopicFilter, Filter, Settings);
         false -> ok
@@ -140,7 +142,7 @@ maybe_replay(_ClientInfo, TopicFilter, SubOpts, #{topics := Filters} = Settings)
 on_session_unsubscribed(_ClientInfo, TopicFilter, Opts) ->
     case catch emqx_offline_cassandra_compat:parse_subscription(TopicFilter, Opts) of
         {Filter, Group} when is_binary(Group) ->
-            emqx_offline_cassandra_server:release_group_replay(Group, Filter, self());
+            emqx_offline_cassandra_groups:release(Group, Filter, self());
         _ ->
             ok
     end,
@@ -149,25 +151,27 @@ on_session_unsubscribed(_ClientInfo, TopicFilter, Opts) ->
 first_of_group(undefined, _Filter) ->
     true;
 first_of_group(Group, Filter) ->
-    emqx_offline_cassandra_server:claim_group_replay(Group, Filter, self()).
+    emqx_offline_cassandra_groups:claim(Group, Filter, self()).
 
 %%--------------------------------------------------------------------
 %% message.acked: PUBACK (QoS 1) or PUBREC (QoS 2) deletes the row
 %%--------------------------------------------------------------------
 
 on_message_acked(_ClientInfo, Msg) ->
-    guarded(delete_crashed, fun(Settings) -> maybe_delete(Msg, Settings) end).
+    guarded(offline_cassandra_delete_crashed, fun(Settings) -> maybe_delete(Msg, Settings) end).
 
 maybe_delete(Msg, #{topics := Filters}) ->
     Topic = emqx_message:topic(Msg),
-    case emqx_message:qos(Msg) > 0 andalso matches_any(Topic, Filters) of
+    case emqx_message:qos(Msg) > 0 andalso emqx_offline_cassandra_topic:matches_any(Topic, Filters) of
         true ->
             case emqx_offline_cassandra_nif:delete(Topic, emqx_message:id(Msg)) of
                 ok ->
                     emqx_offline_cassandra_metrics:inc(deleted);
                 {error, Reason} ->
                     emqx_offline_cassandra_metrics:inc(delete_refused),
-                    emqx_offline_cassandra_log:burst(delete_refused, #{reason => Reason, topic => Topic})
+                    emqx_offline_cassandra_log:burst(offline_cassandra_delete_refused, #{
+                        reason => emqx_offline_cassandra_reason:describe(Reason), topic => Topic
+                    })
             end;
         false ->
             ok
@@ -191,25 +195,3 @@ guarded(CrashKind, Work) ->
             end
     end,
     ok.
-
-%%--------------------------------------------------------------------
-%% Topic filters
-%%--------------------------------------------------------------------
-
-matches_any(Topic, Filters) ->
-    lists:any(fun(F) -> emqx_topic:match(Topic, F) end, Filters).
-
-%% Whether some topic could match both filters (level by level; `#' ends
-%% the comparison, `+' matches any one level).
-intersects(A, B) ->
-    intersects_levels(binary:split(A, <<"/">>, [global]), binary:split(B, <<"/">>, [global])).
-
-intersects_levels([<<"#">> | _], _) -> true;
-intersects_levels(_, [<<"#">> | _]) -> true;
-intersects_levels([], []) -> true;
-intersects_levels([], _) -> false;
-intersects_levels(_, []) -> false;
-intersects_levels([X | As], [Y | Bs]) when X =:= Y; X =:= <<"+">>; Y =:= <<"+">> ->
-    intersects_levels(As, Bs);
-intersects_levels(_, _) ->
-    false.

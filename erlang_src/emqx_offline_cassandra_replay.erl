@@ -38,14 +38,20 @@ run(Channel, DeliverTopic, Filter, #{max_returned_count := Max, time_range_ms :=
                 {offline_cassandra, Ref, {ok, Rows}} ->
                     deliver(Channel, DeliverTopic, Rows, Settings);
                 {offline_cassandra, Ref, {error, Reason}} ->
-                    emqx_offline_cassandra_metrics:inc(replay_failed),
-                    emqx_offline_cassandra_log:burst(replay_failed, #{reason => Reason, filter => Filter})
+                    failed(Reason, Filter)
             after ?REPLY_TIMEOUT_MS ->
-                emqx_offline_cassandra_log:burst(replay_failed, #{reason => timeout, filter => Filter})
+                failed(timeout, Filter)
             end;
         {error, Reason} ->
-            emqx_offline_cassandra_log:burst(replay_failed, #{reason => Reason, filter => Filter})
+            failed(Reason, Filter)
     end.
+
+%% Every replay that delivers nothing counts as failed, whatever stopped it.
+failed(Reason, Filter) ->
+    emqx_offline_cassandra_metrics:inc(replay_failed),
+    emqx_offline_cassandra_log:burst(offline_cassandra_replay_failed, #{
+        reason => emqx_offline_cassandra_reason:describe(Reason), filter => Filter
+    }).
 
 deliver(Channel, DeliverTopic, Rows, Settings) ->
     Now = erlang:system_time(millisecond),
@@ -56,7 +62,9 @@ deliver(Channel, DeliverTopic, Rows, Settings) ->
                     Channel ! {deliver, DeliverTopic, Msg},
                     N + 1;
                 {error, Why} ->
-                    emqx_offline_cassandra_log:burst(replay_row_skipped, #{reason => Why}),
+                    emqx_offline_cassandra_log:burst(offline_cassandra_replay_row_skipped, #{
+                        reason => emqx_offline_cassandra_reason:describe(Why)
+                    }),
                     N
             end
         end,

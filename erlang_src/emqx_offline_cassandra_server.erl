@@ -1,18 +1,18 @@
 %%--------------------------------------------------------------------
 %% Owns the plugin's lifecycle: reads and checks the config, starts the NIF
 %% (which connects in the background), registers the hooks, applies config
-%% changes, and keeps the shared-subscription replay claims. start/2 never
-%% waits for Cassandra; readiness shows through health/0.
+%% changes, and watches the connection (alarm, log). start/2 never waits
+%% for Cassandra; readiness shows through health/0.
 %%--------------------------------------------------------------------
 -module(emqx_offline_cassandra_server).
 
 -behaviour(gen_server).
 
--export([start_link/0, config_changed/1, health/0, running_config/0, claim_group_replay/3, release_group_replay/3]).
+-export([start_link/0, config_changed/1, health/0, running_config/0]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2, format_status/1]).
 
 -define(SERVER, ?MODULE).
--define(GROUPS, emqx_offline_cassandra_groups).
+-define(REASON, emqx_offline_cassandra_reason).
 -define(CONFIG_ERROR, {?MODULE, config_error}).
 %% How long a config change waits for writes to the old cluster before the
 %% rest moves to the new store.
@@ -73,34 +73,12 @@ buffer_health(_) ->
 running_config() ->
     persistent_term:get(?RUNNING_CONFIG, undefined).
 
-%% @doc True for the first member of a shared-subscription group on this
-%% node to subscribe to Filter; it replays for the group. The claim ends
-%% when that member unsubscribes or its process ends.
--spec claim_group_replay(binary(), binary(), pid()) -> boolean().
-claim_group_replay(Group, Filter, Pid) ->
-    Key = {Group, Filter},
-    try ets:insert_new(?GROUPS, {Key, Pid}) of
-        true ->
-            gen_server:cast(?SERVER, {monitor_claim, Key, Pid}),
-            true;
-        false ->
-            false
-    catch
-        error:badarg -> false
-    end.
-
--spec release_group_replay(binary(), binary(), pid()) -> ok.
-release_group_replay(Group, Filter, Pid) ->
-    _ = (catch ets:delete_object(?GROUPS, {{Group, Filter}, Pid})),
-    ok.
-
 %%--------------------------------------------------------------------
 
 init([]) ->
     process_flag(trap_exit, true),
     ok = emqx_offline_cassandra_log:init(),
     ok = emqx_offline_cassandra_metrics:init(),
-    _ = ets:new(?GROUPS, [named_table, public, set]),
     Features = emqx_offline_cassandra_compat:detect(),
     ok = emqx_offline_cassandra_nif:set_event_pid(self()),
     {Source, Result} =
@@ -116,7 +94,6 @@ init([]) ->
         message_extra => maps:get(message_extra, Features),
         config => config_result(Result)
     }),
-    ok = emqx_offline_cassandra_cli:register(),
     erlang:send_after(?CHECK_INTERVAL_MS, self(), check),
     {ok, #{nif => nif_of(Result), reachable => undefined}}.
 
@@ -137,19 +114,15 @@ handle_call({config_changed, NewConfig}, _From, #{nif := OldNif} = State) ->
 handle_call(_Req, _From, State) ->
     {reply, {error, unknown_call}, State}.
 
-handle_cast({monitor_claim, Key, Pid}, State) ->
-    MRef = erlang:monitor(process, Pid),
-    Claims = maps:get(claims, State, #{}),
-    {noreply, State#{claims => Claims#{MRef => Key}}};
 handle_cast(_Msg, State) ->
     {noreply, State}.
 
 %% Events from the Rust side reach the same logger: failures once per burst.
 handle_info({offline_cassandra_event, state_changed, Status}, State) ->
-    logger:debug(#{msg => offline_cassandra_state, status => Status}),
+    logger:debug(#{msg => offline_cassandra_state, status => ?REASON:describe(Status)}),
     {noreply, State};
 handle_info({offline_cassandra_event, writes_failed, {Count, Reason}}, State) ->
-    emqx_offline_cassandra_log:burst(offline_cassandra_writes_failed, #{count => Count, reason => Reason}),
+    emqx_offline_cassandra_log:burst(offline_cassandra_writes_failed, #{count => Count, reason => ?REASON:describe(Reason)}),
     {noreply, State};
 handle_info({offline_cassandra_event, writes_requeued, Count}, State) ->
     emqx_offline_cassandra_log:burst(offline_cassandra_writes_requeued, #{count => Count}),
@@ -157,14 +130,6 @@ handle_info({offline_cassandra_event, writes_requeued, Count}, State) ->
 handle_info(check, State) ->
     erlang:send_after(?CHECK_INTERVAL_MS, self(), check),
     {noreply, check_connection(State)};
-handle_info({'DOWN', MRef, process, Pid, _Reason}, State) ->
-    case maps:take(MRef, maps:get(claims, State, #{})) of
-        {Key, Claims} ->
-            _ = ets:delete_object(?GROUPS, {Key, Pid}),
-            {noreply, State#{claims => Claims}};
-        error ->
-            {noreply, State}
-    end;
 handle_info(_Info, State) ->
     {noreply, State}.
 
@@ -185,7 +150,6 @@ format_status(Status) ->
 
 terminate(_Reason, _State) ->
     ok = emqx_offline_cassandra_hooks:unhook(),
-    ok = emqx_offline_cassandra_cli:unregister(),
     _ = (catch emqx_alarm:ensure_deactivated(?ALARM)),
     persistent_term:erase(?RUNNING_CONFIG),
     Stopped = emqx_offline_cassandra_nif:stop(?STOP_GRACE_MS),
@@ -202,8 +166,7 @@ validate(Raw) ->
         {ok, #{nif := Nif} = Parsed} ->
             case emqx_offline_cassandra_nif:validate(Nif) of
                 ok -> {ok, Parsed};
-                {error, {_Kind, Why}} when is_binary(Why) -> {error, Why};
-                {error, Other} -> {error, iolist_to_binary(io_lib:format("~0p", [Other]))}
+                {error, Reason} -> {error, ?REASON:describe(Reason)}
             end;
         {error, Why} ->
             {error, Why}
@@ -241,14 +204,19 @@ start_nif(Nif, OldHash) ->
         false -> restart_nif(Nif)
     end.
 
+%% The NIF's counters start from zero with every new store (a start, or a
+%% reconfigure that reconnects); the hooks' counters restart with them, so
+%% `stats' shows both counting from the same moment.
 restart_nif(Nif) ->
     case emqx_offline_cassandra_nif:status() of
         not_started ->
+            ok = emqx_offline_cassandra_metrics:reset(),
             case emqx_offline_cassandra_nif:start(Nif) of
                 ok -> ok;
-                {error, Reason} -> {error, reason_text(Reason)}
+                {error, Reason} -> {error, ?REASON:describe(Reason)}
             end;
         _Running ->
+            ok = emqx_offline_cassandra_metrics:reset(),
             case emqx_offline_cassandra_nif:reconfigure(Nif, ?RECONFIGURE_GRACE_MS) of
                 {ok, Report} ->
                     logger:notice(#{msg => offline_cassandra_reconnecting, buffered_writes => Report}),
@@ -256,7 +224,7 @@ restart_nif(Nif) ->
                 ok ->
                     ok;
                 {error, Reason} ->
-                    {error, reason_text(Reason)}
+                    {error, ?REASON:describe(Reason)}
             end
     end.
 
@@ -277,7 +245,7 @@ check_connection(#{reachable := Was} = State) ->
         {Same, Same} ->
             State;
         {_, false} ->
-            Why = reason_text(element(2, Status)),
+            Why = ?REASON:describe(element(2, Status)),
             _ = (catch emqx_alarm:activate(?ALARM, #{reason => Why}, <<"Cassandra unreachable: ", Why/binary>>)),
             logger:warning(#{msg => offline_cassandra_unreachable, reason => Why}),
             State#{reachable => false};
@@ -295,13 +263,4 @@ config_result({ok, Nif}) -> {ok, emqx_offline_cassandra_config:redact(Nif)};
 config_result({error, Why}) -> {error, Why}.
 
 nif_health(connected) -> ok;
-nif_health(connecting) -> {error, <<"connecting to Cassandra">>};
-nif_health({connecting, Why}) -> {error, <<"Cassandra unreachable: ", Why/binary>>};
-nif_health({disconnected, Why}) -> {error, <<"Cassandra unreachable: ", Why/binary>>};
-nif_health({error, Reason}) -> {error, reason_text(Reason)};
-nif_health(not_started) -> {error, <<"not started">>}.
-
-reason_text(Why) when is_binary(Why) -> Why;
-reason_text({_Kind, Why}) when is_binary(Why) -> Why;
-reason_text(Reason) when is_atom(Reason) -> atom_to_binary(Reason, utf8);
-reason_text(Reason) -> iolist_to_binary(io_lib:format("~0p", [Reason])).
+nif_health(Status) -> {error, ?REASON:describe(Status)}.

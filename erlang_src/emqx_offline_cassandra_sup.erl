@@ -1,5 +1,7 @@
 %%--------------------------------------------------------------------
-%% Top supervisor: one server that owns config, NIF and hooks.
+%% Top supervisor: the shared-group replay claims, then the server that
+%% owns config, NIF and hooks. Started in that order (the hooks the server
+%% registers take claims), stopped in the reverse one.
 %%--------------------------------------------------------------------
 -module(emqx_offline_cassandra_sup).
 
@@ -12,16 +14,19 @@ start_link() ->
     supervisor:start_link({local, ?MODULE}, ?MODULE, []).
 
 init([]) ->
-    %% A server that keeps crashing means something is badly wrong (the NIF,
+    %% A child that keeps crashing means something is badly wrong (the NIF,
     %% or EMQX itself); give up after 3 restarts in 10 s so EMQX reports the
     %% plugin as stopped instead of looping.
     Flags = #{strategy => one_for_one, intensity => 3, period => 10},
-    Server = #{
-        id => emqx_offline_cassandra_server,
-        start => {emqx_offline_cassandra_server, start_link, []},
+    {ok, {Flags, [worker(emqx_offline_cassandra_groups, 5000), worker(emqx_offline_cassandra_server, 15000)]}}.
+
+%% Shutdown: the server may flush writes to Cassandra for a few seconds.
+worker(Module, ShutdownMs) ->
+    #{
+        id => Module,
+        start => {Module, start_link, []},
         restart => permanent,
-        shutdown => 15000,
+        shutdown => ShutdownMs,
         type => worker,
-        modules => [emqx_offline_cassandra_server]
-    },
-    {ok, {Flags, [Server]}}.
+        modules => [Module]
+    }.

@@ -1,0 +1,99 @@
+%%--------------------------------------------------------------------
+%% One voice for reasons: every reason or connection status the plugin
+%% shows a person (health check, logs, `emqx ctl offline_cassandra') is
+%% turned into a sentence here, so the same failure reads the same way
+%% everywhere. Pure; never crashes, whatever the term.
+%%
+%% Reasons are the NIF's (see emqx_offline_cassandra_nif): an atom
+%% (not_connected, timeout, overloaded, shutdown, not_started,
+%% already_started) or {Kind, Detail}, where Detail is the storage core's
+%% own sentence, written to say what to fix. Statuses are connecting |
+%% {connecting, LastError} | connected | {disconnected, Why} |
+%% {error, Reason} | not_started.
+%%--------------------------------------------------------------------
+-module(emqx_offline_cassandra_reason).
+
+-export([describe/1]).
+
+%% @doc A sentence (without a final full stop) for a reason or a status.
+-spec describe(term()) -> binary().
+describe(Term) ->
+    try
+        iolist_to_binary(sentence(Term))
+    catch
+        _:_ -> raw(Term)
+    end.
+
+%%--------------------------------------------------------------------
+
+%% Connection statuses.
+sentence(connected) ->
+    <<"connected">>;
+sentence(connecting) ->
+    <<"connecting to Cassandra">>;
+sentence({connecting, LastError}) ->
+    [<<"Cassandra unreachable: ">>, sentence(LastError), <<" (still trying)">>];
+sentence({disconnected, Why}) ->
+    [<<"Cassandra unreachable: ">>, sentence(Why)];
+sentence({error, Reason}) ->
+    sentence(Reason);
+%% Reasons.
+sentence({panic, Msg}) ->
+    [<<"the storage library failed unexpectedly (a bug, please report it): ">>, detail(Msg)];
+sentence({Kind, Detail}) when is_atom(Kind) ->
+    case {kind(Kind), Detail} of
+        {undefined, _} -> [atom_to_binary(Kind, utf8), <<": ">>, detail(Detail)];
+        %% The core's sentence already says what happened and what to fix.
+        {_, <<_, _/binary>>} -> Detail;
+        {Sentence, <<>>} -> Sentence;
+        {Sentence, _} -> [Sentence, <<": ">>, detail(Detail)]
+    end;
+sentence(Reason) when is_atom(Reason) ->
+    case kind(Reason) of
+        undefined -> atom_to_binary(Reason, utf8);
+        Sentence -> Sentence
+    end;
+sentence(Text) when is_binary(Text) ->
+    Text;
+sentence(Text) when is_list(Text) ->
+    detail(Text);
+sentence(Other) ->
+    raw(Other).
+
+%% What each kind means, for an atom reason or a {Kind, Detail} without
+%% a usable detail.
+kind(not_connected) -> <<"not connected to Cassandra (unreachable, or still connecting)">>;
+kind(timeout) -> <<"Cassandra did not answer within request_timeout">>;
+kind(overloaded) -> <<"the write buffer is full, so the write was dropped (see buffer_capacity and overflow_policy)">>;
+kind(shutdown) -> <<"the storage is shutting down, so the request was not carried out">>;
+kind(not_started) -> <<"the storage is not started (the plugin is stopped, or its config is invalid)">>;
+kind(already_started) -> <<"the storage is already started">>;
+kind(invalid_config) -> <<"the config is invalid">>;
+kind(invalid_input) -> <<"a call got an argument it cannot use">>;
+kind(runtime_failed) -> <<"the storage's async runtime failed to start (check thread and memory limits)">>;
+kind(auth_failed) -> <<"Cassandra refused the username or password">>;
+kind(tls_failed) -> <<"TLS to Cassandra failed (certificate, server name, or a plain-text port)">>;
+kind(keyspace_missing) -> <<"the configured keyspace does not exist">>;
+kind(table_missing) -> <<"the table mqtt_msg does not exist in the keyspace">>;
+kind(schema_mismatch) -> <<"the table mqtt_msg does not match the expected schema">>;
+kind(index_unavailable) -> <<"the topic index table mqtt_msg_topics is unavailable (needed for wildcard replay)">>;
+kind(floor_unavailable) -> <<"the replay floor table mqtt_msg_floor is unavailable">>;
+kind(payload_too_large) -> <<"the payload is larger than max_payload_size">>;
+kind(invalid_msgid) -> <<"a message id is not 32 hexadecimal characters">>;
+kind(invalid_row) -> <<"a stored row cannot be turned back into a message">>;
+kind(db_error) -> <<"Cassandra reported an error">>;
+kind(_) -> undefined.
+
+detail(Text) when is_binary(Text) ->
+    Text;
+detail(Text) when is_list(Text) ->
+    case io_lib:printable_unicode_list(Text) of
+        true -> unicode:characters_to_binary(Text);
+        false -> raw(Text)
+    end;
+detail(Other) ->
+    raw(Other).
+
+%% Anything else, printed as Erlang would, on one line.
+raw(Term) ->
+    iolist_to_binary(io_lib:format("~0tp", [Term])).
