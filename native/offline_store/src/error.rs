@@ -1,7 +1,12 @@
 //! One error type for every operation of the store. Each variant is a failure a caller can
 //! act on; `kind()` gives the stable snake_case word the NIF turns into an Erlang atom.
 
+mod driver;
+
 use std::time::Duration;
+
+use driver::Cause;
+pub(crate) use driver::DriverError;
 
 /// Why a store operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -126,52 +131,30 @@ impl StoreError {
 
     /// True when Cassandra aborted a read because it met more tombstones than its
     /// `tombstone_failure_threshold`: the same read over a narrower msgid range can succeed.
+    ///
+    /// Text matching on purpose: the driver speaks CQL protocol v4, whose READ_FAILURE
+    /// carries only counts (`DbError::ReadFailure`); the reason code exists only in the
+    /// server's message ("... 1 failures: READ_TOO_MANY_TOMBSTONES from /10.0.0.1:7000"). The
+    /// words matched are Cassandra's enum names (`RequestFailureReason`,
+    /// `TombstoneOverwhelmingException`), not prose.
     pub fn is_tombstone_overflow(&self) -> bool {
         matches!(self, StoreError::Db(text)
             if text.contains("READ_TOO_MANY_TOMBSTONES") || text.contains("TombstoneOverwhelming"))
     }
 
-    /// Classifies a driver error from any operation. Authentication failures hide deep in
-    /// nested connection errors, so they are recognised by the server's message.
-    pub(crate) fn from_driver(err: impl std::error::Error, timeout: Duration) -> Self {
-        let text = err.to_string();
-        if text.contains("Authentication") || text.contains("authentication") {
-            StoreError::AuthFailed(auth_detail(&text))
-        } else if let Some(i) = text.find("invalid peer certificate") {
-            StoreError::TlsFailed(text[i..].trim().to_string())
-        } else if text.contains("TLS") || text.contains("tls") || text.contains("certificate") {
-            StoreError::TlsFailed(text)
-        } else if text.contains("exceeded a client timeout")
-            || text.contains("Timeout")
-            || text.contains("timed out")
-        {
-            StoreError::Timeout(timeout)
-        } else if text.contains("Connection refused")
-            || text.contains("pool is broken")
-            || text.contains("No connections in the pool")
-            || text.contains("Broken connection")
-            || text.contains("initialized")
-            || text.contains("Empty query plan")
-        {
-            StoreError::NotConnected { reason: text }
-        } else {
-            StoreError::Db(text)
+    /// Classifies an error of the scylla driver by its type (see `driver`): `timeout` is the
+    /// request timeout the failed call ran with, for the `Timeout` message.
+    pub(crate) fn from_driver(err: impl DriverError, timeout: Duration) -> Self {
+        match err.cause() {
+            Cause::Auth(detail) => StoreError::AuthFailed(detail),
+            Cause::Tls(detail) => StoreError::TlsFailed(detail),
+            Cause::Timeout => StoreError::Timeout(timeout),
+            Cause::Disconnected => StoreError::NotConnected {
+                reason: err.to_string(),
+            },
+            Cause::Other => StoreError::Db(err.to_string()),
         }
     }
-}
-
-/// The server's own words on a refused login, without the driver's nesting.
-fn auth_detail(text: &str) -> String {
-    text.find("Provided username")
-        .map(|i| {
-            text[i..]
-                .split(['\n', ')'])
-                .next()
-                .unwrap_or_default()
-                .trim()
-                .to_string()
-        })
-        .unwrap_or_else(|| text.to_string())
 }
 
 #[cfg(test)]
