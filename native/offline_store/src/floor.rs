@@ -24,7 +24,7 @@ use std::time::Duration;
 use crate::connection::{Connection, FloorStatements, db_err};
 use crate::error::StoreError;
 use crate::msgid::MsgId;
-use crate::shared::{Inner, Op, Pending, lock};
+use crate::shared::{FloorScan, Inner, Op, Pending, lock};
 use crate::stats::Counters;
 
 /// Greater than every msgid (32 hex digits): the open upper end of a slice.
@@ -82,18 +82,18 @@ pub(crate) async fn read(
 }
 
 /// Deletes the floor of `topic` with a timestamp half a lag ahead, before a late write is
-/// sent: a scan that started before then cannot set it again.
-pub(crate) async fn reset(
+/// sent: a scan that started before then cannot set it again. Returns that timestamp.
+async fn reset(
     conn: &Connection,
     f: &FloorStatements,
     topic: &str,
     lag: Duration,
-) -> Result<(), scylla::errors::ExecutionError> {
+) -> Result<u64, scylla::errors::ExecutionError> {
     let at = now_us() + (lag / 2).as_micros() as u64;
     conn.session
         .execute_unpaged(&f.reset, (at as i64, topic))
         .await
-        .map(|_| ())
+        .map(|_| at)
 }
 
 /// Moves the floor of `topic` up to its oldest live row, but not above `now - lag`.
@@ -228,65 +228,140 @@ where
 /// Deletes of one topic after which its replay floor is moved up.
 const FLOOR_SCAN_AFTER_DELETES: u32 = 500;
 
+/// Quiet time after the last ack of a topic that has had a scan, before the acks no scan
+/// has seen yet get one: once acks stop, the floor catches up with them.
+const FLOOR_SETTLE_AFTER: Duration = Duration::from_secs(2);
+
+impl FloorScan {
+    /// The earliest time (µs) a scan is wanted at, if any.
+    fn next_wake(&self) -> Option<u64> {
+        [self.settle_at, self.rebuild_at]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Clears the deadlines that have passed at `now`; true when one had (a scan is due).
+    fn take_due(&mut self, now: u64) -> bool {
+        let mut due = false;
+        for deadline in [&mut self.settle_at, &mut self.rebuild_at] {
+            if deadline.is_some_and(|at| now > at) {
+                *deadline = None;
+                due = true;
+            }
+        }
+        due
+    }
+
+    /// Wants a scan once `reset_at` has passed (the latest of several resets counts).
+    fn rebuild_after(&mut self, reset_at: u64) {
+        self.rebuild_at = Some(self.rebuild_at.map_or(reset_at, |at| at.max(reset_at)));
+    }
+
+    /// Marks the topic's timer as running; true when the caller must start it.
+    fn claim_timer(&mut self) -> bool {
+        if self.timer || self.next_wake().is_none() {
+            return false;
+        }
+        self.timer = true;
+        true
+    }
+}
+
 impl Inner {
     /// Counts deletes of `topic`; after `FLOOR_SCAN_AFTER_DELETES` of them starts a
-    /// background scan that moves its replay floor up (one scan per topic at a time).
+    /// background scan that moves its replay floor up (one scan per topic at a time). A
+    /// topic that has had a scan gets one more when its acks stop, for those it missed.
     pub(crate) fn note_deletes(self: &Arc<Self>, topic: &str, n: u32) {
         if !self.cfg.replay_floor || self.stopped() {
             return;
         }
         let mut scans = lock(&self.floor_scans);
         if scans.len() >= 100_000 {
-            scans.retain(|_, s| s.running);
+            scans.retain(|_, s| s.running || s.timer);
         }
         let scan = scans.entry(topic.to_owned()).or_default();
         scan.deletes = scan.deletes.saturating_add(n);
-        if scan.running || scan.deletes < FLOOR_SCAN_AFTER_DELETES {
+        if scan.running {
             return;
         }
-        scan.running = true;
-        scan.deletes = 0;
+        if scan.deletes >= FLOOR_SCAN_AFTER_DELETES {
+            scan.running = true;
+            scan.scanned = true;
+            scan.deletes = 0;
+            drop(scans);
+            tokio::spawn(run_floor_scans(self.clone(), topic.to_owned()));
+            return;
+        }
+        if scan.scanned {
+            scan.settle_at = Some(now_us() + FLOOR_SETTLE_AFTER.as_micros() as u64);
+        }
+        let start_timer = scan.claim_timer();
         drop(scans);
-        tokio::spawn(run_floor_scans(self.clone(), topic.to_owned()));
+        if start_timer {
+            tokio::spawn(run_floor_timer(self.clone(), topic.to_owned()));
+        }
     }
 
     /// Asks for a floor scan now (a read met many tombstones).
     pub(crate) fn request_floor_scan(self: &Arc<Self>, topic: &str) {
         self.note_deletes(topic, FLOOR_SCAN_AFTER_DELETES);
     }
+
+    /// After a late write reset `topic`'s floor with timestamp `reset_at`, rebuilds it by a
+    /// scan that starts after `reset_at` (an earlier one's floor would lose to the reset),
+    /// without waiting for more acks. Safe like every scan: the late write, sent before
+    /// `reset_at - lag/2`, has landed by then (docs/tombstones.md).
+    fn rebuild_floor_after(self: &Arc<Self>, topic: &str, reset_at: u64) {
+        if !self.cfg.replay_floor || self.stopped() {
+            return;
+        }
+        let mut scans = lock(&self.floor_scans);
+        let scan = scans.entry(topic.to_owned()).or_default();
+        scan.rebuild_after(reset_at);
+        let start_timer = scan.claim_timer();
+        drop(scans);
+        if start_timer {
+            tokio::spawn(run_floor_timer(self.clone(), topic.to_owned()));
+        }
+    }
 }
 
 /// Before inserts that land late (published more than half a lag ago, e.g. buffered
-/// through an outage), drops their topic's replay floor so replay cannot skip them.
+/// through an outage), drops their topic's replay floor so replay cannot skip them, and
+/// has it rebuilt once the reset can no longer be overwritten.
 pub(crate) async fn reset_floor_if_late(
-    inner: &Inner,
+    inner: &Arc<Inner>,
     conn: &Connection,
     batch: &[Pending],
 ) -> Result<(), scylla::errors::ExecutionError> {
     let Some(f) = &conn.floor else { return Ok(()) };
     let lag = inner.cfg.replay_floor_lag;
-    let now = crate::floor::now_us();
+    let now = now_us();
     let late = batch.iter().any(|p| match &p.op {
-        Op::Insert(m) => crate::floor::is_late(&m.msgid, lag, now),
+        Op::Insert(m) => is_late(&m.msgid, lag, now),
         Op::Delete { .. } => false,
     });
     let Some(first) = batch.first().filter(|_| late) else {
         return Ok(());
     };
-    crate::floor::reset(conn, f, first.op.topic(), lag).await?;
+    let topic = first.op.topic();
+    let reset_at = reset(conn, f, topic, lag).await?;
     Counters::add(&inner.counters.floor_resets, 1);
+    inner.rebuild_floor_after(topic, reset_at);
     Ok(())
 }
 
-/// Moves `topic`'s floor up, again while enough deletes came in during the last scan. A
-/// failed scan is left for the next deletes to retry.
+/// Moves `topic`'s floor up, again while enough deletes came in during the last scan (or
+/// a timer asked for it). Deletes that came in anyway get a scan when they stop. A failed
+/// scan is left for the next deletes to retry.
 async fn run_floor_scans(inner: Arc<Inner>, topic: String) {
     loop {
         if let Ok(conn) = inner.connection()
             && let Some(f) = &conn.floor
         {
             let (lag, timeout) = (inner.cfg.replay_floor_lag, inner.cfg.request_timeout);
-            if let Ok(true) = crate::floor::advance(&conn, f, &topic, lag, timeout).await {
+            if let Ok(true) = advance(&conn, f, &topic, lag, timeout).await {
                 Counters::add(&inner.counters.floor_scans, 1);
             }
         }
@@ -299,10 +374,51 @@ async fn run_floor_scans(inner: Arc<Inner>, topic: String) {
             continue;
         }
         scan.running = false;
-        if scan.deletes == 0 {
+        if scan.deletes > 0 {
+            scan.settle_at = Some(now_us() + FLOOR_SETTLE_AFTER.as_micros() as u64);
+        } else if !scan.timer {
             scans.remove(&topic);
+            return;
+        }
+        let start_timer = scan.claim_timer() && !inner.stopped();
+        drop(scans);
+        if start_timer {
+            tokio::spawn(run_floor_timer(inner, topic));
         }
         return;
+    }
+}
+
+/// Sleeps until `topic`'s earliest deadline, asks for a scan when one has passed, and
+/// ends when none is left (or the store stops).
+async fn run_floor_timer(inner: Arc<Inner>, topic: String) {
+    let mut shutdown = inner.shutdown.subscribe();
+    loop {
+        if inner.stopped() {
+            return;
+        }
+        let (due, wake) = {
+            let mut scans = lock(&inner.floor_scans);
+            let Some(scan) = scans.get_mut(&topic) else {
+                return;
+            };
+            let due = scan.take_due(now_us());
+            let wake = scan.next_wake();
+            if wake.is_none() {
+                scan.timer = false;
+            }
+            (due, wake)
+        };
+        if due {
+            inner.request_floor_scan(&topic);
+        }
+        let Some(at) = wake else { return };
+        // A millisecond past the deadline: the scan's timestamp must be above it.
+        let wait = Duration::from_micros(at.saturating_sub(now_us()) + 1_000);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.changed() => return,
+        }
     }
 }
 
@@ -428,6 +544,27 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(none, None);
+    }
+
+    #[test]
+    fn a_scan_is_wanted_strictly_after_the_reset_and_when_acks_settle() {
+        let mut s = FloorScan::default();
+        assert!(!s.claim_timer(), "nothing wanted: no timer");
+        s.rebuild_after(1_000);
+        s.rebuild_after(900);
+        assert_eq!(s.next_wake(), Some(1_000), "the latest reset counts");
+        assert!(s.claim_timer());
+        assert!(!s.claim_timer(), "one timer per topic");
+        assert!(
+            !s.take_due(1_000),
+            "a scan at the reset's timestamp would lose to it"
+        );
+        s.settle_at = Some(2_000);
+        assert!(s.take_due(1_001));
+        assert_eq!(s.next_wake(), Some(2_000));
+        assert!(!s.take_due(1_500));
+        assert!(s.take_due(2_001));
+        assert_eq!(s.next_wake(), None);
     }
 
     #[test]

@@ -328,3 +328,36 @@ async fn read_pages(
     out.truncate(limit as usize);
     Ok((out, warned))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(msgid: &str) -> StoredMessage {
+        StoredMessage {
+            topic: "t".into(),
+            msgid: msgid.into(),
+            sender: "c".into(),
+            qos: 1,
+            retain: false,
+            payload: Vec::new(),
+            arrived_ms: 0,
+            ttl_secs: None,
+        }
+    }
+
+    fn ids(rows: &[StoredMessage]) -> Vec<&str> {
+        rows.iter().map(|r| r.msgid.as_str()).collect()
+    }
+
+    #[test]
+    fn keep_newest_keeps_the_newest_oldest_first() {
+        let mut rows = vec![row("03"), row("01"), row("05"), row("02"), row("04")];
+        keep_newest(&mut rows, 3);
+        assert_eq!(ids(&rows), ["03", "04", "05"]);
+        keep_newest(&mut rows, 10);
+        assert_eq!(ids(&rows), ["03", "04", "05"], "fewer than the limit: all");
+        keep_newest(&mut rows, 0);
+        assert!(rows.is_empty());
+    }
+}

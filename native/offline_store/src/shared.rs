@@ -86,8 +86,17 @@ pub(crate) struct Inner {
 /// Floor upkeep of one topic (see `floor`).
 #[derive(Default)]
 pub(crate) struct FloorScan {
+    /// Deletes since the last scan started.
     pub(crate) deletes: u32,
     pub(crate) running: bool,
+    /// A scan ran since this entry was made: its later acks get a scan when they stop.
+    pub(crate) scanned: bool,
+    /// When the acks that no scan has seen get one (µs since the epoch).
+    pub(crate) settle_at: Option<u64>,
+    /// When a scan can rebuild a floor a late write reset (µs since the epoch).
+    pub(crate) rebuild_at: Option<u64>,
+    /// A timer task is waiting for the earlier of the two.
+    pub(crate) timer: bool,
 }
 
 impl Inner {

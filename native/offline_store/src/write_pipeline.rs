@@ -16,7 +16,7 @@ use crate::connection::Connection;
 use crate::error::StoreError;
 use crate::msgid::MsgId;
 use crate::payload;
-use crate::shared::{Inner, Op, Pending, lock, set_state};
+use crate::shared::{Inner, Op, Pending, Staging, lock, set_state};
 use crate::stats::Counters;
 use crate::types::{ConnState, Message, StoreEvent};
 
@@ -121,27 +121,34 @@ impl Inner {
     /// Takes the head staged write plus following staged writes of the same kind to the
     /// same partition.
     pub(crate) fn take_batch(&self) -> Vec<Pending> {
-        let max = self.cfg.max_batch_rows;
-        let staging = &mut *lock(&self.staging);
-        let Some(head) = staging.items.pop_front() else {
+        let batch = lock(&self.staging).take_batch(self.cfg.max_batch_rows);
+        // in_flight first, then staged: a concurrent `stats()` may count a write twice for
+        // a moment, never zero times (flush relies on that).
+        Counters::add(&self.counters.in_flight, batch.len() as u64);
+        Counters::sub(&self.counters.staged, batch.len() as u64);
+        batch
+    }
+}
+
+impl Staging {
+    /// Takes the head write plus the following writes of the same kind to the same
+    /// partition, at most `max`; the rest stays in order.
+    fn take_batch(&mut self, max: usize) -> Vec<Pending> {
+        let Some(head) = self.items.pop_front() else {
             return Vec::new();
         };
         let mut batch = vec![head];
-        for p in staging.items.drain(..) {
+        for p in self.items.drain(..) {
             let same =
                 p.op.topic() == batch[0].op.topic() && p.op.is_insert() == batch[0].op.is_insert();
             if same && batch.len() < max {
                 batch.push(p);
             } else {
-                staging.spare.push_back(p);
+                self.spare.push_back(p);
             }
         }
         // The rest goes back in order; both buffers keep their capacity (no allocation).
-        std::mem::swap(&mut staging.items, &mut staging.spare);
-        // in_flight first, then staged: a concurrent `stats()` may count a write twice for
-        // a moment, never zero times (flush relies on that).
-        Counters::add(&self.counters.in_flight, batch.len() as u64);
-        Counters::sub(&self.counters.staged, batch.len() as u64);
+        std::mem::swap(&mut self.items, &mut self.spare);
         batch
     }
 }
@@ -289,34 +296,20 @@ async fn ensure_indexed(
     };
     let topic = first.topic.as_str();
     let index_ttl = inner.cfg.topic_index_ttl;
-    let refresh = if index_ttl.is_zero() {
-        Duration::MAX
-    } else {
-        (index_ttl / 2).min(Duration::from_secs(3600))
-    };
     let fresh = lock(&inner.indexed)
         .get(topic)
-        .is_some_and(|at| at.elapsed() < refresh);
+        .is_some_and(|at| at.elapsed() < index_refresh(index_ttl));
     if fresh {
         return Ok(());
     }
-    // 0 keeps index rows forever; otherwise they outlive every message they point to.
-    let ttl = if index_ttl.is_zero() {
-        0
-    } else {
-        let longest_message = batch
-            .iter()
-            .filter_map(|p| match &p.op {
-                Op::Insert(m) => m.ttl_secs,
-                Op::Delete { .. } => None,
-            })
-            .max()
-            .unwrap_or(0) as u64;
-        index_ttl
-            .as_secs()
-            .max(longest_message)
-            .min(i32::MAX as u64) as i32
-    };
+    let longest_message = batch
+        .iter()
+        .filter_map(|p| match &p.op {
+            Op::Insert(m) => m.ttl_secs,
+            Op::Delete { .. } => None,
+        })
+        .max();
+    let ttl = index_row_ttl(index_ttl, longest_message);
     let root = crate::topic::root(topic);
     let session = &conn.session;
     let (a, b) = tokio::join!(
@@ -331,6 +324,28 @@ async fn ensure_indexed(
     }
     indexed.insert(topic.to_owned(), Instant::now());
     Ok(())
+}
+
+/// How often a topic's index rows are written again: at half the index TTL, at most
+/// hourly, so active topics stay in; never when they do not expire.
+fn index_refresh(index_ttl: Duration) -> Duration {
+    if index_ttl.is_zero() {
+        Duration::MAX
+    } else {
+        (index_ttl / 2).min(Duration::from_secs(3600))
+    }
+}
+
+/// The TTL (s) of a topic's index rows: 0 keeps them forever; otherwise they outlive every
+/// message they point to.
+fn index_row_ttl(index_ttl: Duration, longest_message_secs: Option<u32>) -> i32 {
+    if index_ttl.is_zero() {
+        return 0;
+    }
+    index_ttl
+        .as_secs()
+        .max(longest_message_secs.unwrap_or(0) as u64)
+        .min(i32::MAX as u64) as i32
 }
 
 async fn execute(
@@ -410,6 +425,136 @@ pub(crate) fn insert_values(m: &Message) -> InsertValues<'_> {
     )
 }
 
+/// The tombstone's timestamp is one microsecond after its insert's, so the delete wins
+/// even when it reaches Cassandra first.
 pub(crate) fn delete_values<'a>(topic: &'a str, msgid: &'a MsgId) -> (i64, &'a str, &'a str) {
     (msgid.timestamp_us() as i64 + 1, topic, msgid.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn insert(topic: &str, us: u64) -> Pending {
+        Pending {
+            op: Op::Insert(Message {
+                topic: topic.into(),
+                msgid: MsgId::new(us, 1, 0),
+                sender: "c".into(),
+                qos: 1,
+                retain: false,
+                payload: b"p".to_vec(),
+                arrived_ms: (us / 1000) as i64,
+                ttl_secs: None,
+            }),
+            done: None,
+        }
+    }
+
+    fn delete(topic: &str, us: u64) -> Pending {
+        Pending {
+            op: Op::Delete {
+                topic: topic.into(),
+                msgid: MsgId::new(us, 1, 0),
+            },
+            done: None,
+        }
+    }
+
+    /// (topic, is insert, µs) of each write, to compare batches and what stays staged.
+    fn shape(items: impl IntoIterator<Item = Pending>) -> Vec<(String, bool, u64)> {
+        items
+            .into_iter()
+            .map(|p| {
+                let us = match &p.op {
+                    Op::Insert(m) => m.msgid.timestamp_us(),
+                    Op::Delete { msgid, .. } => msgid.timestamp_us(),
+                };
+                (p.op.topic().to_owned(), p.op.is_insert(), us)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_is_one_kind_of_write_to_one_partition_and_the_rest_keeps_its_order() {
+        let mut staging = Staging::default();
+        staging.items.extend([
+            insert("a", 1),
+            insert("b", 2),
+            delete("a", 3),
+            insert("a", 4),
+            insert("a", 5),
+            insert("a", 6),
+        ]);
+        let batch = staging.take_batch(3);
+        assert_eq!(
+            shape(batch),
+            [
+                ("a".into(), true, 1),
+                ("a".into(), true, 4),
+                ("a".into(), true, 5)
+            ]
+        );
+        let left: Vec<_> = staging.items.drain(..).collect();
+        assert_eq!(
+            shape(left),
+            [
+                ("b".into(), true, 2),
+                ("a".into(), false, 3),
+                ("a".into(), true, 6)
+            ]
+        );
+        assert!(staging.spare.is_empty());
+        assert!(staging.take_batch(3).is_empty());
+    }
+
+    #[test]
+    fn deletes_of_one_topic_batch_together_past_other_writes() {
+        let mut staging = Staging::default();
+        staging.items.extend([
+            delete("t", 1),
+            insert("t", 2),
+            delete("t", 3),
+            delete("u", 4),
+        ]);
+        let batch = staging.take_batch(512);
+        assert_eq!(
+            shape(batch),
+            [("t".into(), false, 1), ("t".into(), false, 3)]
+        );
+        let next = staging.take_batch(512);
+        assert_eq!(shape(next), [("t".into(), true, 2)]);
+        assert_eq!(staging.items.len(), 1);
+    }
+
+    #[test]
+    fn a_delete_is_written_one_microsecond_after_its_insert() {
+        let mut m = match insert("t", 1_700_000_000_123_456).op {
+            Op::Insert(m) => m,
+            Op::Delete { .. } => unreachable!(),
+        };
+        m.ttl_secs = Some(60);
+        let ins = insert_values(&m);
+        let del = delete_values(&m.topic, &m.msgid);
+        assert_eq!(ins.8, 1_700_000_000_123_456, "insert at the publish time");
+        assert_eq!(del.0, ins.8 + 1);
+        assert_eq!((del.1, del.2), (ins.0, ins.1), "same row");
+        assert_eq!(ins.7, 60);
+    }
+
+    #[test]
+    fn index_rows_outlive_their_messages_and_are_refreshed_in_time() {
+        let day = Duration::from_secs(86_400);
+        assert_eq!(index_row_ttl(Duration::ZERO, Some(500)), 0, "0 keeps them");
+        assert_eq!(index_row_ttl(day, None), 86_400);
+        assert_eq!(index_row_ttl(day, Some(100)), 86_400);
+        assert_eq!(index_row_ttl(day, Some(200_000)), 200_000);
+        assert_eq!(index_row_ttl(day, Some(u32::MAX)), i32::MAX);
+        assert_eq!(index_refresh(Duration::ZERO), Duration::MAX);
+        assert_eq!(
+            index_refresh(Duration::from_secs(600)),
+            Duration::from_secs(300)
+        );
+        assert_eq!(index_refresh(day), Duration::from_secs(3600));
+    }
 }
