@@ -12,6 +12,7 @@ use offline_store::{ConnState, FetchOptions, MsgId, OverflowPolicy, StoreConfig,
 async fn round_trip_store_fetch_delete() {
     let store = connect().await;
     let topic = unique_topic("round_trip");
+    let _cleanup = Cleanup::topics(&[&topic]);
     let mut msg = message(&topic, b"{\"temp\": 21.5}");
     msg.qos = 2;
     msg.retain = true;
@@ -51,13 +52,14 @@ async fn round_trip_store_fetch_delete() {
             .unwrap()
             .is_empty()
     );
-    store.shutdown(Duration::from_secs(5)).await;
+    store.shutdown(scaled(Duration::from_secs(5))).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_messages_come_back_in_publish_order() {
     let store = connect().await;
     let topic = unique_topic("order");
+    let _cleanup = Cleanup::topics(&[&topic]);
     let msgs: Vec<_> = (0..200)
         .map(|i| message(&topic, format!("m{i}").as_bytes()))
         .collect();
@@ -65,7 +67,7 @@ async fn two_hundred_messages_come_back_in_publish_order() {
     for m in msgs.iter().rev() {
         store.submit_store(m.clone()).unwrap();
     }
-    store.flush(Duration::from_secs(20)).await.unwrap();
+    store.flush(scaled(Duration::from_secs(20))).await.unwrap();
 
     let rows = store.fetch(&topic, FetchOptions::default()).await.unwrap();
     let got: Vec<_> = rows.iter().map(|r| r.payload.clone()).collect();
@@ -74,13 +76,14 @@ async fn two_hundred_messages_come_back_in_publish_order() {
     let stats = store.stats();
     assert!(stats.is_balanced(), "{stats:?}");
     assert_eq!(stats.written, 200);
-    store.shutdown(Duration::from_secs(5)).await;
+    store.shutdown(scaled(Duration::from_secs(5))).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limit_returns_the_newest_oldest_first_and_since_cuts_by_time() {
     let store = connect().await;
     let topic = unique_topic("limit");
+    let _cleanup = Cleanup::topics(&[&topic]);
     let base = now_ms() - 10 * 3_600_000;
     let mut msgs = Vec::new();
     for hour in 0..10i64 {
@@ -157,13 +160,14 @@ async fn limit_returns_the_newest_oldest_first_and_since_cuts_by_time() {
         seen.extend(payloads(page));
     }
     assert_eq!(seen, ["h2", "h3", "h4", "h5", "h6", "h7", "h8", "h9"]);
-    store.shutdown(Duration::from_secs(5)).await;
+    store.shutdown(scaled(Duration::from_secs(5))).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delete_that_arrives_before_its_insert_still_wins() {
     let store = connect().await;
     let topic = unique_topic("delete_first");
+    let _cleanup = Cleanup::topics(&[&topic]);
     let msgs: Vec<_> = (0..500)
         .map(|i| message(&topic, format!("{i}").as_bytes()))
         .collect();
@@ -173,17 +177,18 @@ async fn a_delete_that_arrives_before_its_insert_still_wins() {
     for m in &msgs {
         store.submit_store(m.clone()).unwrap();
     }
-    store.flush(Duration::from_secs(20)).await.unwrap();
+    store.flush(scaled(Duration::from_secs(20))).await.unwrap();
     assert_eq!(store.stats().failed, 0);
     let left = store.fetch(&topic, FetchOptions::default()).await.unwrap();
     assert!(left.is_empty(), "{} rows resurrected", left.len());
-    store.shutdown(Duration::from_secs(5)).await;
+    store.shutdown(scaled(Duration::from_secs(5))).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_binary_payloads_round_trip() {
     let store = connect().await;
     let topic = unique_topic("binary");
+    let _cleanup = Cleanup::topics(&[&topic]);
     let mut seed = 0xDEAD_BEEF_u64;
     let mut sent = Vec::new();
     for len in [0usize, 1, 2, 3, 17, 255, 1024, 65_536, 1 << 20] {
@@ -195,7 +200,7 @@ async fn random_binary_payloads_round_trip() {
     let tricky = format!("{}AAAA", offline_store::payload::BINARY_MARKER).into_bytes();
     store.submit_store(message(&topic, &tricky)).unwrap();
     sent.push(tricky);
-    store.flush(Duration::from_secs(30)).await.unwrap();
+    store.flush(scaled(Duration::from_secs(30))).await.unwrap();
     assert_eq!(store.stats().failed, 0, "{:?}", store.stats());
 
     let got: Vec<_> = store
@@ -209,13 +214,14 @@ async fn random_binary_payloads_round_trip() {
     for (i, (g, s)) in got.iter().zip(&sent).enumerate() {
         assert!(g == s, "payload {i} ({} bytes) changed", s.len());
     }
-    store.shutdown(Duration::from_secs(5)).await;
+    store.shutdown(scaled(Duration::from_secs(5))).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn largest_payload_is_stored_and_a_larger_one_is_refused() {
     let store = connect().await;
     let topic = unique_topic("large");
+    let _cleanup = Cleanup::topics(&[&topic]);
     let max = store.config().max_payload_bytes;
     let mut seed = 7u64;
     let biggest = message(&topic, &random_bytes(&mut seed, max));
@@ -230,13 +236,14 @@ async fn largest_payload_is_stored_and_a_larger_one_is_refused() {
         other => panic!("expected PayloadTooLarge, got {other:?}"),
     }
     assert_eq!(store.stats().rejected, 1);
-    store.shutdown(Duration::from_secs(5)).await;
+    store.shutdown(scaled(Duration::from_secs(5))).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ttl_expires_the_row() {
     let store = connect().await;
     let topic = unique_topic("ttl");
+    let _cleanup = Cleanup::topics(&[&topic]);
     let mut m = message(&topic, b"short-lived");
     m.ttl_secs = Some(1);
     store.store(m).await.unwrap();
@@ -248,21 +255,25 @@ async fn ttl_expires_the_row() {
             .len(),
         1
     );
-    tokio::time::sleep(Duration::from_millis(2100)).await;
-    assert!(
-        store
-            .fetch(&topic, FetchOptions::default())
-            .await
-            .unwrap()
-            .is_empty()
-    );
-    store.shutdown(Duration::from_secs(5)).await;
+    // Expired after a second: poll until the row is gone (a busy node may lag).
+    let deadline = Instant::now() + scaled(Duration::from_secs(10));
+    while !store
+        .fetch(&topic, FetchOptions::default())
+        .await
+        .unwrap()
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "the row outlived its TTL");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    store.shutdown(scaled(Duration::from_secs(5))).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_topics_through_the_pipeline_all_land() {
     let store = connect().await;
     let topics: Vec<_> = (0..20).map(|_| unique_topic("pipeline")).collect();
+    let _cleanup = Cleanup::topics(&topics);
     let mut ids = Vec::new();
     for i in 0..4000 {
         let t = &topics[i % topics.len()];
@@ -270,7 +281,7 @@ async fn many_topics_through_the_pipeline_all_land() {
         ids.push((t.clone(), m.msgid));
         store.submit_store(m).unwrap();
     }
-    store.flush(Duration::from_secs(60)).await.unwrap();
+    store.flush(scaled(Duration::from_secs(60))).await.unwrap();
     let s = store.stats();
     assert_eq!((s.written, s.failed, s.dropped), (4000, 0, 0), "{s:?}");
     assert!(s.batches < 4000, "writes were not batched: {s:?}");
@@ -284,7 +295,7 @@ async fn many_topics_through_the_pipeline_all_land() {
     for (t, id) in &ids {
         store.submit_delete(t, *id).unwrap();
     }
-    store.flush(Duration::from_secs(60)).await.unwrap();
+    store.flush(scaled(Duration::from_secs(60))).await.unwrap();
     for t in &topics {
         assert!(
             store
@@ -295,7 +306,7 @@ async fn many_topics_through_the_pipeline_all_land() {
         );
     }
     assert!(store.stats().is_balanced());
-    store.shutdown(Duration::from_secs(5)).await;
+    store.shutdown(scaled(Duration::from_secs(5))).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -305,14 +316,14 @@ async fn wrong_password_is_an_authentication_error() {
         ..config()
     };
     let started = Instant::now();
-    let err = offline_store::Store::connect(cfg, Duration::from_secs(20))
+    let err = offline_store::Store::connect(cfg, scaled(Duration::from_secs(20)))
         .await
         .err()
         .expect("connect with a wrong password must fail");
     assert!(matches!(err, StoreError::AuthFailed(_)), "{err:?}");
     assert!(err.to_string().contains("authentication failed"), "{err}");
     assert!(
-        started.elapsed() < Duration::from_secs(15),
+        started.elapsed() < scaled(Duration::from_secs(15)),
         "took {:?}",
         started.elapsed()
     );
@@ -324,7 +335,7 @@ async fn missing_keyspace_is_named() {
         keyspace: "no_such_keyspace_here".into(),
         ..config()
     };
-    let err = offline_store::Store::connect(cfg, Duration::from_secs(20))
+    let err = offline_store::Store::connect(cfg, scaled(Duration::from_secs(20)))
         .await
         .err()
         .unwrap();
@@ -354,6 +365,7 @@ async fn fresh_keyspace(name: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changed_column_is_a_schema_mismatch() {
     let ks = "offline_test_mismatch";
+    let _cleanup = Cleanup::keyspace(ks);
     fresh_keyspace(ks).await;
     admin()
         .await
@@ -371,7 +383,7 @@ async fn a_changed_column_is_a_schema_mismatch() {
         keyspace: ks.into(),
         ..config()
     };
-    let err = offline_store::Store::connect(cfg, Duration::from_secs(20))
+    let err = offline_store::Store::connect(cfg, scaled(Duration::from_secs(20)))
         .await
         .err()
         .unwrap();
@@ -389,12 +401,13 @@ async fn a_changed_column_is_a_schema_mismatch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_table_is_an_error_unless_creation_is_enabled() {
     let ks = "offline_test_create";
+    let _cleanup = Cleanup::keyspace(ks);
     fresh_keyspace(ks).await;
     let cfg = StoreConfig {
         keyspace: ks.into(),
         ..config()
     };
-    let err = offline_store::Store::connect(cfg.clone(), Duration::from_secs(20))
+    let err = offline_store::Store::connect(cfg.clone(), scaled(Duration::from_secs(20)))
         .await
         .err()
         .unwrap();
@@ -406,6 +419,7 @@ async fn missing_table_is_an_error_unless_creation_is_enabled() {
     })
     .await;
     let topic = unique_topic("created");
+    let _cleanup = Cleanup::topics(&[&topic]);
     store.store(message(&topic, b"x")).await.unwrap();
     assert_eq!(
         store
@@ -415,7 +429,7 @@ async fn missing_table_is_an_error_unless_creation_is_enabled() {
             .len(),
         1
     );
-    store.shutdown(Duration::from_secs(5)).await;
+    store.shutdown(scaled(Duration::from_secs(5))).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -426,12 +440,12 @@ async fn no_cassandra_gives_a_clear_error_in_bounded_time() {
         ..config()
     };
     let started = Instant::now();
-    let err = offline_store::Store::connect(cfg.clone(), Duration::from_secs(2))
+    let err = offline_store::Store::connect(cfg.clone(), scaled(Duration::from_secs(2)))
         .await
         .err()
         .unwrap();
     assert!(
-        started.elapsed() < Duration::from_secs(4),
+        started.elapsed() < scaled(Duration::from_secs(4)),
         "took {:?}",
         started.elapsed()
     );
@@ -440,7 +454,17 @@ async fn no_cassandra_gives_a_clear_error_in_bounded_time() {
     // Started in the background instead: the state says why, reads fail fast, writes wait
     // in the buffer.
     let store = offline_store::Store::start(cfg).unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let deadline = Instant::now() + scaled(Duration::from_secs(10));
+    while !matches!(
+        store.state(),
+        ConnState::Connecting {
+            last_error: Some(_),
+            ..
+        }
+    ) {
+        assert!(Instant::now() < deadline, "still {:?}", store.state());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     match store.state() {
         ConnState::Connecting {
             last_error: Some(e),
@@ -457,7 +481,7 @@ async fn no_cassandra_gives_a_clear_error_in_bounded_time() {
         .await
         .unwrap_err();
     assert_eq!(err.kind(), "not_connected");
-    assert!(t.elapsed() < Duration::from_millis(100));
+    assert!(t.elapsed() < scaled(Duration::from_millis(100)));
     store.submit_store(message("t/1", b"waits")).unwrap();
     assert_eq!(store.stats().buffered, 1);
     let report = store.shutdown(Duration::from_millis(100)).await;
@@ -508,6 +532,13 @@ async fn full_buffer_follows_the_overflow_policy() {
 async fn wildcard_filters_find_their_topics_through_the_index() {
     let store = connect().await;
     let base = unique_topic("wild");
+    let _cleanup = Cleanup::topics(
+        &["1", "2/x", "3", "2/y/z"]
+            .map(|s| format!("{base}/{s}"))
+            .into_iter()
+            .chain([format!("{base}x/1")])
+            .collect::<Vec<_>>(),
+    );
     let mut publish = Vec::new();
     for (suffix, payload) in [
         ("1", "a"),
@@ -591,13 +622,14 @@ async fn wildcard_filters_find_their_topics_through_the_index() {
         .unwrap()
         .rows_num();
     assert!(index_rows >= 5);
-    store.shutdown(Duration::from_secs(5)).await;
+    store.shutdown(scaled(Duration::from_secs(5))).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remaining_ttl_is_read_back() {
     let store = connect().await;
     let topic = unique_topic("ttl_read");
+    let _cleanup = Cleanup::topics(&[&topic]);
     let mut with_ttl = message(&topic, b"expires");
     with_ttl.ttl_secs = Some(600);
     store.store(with_ttl).await.unwrap();
@@ -606,7 +638,7 @@ async fn remaining_ttl_is_read_back() {
     let ttl = rows[0].ttl_secs.expect("row written with a TTL");
     assert!((590..=600).contains(&ttl), "{ttl}");
     assert_eq!(rows[1].ttl_secs, None);
-    store.shutdown(Duration::from_secs(5)).await;
+    store.shutdown(scaled(Duration::from_secs(5))).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -618,6 +650,7 @@ async fn buffered_writes_survive_a_reconfiguration() {
     })
     .unwrap();
     let topic = unique_topic("handover");
+    let _cleanup = Cleanup::topics(&[&topic]);
     for i in 0..3 {
         old.submit_store(message(&topic, format!("{i}").as_bytes()))
             .unwrap();
@@ -631,10 +664,10 @@ async fn buffered_writes_survive_a_reconfiguration() {
     // ...and the store built from the corrected config writes them.
     let new = connect().await;
     assert_eq!(new.adopt(handover), 0);
-    new.flush(Duration::from_secs(10)).await.unwrap();
+    new.flush(scaled(Duration::from_secs(10))).await.unwrap();
     let rows = new.fetch(&topic, FetchOptions::default()).await.unwrap();
     assert_eq!(rows.len(), 3);
-    new.shutdown(Duration::from_secs(5)).await;
+    new.shutdown(scaled(Duration::from_secs(5))).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -646,7 +679,7 @@ async fn without_auto_reconnect_the_first_failure_is_final() {
     })
     .unwrap();
     let err = store
-        .wait_connected(Duration::from_secs(10))
+        .wait_connected(scaled(Duration::from_secs(10)))
         .await
         .unwrap_err();
     assert_eq!(err.kind(), "not_connected");
@@ -667,6 +700,7 @@ async fn hundred_thousand_acks_before_their_inserts_leave_no_row() {
     })
     .await;
     let topics: Vec<_> = (0..100).map(|_| unique_topic("ack_first")).collect();
+    let _cleanup = Cleanup::topics(&topics);
     let msgs: Vec<_> = (0..100_000)
         .map(|i| message(&topics[i % topics.len()], b"x"))
         .collect();
@@ -674,7 +708,7 @@ async fn hundred_thousand_acks_before_their_inserts_leave_no_row() {
         store.submit_delete(&m.topic, m.msgid).unwrap();
         store.submit_store(m.clone()).unwrap();
     }
-    store.flush(Duration::from_secs(300)).await.unwrap();
+    store.flush(scaled(Duration::from_secs(300))).await.unwrap();
     let s = store.stats();
     assert_eq!((s.written, s.failed, s.dropped), (200_000, 0, 0), "{s:?}");
     let mut left = 0;
@@ -685,13 +719,14 @@ async fn hundred_thousand_acks_before_their_inserts_leave_no_row() {
         left, 0,
         "rows resurrected by inserts that came after their deletes"
     );
-    store.shutdown(Duration::from_secs(5)).await;
+    store.shutdown(scaled(Duration::from_secs(5))).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn count_and_purge_a_topic() {
     let store = connect().await;
     let topic = unique_topic("purge");
+    let _cleanup = Cleanup::topics(&[&topic]);
     for i in 0..5 {
         store
             .store(message(&topic, format!("{i}").as_bytes()))
@@ -704,7 +739,7 @@ async fn count_and_purge_a_topic() {
     // Later messages are stored again.
     store.store(message(&topic, b"after")).await.unwrap();
     assert_eq!(store.count(&topic).await.unwrap(), 1);
-    store.shutdown(Duration::from_secs(5)).await;
+    store.shutdown(scaled(Duration::from_secs(5))).await;
 }
 
 /// Messages published `age` ago and later, one every `step_us`, on one topic.
@@ -732,6 +767,7 @@ fn published_since(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_survives_two_hundred_thousand_acked_rows() {
     let topic = unique_topic("tombstones");
+    let _cleanup = Cleanup::topics(&[&topic]);
     let day_ago_us = (now_ms() - 86_400_000) as u64 * 1000;
     let acked = published_since(&topic, day_ago_us, 400_000, 200_000);
     let live: Vec<_> = (0..100)
@@ -749,7 +785,10 @@ async fn replay_survives_two_hundred_thousand_acked_rows() {
     for m in &acked {
         history.submit_store(m.clone()).unwrap();
     }
-    history.flush(Duration::from_secs(300)).await.unwrap();
+    history
+        .flush(scaled(Duration::from_secs(300)))
+        .await
+        .unwrap();
 
     let store = connect_with(StoreConfig {
         buffer_capacity: 250_000,
@@ -762,7 +801,7 @@ async fn replay_survives_two_hundred_thousand_acked_rows() {
     for m in &live {
         store.submit_store(m.clone()).unwrap();
     }
-    store.flush(Duration::from_secs(300)).await.unwrap();
+    store.flush(scaled(Duration::from_secs(300))).await.unwrap();
     let s = store.stats();
     assert_eq!((s.written, s.failed, s.dropped), (200_100, 0, 0), "{s:?}");
 
@@ -776,7 +815,7 @@ async fn replay_survives_two_hundred_thousand_acked_rows() {
     let got: Vec<_> = rows.iter().map(|r| r.payload.clone()).collect();
     assert_eq!(got, want);
     assert_eq!(history.stats().sliced_reads, 1, "{:?}", history.stats());
-    history.shutdown(Duration::from_secs(5)).await;
+    history.shutdown(scaled(Duration::from_secs(5))).await;
 
     // The deletes moved the floor up in the background; once it passed the acked rows a
     // replay is one read that walks no tombstone of theirs.
@@ -787,7 +826,7 @@ async fn replay_survives_two_hundred_thousand_acked_rows() {
             .await
             .is_some_and(|f| f > last_acked)
     };
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + scaled(Duration::from_secs(120));
     while !floor_passed().await {
         assert!(
             Instant::now() < deadline,
@@ -806,7 +845,7 @@ async fn replay_survives_two_hundred_thousand_acked_rows() {
     eprintln!(
         "replay of 100 live rows beside 200,000 tombstones: sliced {sliced:?}, from the floor {floored:?}"
     );
-    store.shutdown(Duration::from_secs(5)).await;
+    store.shutdown(scaled(Duration::from_secs(5))).await;
 }
 
 /// The floor must never hide a message: a write that lands long after its publish (held
@@ -814,6 +853,7 @@ async fn replay_survives_two_hundred_thousand_acked_rows() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_write_below_the_floor_is_still_replayed() {
     let topic = unique_topic("late");
+    let _cleanup = Cleanup::topics(&[&topic]);
     let hour_ago_us = (now_ms() - 3_600_000) as u64 * 1000;
     let old = published_since(&topic, hour_ago_us, 1_000_000, 1_100);
     let history = connect_with(StoreConfig {
@@ -824,8 +864,11 @@ async fn a_late_write_below_the_floor_is_still_replayed() {
     for m in &old {
         history.submit_store(m.clone()).unwrap();
     }
-    history.flush(Duration::from_secs(60)).await.unwrap();
-    history.shutdown(Duration::from_secs(5)).await;
+    history
+        .flush(scaled(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    history.shutdown(scaled(Duration::from_secs(5))).await;
 
     let store = connect_with(StoreConfig {
         request_timeout: Duration::from_secs(1),
@@ -836,10 +879,10 @@ async fn a_late_write_below_the_floor_is_still_replayed() {
     for m in &old[..600] {
         store.submit_delete(&m.topic, m.msgid).unwrap();
     }
-    store.flush(Duration::from_secs(60)).await.unwrap();
+    store.flush(scaled(Duration::from_secs(60))).await.unwrap();
     let admin = admin().await;
     let read_floor = || floor_of(&admin, &topic);
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + scaled(Duration::from_secs(60));
     while read_floor().await.as_deref() != Some(old[600].msgid.as_str()) {
         assert!(Instant::now() < deadline, "floor: {:?}", read_floor().await);
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -849,6 +892,8 @@ async fn a_late_write_below_the_floor_is_still_replayed() {
     let mut late = message(&topic, b"late");
     late.msgid = MsgId::new(old[300].msgid.timestamp_us() + 1, 0x00AB_CDEF_0999, 1);
     late.arrived_ms = (late.msgid.timestamp_us() / 1000) as i64;
+    // Scans counted from before the late write: its reset schedules one of its own.
+    let scans = store.stats().floor_scans;
     store.store(late.clone()).await.unwrap();
     assert_eq!(store.stats().floor_resets, 1);
     let replayed = |rows: Vec<offline_store::StoredMessage>| {
@@ -859,13 +904,12 @@ async fn a_late_write_below_the_floor_is_still_replayed() {
     ));
 
     // More acks start more scans, during and after the reset's shadow: none hides it.
-    let scans = store.stats().floor_scans;
     for m in &old[600..] {
         store.submit_delete(&m.topic, m.msgid).unwrap();
     }
-    store.flush(Duration::from_secs(60)).await.unwrap();
+    store.flush(scaled(Duration::from_secs(60))).await.unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + scaled(Duration::from_secs(60));
     while store.stats().floor_scans == scans {
         assert!(Instant::now() < deadline, "no scan after the late write");
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -883,5 +927,74 @@ async fn a_late_write_below_the_floor_is_still_replayed() {
             "floor {f} above the late message"
         );
     }
-    store.shutdown(Duration::from_secs(5)).await;
+    store.shutdown(scaled(Duration::from_secs(5))).await;
+}
+
+/// Issue 12 §6 run 1: a late write resets its topic's floor, and no more acks may come.
+/// The floor must come back by itself once the reset can no longer be overwritten (half a
+/// lag), not after another 500 acks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_floor_is_rebuilt_without_more_acks() {
+    let topic = unique_topic("rebuild");
+    let _cleanup = Cleanup::topics(&[&topic]);
+    let hour_ago_us = (now_ms() - 3_600_000) as u64 * 1000;
+    let old = published_since(&topic, hour_ago_us, 1_000_000, 1_000);
+    let history = connect_with(StoreConfig {
+        replay_floor: false,
+        ..config()
+    })
+    .await;
+    for m in &old {
+        history.submit_store(m.clone()).unwrap();
+    }
+    history
+        .flush(scaled(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    history.shutdown(scaled(Duration::from_secs(5))).await;
+
+    let store = connect_with(StoreConfig {
+        request_timeout: Duration::from_secs(1),
+        replay_floor_lag: Duration::from_secs(3),
+        ..config()
+    })
+    .await;
+    // Exactly 500 acks: the scan they start sees all of them.
+    for m in &old[..500] {
+        store.submit_delete(&m.topic, m.msgid).unwrap();
+    }
+    store.flush(scaled(Duration::from_secs(60))).await.unwrap();
+    let admin = admin().await;
+    let read_floor = || floor_of(&admin, &topic);
+    let floor = Some(old[500].msgid.to_string());
+    let deadline = Instant::now() + scaled(Duration::from_secs(60));
+    while read_floor().await != floor {
+        assert!(Instant::now() < deadline, "floor: {:?}", read_floor().await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Published 50 minutes ago, above the floor: late, so its write resets the floor.
+    let scans = store.stats().floor_scans;
+    let mut late = message(&topic, b"late");
+    late.msgid = MsgId::new(old[600].msgid.timestamp_us() + 1, 0x00AB_CDEF_0999, 1);
+    late.arrived_ms = (late.msgid.timestamp_us() / 1000) as i64;
+    store.store(late.clone()).await.unwrap();
+    assert_eq!(store.stats().floor_resets, 1);
+
+    // No more acks: the floor is back at the oldest live row all the same.
+    let deadline = Instant::now() + scaled(Duration::from_secs(60));
+    while read_floor().await != floor {
+        assert!(
+            Instant::now() < deadline,
+            "floor not rebuilt after the reset: {:?}, {:?}",
+            read_floor().await,
+            store.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(store.stats().floor_scans > scans, "{:?}", store.stats());
+    let rows = store.fetch(&topic, FetchOptions::default()).await.unwrap();
+    assert_eq!(rows.len(), 501);
+    assert!(rows.iter().any(|r| r.msgid == late.msgid.as_str()));
+    store.shutdown(scaled(Duration::from_secs(5))).await;
 }

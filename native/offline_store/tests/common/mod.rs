@@ -2,12 +2,27 @@
 //! `test/cassandra/cassandra.sh start` (or `CASSANDRA_NODE`); without it they fail, never skip.
 #![allow(dead_code)]
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use offline_store::{Message, MsgId, Store, StoreConfig};
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
+
+/// Every deadline of the live tests, multiplied by `TEST_TIME_SCALE` (a float, default 1):
+/// a slow or busy machine gets more time, and the tests still wait for a condition.
+pub fn scaled(d: Duration) -> Duration {
+    static SCALE: OnceLock<f64> = OnceLock::new();
+    let scale = *SCALE.get_or_init(|| match std::env::var("TEST_TIME_SCALE") {
+        Err(_) => 1.0,
+        Ok(s) => match s.trim().parse::<f64>() {
+            Ok(f) if f.is_finite() && f > 0.0 => f,
+            _ => panic!("TEST_TIME_SCALE must be a positive number, got {s:?}"),
+        },
+    });
+    d.mul_f64(scale)
+}
 
 pub fn node() -> String {
     std::env::var("CASSANDRA_NODE").unwrap_or_else(|_| "127.0.0.1:9042".into())
@@ -27,7 +42,7 @@ pub async fn connect() -> Store {
 }
 
 pub async fn connect_with(cfg: StoreConfig) -> Store {
-    Store::connect(cfg, Duration::from_secs(20))
+    Store::connect(cfg, scaled(Duration::from_secs(20)))
         .await
         .unwrap_or_else(|e| panic!("cannot reach the test Cassandra at {} ({e}); run test/cassandra/cassandra.sh start", node()))
 }
@@ -112,4 +127,76 @@ pub async fn floor_of(admin: &Session, topic: &str) -> Option<String> {
         .maybe_first_row::<(String,)>()
         .unwrap()
         .map(|(f,)| f)
+}
+
+/// Removes what a test wrote when it goes out of scope, also when the test fails: its
+/// topics' rows, floors and index entries, and its keyspaces.
+pub struct Cleanup {
+    topics: Vec<String>,
+    keyspaces: Vec<String>,
+}
+
+impl Cleanup {
+    pub fn topics<S: AsRef<str>>(topics: &[S]) -> Cleanup {
+        Cleanup {
+            topics: topics.iter().map(|t| t.as_ref().to_owned()).collect(),
+            keyspaces: Vec::new(),
+        }
+    }
+
+    pub fn keyspace(name: &str) -> Cleanup {
+        Cleanup {
+            topics: Vec::new(),
+            keyspaces: vec![name.to_owned()],
+        }
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let topics = std::mem::take(&mut self.topics);
+        let keyspaces = std::mem::take(&mut self.keyspaces);
+        // Drop cannot await, and the test's runtime cannot block on itself: a thread with a
+        // runtime of its own does the deletes. Failures are ignored (cleanup must not panic
+        // while a failed test unwinds); unique topic names keep leftovers harmless.
+        let cleaner = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                let Ok(admin) = SessionBuilder::new()
+                    .known_node(node())
+                    .user("root", "public")
+                    .build()
+                    .await
+                else {
+                    return;
+                };
+                for t in &topics {
+                    let root = offline_store::topic::root(t);
+                    let _ = admin
+                        .query_unpaged("DELETE FROM mqtt.mqtt_msg WHERE topic = ?", (t,))
+                        .await;
+                    let _ = admin
+                        .query_unpaged("DELETE FROM mqtt.mqtt_msg_floor WHERE topic = ?", (t,))
+                        .await;
+                    let _ = admin
+                        .query_unpaged(
+                            "DELETE FROM mqtt.mqtt_msg_topics WHERE root = ? AND topic = ?",
+                            (root, t),
+                        )
+                        .await;
+                }
+                for ks in &keyspaces {
+                    let _ = admin
+                        .query_unpaged(format!("DROP KEYSPACE IF EXISTS {ks}"), ())
+                        .await;
+                }
+            });
+        });
+        let _ = cleaner.join();
+    }
 }
