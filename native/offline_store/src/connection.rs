@@ -23,9 +23,11 @@ pub(crate) struct Connection {
     pub delete: PreparedStatement,
     /// Newest first (the clustering order), from a msgid lower bound.
     pub select_newest: PreparedStatement,
-    /// Oldest first, msgid >= bound.
+    /// Oldest first, msgid >= bound (`fetch_after`).
+    #[cfg(feature = "bench_api")]
     pub select_from: PreparedStatement,
-    /// Oldest first, msgid > cursor.
+    /// Oldest first, msgid > cursor (`fetch_after`).
+    #[cfg(feature = "bench_api")]
     pub select_after: PreparedStatement,
     /// Cheap liveness probe.
     pub probe: PreparedStatement,
@@ -239,6 +241,7 @@ async fn prepare_all(session: Session, cfg: &StoreConfig) -> Result<Connection, 
         true,
     )
     .await?;
+    #[cfg(feature = "bench_api")]
     let select_from = prepare(
         format!(
             "SELECT {COLUMNS} FROM {ks}.{t} WHERE topic = ? AND msgid >= ? ORDER BY msgid ASC LIMIT ?"
@@ -246,6 +249,7 @@ async fn prepare_all(session: Session, cfg: &StoreConfig) -> Result<Connection, 
         true,
     )
     .await?;
+    #[cfg(feature = "bench_api")]
     let select_after = prepare(
         format!(
             "SELECT {COLUMNS} FROM {ks}.{t} WHERE topic = ? AND msgid > ? ORDER BY msgid ASC LIMIT ?"
@@ -339,7 +343,9 @@ async fn prepare_all(session: Session, cfg: &StoreConfig) -> Result<Connection, 
         insert,
         delete,
         select_newest,
+        #[cfg(feature = "bench_api")]
         select_from,
+        #[cfg(feature = "bench_api")]
         select_after,
         select_range,
         floor,

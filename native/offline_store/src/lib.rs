@@ -13,6 +13,7 @@
 //! * [`Store::fetch`] reads page by page, newest `limit` rows returned oldest first.
 //! * Payloads are arbitrary bytes, stored losslessly in the `text` column ([`payload`]).
 
+#[cfg(feature = "bench_api")]
 mod bench_api;
 pub mod config;
 mod connection;
