@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Builds the plugin package exactly as EMQX installs it:
 #   _build/plugin/emqx_offline_cassandra-<vsn>.tar.gz  (+ .sha256)
-# holding emqx_offline_cassandra-<vsn>/{release.json, README.md, emqx_offline_cassandra-<vsn>/{ebin,priv}},
-# regular files only (EMQX drops symlinks when it extracts).
+# holding emqx_offline_cassandra-<vsn>/{release.json, README.md, LICENSE, emqx_offline_cassandra-<vsn>/{ebin,priv}},
+# regular files only (EMQX drops symlinks when it extracts). Users get the README and the
+# LICENSE; the developer docs (docs/) stay in the source tree. The .sha256 file is in
+# `sha256sum -c` format. test/check_package.sh checks the result.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 unset FAULT_INJECTION # the package carries the production NIF
@@ -21,6 +23,7 @@ rm -rf "${out:?}/$nv" "$out/$nv.tar.gz" "$out/$nv.sha256"
 mkdir -p "$out/$nv"
 cp -rL "$src" "$out/$nv/$nv"
 cp README.md "$out/$nv/README.md"
+cp LICENSE "$out/$nv/LICENSE"
 built_on=$(erl -noshell -eval 'io:format("~s", [erlang:system_info(otp_release)]), halt().')
 cat >"$out/$nv/release.json" <<JSON
 {
@@ -31,10 +34,9 @@ cat >"$out/$nv/release.json" <<JSON
   "with_config_schema": true,
   "hidden": false,
   "authors": ["emqx_offline_cassandra developers"],
-  "builder": {"name": "emqx_offline_cassandra", "contact": "", "website": ""},
-  "repo": "",
+  "builder": {"name": "emqx_offline_cassandra developers"},
   "functionality": ["Offline messages", "Cassandra"],
-  "compatibility": {"emqx": "~> 5.0"},
+  "compatibility": {"emqx": "~> 5.0 or ~> 6.0"},
   "metadata_vsn": "0.2.0",
   "built_on_otp_release": "$built_on",
   "nif_requires": "GLIBC_MIN",
@@ -57,5 +59,6 @@ for f in priv/config.hocon priv/config_schema.avsc priv/config_i18n.json priv/li
 done
 
 tar -C "$out" -czf "$out/$nv.tar.gz" "$nv"
-(cd "$out" && sha256sum "$nv.tar.gz" | cut -d' ' -f1 >"$nv.sha256")
+(cd "$out" && sha256sum "$nv.tar.gz" >"$nv.sha256")
+test/check_package.sh "$out/$nv.tar.gz" >&2
 echo "$out/$nv.tar.gz"
