@@ -229,7 +229,8 @@ where
 const FLOOR_SCAN_AFTER_DELETES: u32 = 500;
 
 /// Quiet time after the last ack of a topic that has had a scan, before the acks no scan
-/// has seen yet get one: once acks stop, the floor catches up with them.
+/// has seen yet get one: once acks stop, the floor catches up with them (fewer than
+/// `FLOOR_SCAN_AFTER_DELETES` acks would otherwise wait for more).
 const FLOOR_SETTLE_AFTER: Duration = Duration::from_secs(2);
 
 impl FloorScan {
@@ -353,8 +354,8 @@ pub(crate) async fn reset_floor_if_late(
 }
 
 /// Moves `topic`'s floor up, again while enough deletes came in during the last scan (or
-/// a timer asked for it). Deletes that came in anyway get a scan when they stop. A failed
-/// scan is left for the next deletes to retry.
+/// a timer asked for it). Deletes that land during or after it get a settle scan when
+/// they stop. A failed scan is left for the next deletes to retry.
 async fn run_floor_scans(inner: Arc<Inner>, topic: String) {
     loop {
         if let Ok(conn) = inner.connection()
@@ -374,12 +375,15 @@ async fn run_floor_scans(inner: Arc<Inner>, topic: String) {
             continue;
         }
         scan.running = false;
+        let settled = std::mem::take(&mut scan.settling);
         if scan.deletes > 0 {
             scan.settle_at = Some(now_us() + FLOOR_SETTLE_AFTER.as_micros() as u64);
-        } else if !scan.timer {
+        } else if settled && !scan.timer {
+            // Caught up with every ack: forget the topic until its next one.
             scans.remove(&topic);
             return;
         }
+        // Otherwise the entry stays: acks that land after this scan get a settle scan.
         let start_timer = scan.claim_timer() && !inner.stopped();
         drop(scans);
         if start_timer {
@@ -410,6 +414,9 @@ async fn run_floor_timer(inner: Arc<Inner>, topic: String) {
             (due, wake)
         };
         if due {
+            if let Some(scan) = lock(&inner.floor_scans).get_mut(&topic) {
+                scan.settling = true;
+            }
             inner.request_floor_scan(&topic);
         }
         let Some(at) = wake else { return };

@@ -97,6 +97,8 @@ pub(crate) struct FloorScan {
     pub(crate) rebuild_at: Option<u64>,
     /// A timer task is waiting for the earlier of the two.
     pub(crate) timer: bool,
+    /// The running scan was asked for by the timer (a settle or rebuild scan).
+    pub(crate) settling: bool,
 }
 
 impl Inner {

@@ -998,3 +998,60 @@ async fn a_reset_floor_is_rebuilt_without_more_acks() {
     assert!(rows.iter().any(|r| r.msgid == late.msgid.as_str()));
     store.shutdown(scaled(Duration::from_secs(5))).await;
 }
+
+/// Issue 12 §6 run 3: the floor stopped at a row whose ack landed after the scan that 500
+/// acks started, and nothing scanned again until 500 more acks. Acks that follow a scan
+/// get one more once they stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_floor_catches_up_with_acks_after_its_last_scan() {
+    let topic = unique_topic("settle");
+    let _cleanup = Cleanup::topics(&[&topic]);
+    let hour_ago_us = (now_ms() - 3_600_000) as u64 * 1000;
+    let old = published_since(&topic, hour_ago_us, 1_000_000, 700);
+    let history = connect_with(StoreConfig {
+        replay_floor: false,
+        ..config()
+    })
+    .await;
+    for m in &old {
+        history.submit_store(m.clone()).unwrap();
+    }
+    history
+        .flush(scaled(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    history.shutdown(scaled(Duration::from_secs(5))).await;
+
+    let store = connect_with(config()).await;
+    let admin = admin().await;
+    let read_floor = || floor_of(&admin, &topic);
+    let wait_for_floor = |want: String| {
+        let (read_floor, store) = (&read_floor, &store);
+        async move {
+            let deadline = Instant::now() + scaled(Duration::from_secs(60));
+            while read_floor().await.as_deref() != Some(want.as_str()) {
+                assert!(
+                    Instant::now() < deadline,
+                    "floor {:?}, expected {want}; {:?}",
+                    read_floor().await,
+                    store.stats()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    // 500 acks start a scan that sees them all.
+    for m in &old[..500] {
+        store.submit_delete(&m.topic, m.msgid).unwrap();
+    }
+    store.flush(scaled(Duration::from_secs(60))).await.unwrap();
+    wait_for_floor(old[500].msgid.to_string()).await;
+    // 100 more, and then none.
+    for m in &old[500..600] {
+        store.submit_delete(&m.topic, m.msgid).unwrap();
+    }
+    store.flush(scaled(Duration::from_secs(60))).await.unwrap();
+    wait_for_floor(old[600].msgid.to_string()).await;
+    assert_eq!(store.count(&topic).await.unwrap(), 100);
+    store.shutdown(scaled(Duration::from_secs(5))).await;
+}
