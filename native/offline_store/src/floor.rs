@@ -12,6 +12,9 @@
 //! * **Late writes reset it.** A write that lands more than half the lag after its publish
 //!   (after an outage) first deletes its topic's floor, with a timestamp half a lag in the
 //!   future so that no scan already running can put it back.
+//! * **And it comes back.** A scan that starts once that timestamp has passed rebuilds it,
+//!   and a topic's acks that land after its last scan get one more scan when they stop, so
+//!   a floor never waits for the next 500 acks.
 //! * **Slices.** A read that Cassandra still aborts is redone in msgid slices (publish-time
 //!   ranges) that shrink until each stays under the limit.
 //!
