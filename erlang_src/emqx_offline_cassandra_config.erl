@@ -1,12 +1,22 @@
 %%--------------------------------------------------------------------
-%% The plugin's configuration: defaults (EMQX hands over the raw map, with
-%% binary keys and without Avro defaults), validation with reasons a person
-%% can read, and the split into what the NIF gets and what the hooks use.
-%% Pure: no network, no files (on_config_changed runs on every node).
+%% The plugin's configuration, on its one way from the dashboard form to
+%% the storage core: defaults (EMQX hands over the raw map, with binary
+%% keys and without Avro defaults), conversion of the form's values to
+%% typed terms, the core's check, and the split into what the NIF gets
+%% and what the hooks use.
+%%
+%% The rules for the storage settings live once, in the core
+%% (StoreConfig::from_map + validate): this module only converts values
+%% and turns the core's key in a reason back into the form's name, both
+%% through the one table in fields/0. The hook-only settings (topics,
+%% max_returned_count, time_range, message_ttl) never reach the core and
+%% are checked here.
+%% Pure: no network, no files (on_config_changed runs on every node); the
+%% core's check is a NIF call that returns within microseconds.
 %%--------------------------------------------------------------------
 -module(emqx_offline_cassandra_config).
 
--export([parse/1, defaults/0, redact/1, duration_ms/1]).
+-export([parse/1, defaults/0, fields/0, redact/1, duration_ms/1, size_bytes/1, dashboard_text/1]).
 
 -type settings() :: #{
     topics := [binary()],
@@ -16,7 +26,18 @@
 }.
 -export_type([settings/0]).
 
-%% @doc Every field with its default (what config.hocon ships).
+%% How a form value becomes the core's typed value:
+%% string, optional_string (empty: not set, left out), boolean, integer,
+%% duration (whole milliseconds) and size (whole bytes).
+-type kind() :: string | optional_string | boolean | integer | duration | size.
+
+%% The first wait between connection attempts: reconnect_interval is the
+%% longest, and waits double from this one up to it.
+-define(FIRST_RECONNECT_WAIT_MS, 100).
+
+%% @doc Every form field with its default: what priv/config.hocon ships
+%% (a test compares the two), except the credentials, which are empty
+%% here because a config without them means a cluster without auth.
 -spec defaults() -> map().
 defaults() ->
     #{
@@ -49,17 +70,53 @@ defaults() ->
         <<"max_payload_size">> => <<"8MB">>
     }.
 
-%% @doc Applies defaults and checks every field. Returns the NIF's config
-%% (binary keys, the core's names) and the hook settings, or the first
-%% problem found, naming its field.
+%% @doc The one table: each storage field of the form (ssl's as
+%% `ssl.<name>'), the core's key for it, and how its value converts.
+-spec fields() -> [{binary(), binary(), kind()}].
+fields() ->
+    [
+        {<<"servers">>, <<"servers">>, string},
+        {<<"keyspace">>, <<"keyspace">>, string},
+        {<<"username">>, <<"username">>, optional_string},
+        {<<"password">>, <<"password">>, optional_string},
+        {<<"pool_size">>, <<"pool_size">>, integer},
+        {<<"auto_reconnect">>, <<"auto_reconnect">>, boolean},
+        {<<"reconnect_interval">>, <<"reconnect_max_backoff">>, duration},
+        {<<"request_timeout">>, <<"request_timeout">>, duration},
+        {<<"write_consistency">>, <<"write_consistency">>, string},
+        {<<"read_consistency">>, <<"read_consistency">>, string},
+        {<<"ssl.enable">>, <<"tls_enable">>, boolean},
+        {<<"ssl.cafile">>, <<"tls_ca_file">>, optional_string},
+        {<<"ssl.certfile">>, <<"tls_cert_file">>, optional_string},
+        {<<"ssl.keyfile">>, <<"tls_key_file">>, optional_string},
+        {<<"ssl.verify">>, <<"tls_verify">>, boolean},
+        {<<"ssl.server_name">>, <<"tls_server_name">>, optional_string},
+        {<<"buffer_capacity">>, <<"buffer_capacity">>, integer},
+        {<<"overflow_policy">>, <<"overflow_policy">>, string},
+        {<<"topic_index">>, <<"topic_index">>, boolean},
+        {<<"replay_floor">>, <<"replay_floor">>, boolean},
+        {<<"max_payload_size">>, <<"max_payload_bytes">>, size}
+    ].
+
+%% Core keys the plugin derives from a form field (see derived/1), with
+%% the field a problem in them is reported under.
+derived_fields() ->
+    [
+        {<<"reconnect_min_backoff">>, <<"reconnect_interval">>},
+        {<<"replay_floor_lag">>, <<"request_timeout">>}
+    ].
+
+%% @doc Applies defaults, converts every field and has the core check the
+%% storage ones. Returns the NIF's config (the core's keys, typed values)
+%% and the hook settings, or the first problem found, naming its field.
 -spec parse(map()) -> {ok, #{nif := map(), settings := settings()}} | {error, binary()}.
 parse(Raw) when is_map(Raw) ->
-    Defaults = defaults(),
-    Conf0 = maps:merge(Defaults, maps:without([<<"ssl">>], Raw)),
-    Ssl = maps:merge(maps:get(<<"ssl">>, Defaults), ssl_map(maps:get(<<"ssl">>, Raw, #{}))),
-    Conf = Conf0#{<<"ssl">> => Ssl},
     try
-        {ok, build(Conf)}
+        Conf = with_defaults(Raw),
+        Nif = core_config(Conf),
+        Settings = settings(Conf),
+        ok = core_check(Nif),
+        {ok, #{nif => Nif, settings => Settings}}
     catch
         throw:{invalid, Field, Why} ->
             {error, iolist_to_binary([Field, ": ", Why])}
@@ -74,71 +131,101 @@ redact(#{<<"password">> := P} = Conf) when P =/= <<>>, P =/= "" ->
 redact(Conf) ->
     Conf.
 
+%% @doc A reason from the core with its keys replaced by the form's names
+%% (`tls_ca_file' -> `ssl.cafile'), for what a user reads.
+-spec dashboard_text(binary()) -> binary().
+dashboard_text(Text) when is_binary(Text) ->
+    lists:foldl(
+        fun
+            ({Same, Same, _}, Acc) -> Acc;
+            ({Field, Key, _}, Acc) -> re:replace(Acc, ["\\b", Key, "\\b"], Field, [global, {return, binary}])
+        end,
+        Text,
+        fields()
+    ).
+
 %%--------------------------------------------------------------------
+
+with_defaults(Raw) ->
+    Defaults = defaults(),
+    Conf0 = maps:merge(Defaults, maps:without([<<"ssl">>], Raw)),
+    Ssl = maps:merge(maps:get(<<"ssl">>, Defaults), ssl_map(maps:get(<<"ssl">>, Raw, #{}))),
+    Conf = Conf0#{<<"ssl">> => Ssl},
+    Unknown = maps:keys(maps:without(maps:keys(Defaults), Conf)),
+    Unknown =:= [] orelse
+        throw({invalid, hd(Unknown), <<"unknown field">>}),
+    UnknownSsl = maps:keys(maps:without(maps:keys(maps:get(<<"ssl">>, Defaults)), Ssl)),
+    UnknownSsl =:= [] orelse
+        throw({invalid, <<"ssl.", (hd(UnknownSsl))/binary>>, <<"unknown field">>}),
+    Conf.
 
 ssl_map(M) when is_map(M) -> M;
 ssl_map(_) -> throw({invalid, <<"ssl">>, <<"must be an object">>}).
 
-build(Conf) ->
-    Unknown = maps:keys(maps:without(maps:keys(defaults()), Conf)),
-    Unknown =:= [] orelse
-        throw({invalid, hd(Unknown), <<"unknown field">>}),
-    Ssl = maps:get(<<"ssl">>, Conf),
-    UnknownSsl = maps:keys(maps:without(maps:keys(maps:get(<<"ssl">>, defaults())), Ssl)),
-    UnknownSsl =:= [] orelse
-        throw({invalid, <<"ssl.", (hd(UnknownSsl))/binary>>, <<"unknown field">>}),
-    TlsEnable = bool(<<"ssl.enable">>, maps:get(<<"enable">>, Ssl)),
-    TlsVerify = bool(<<"ssl.verify">>, maps:get(<<"verify">>, Ssl)),
-    [CaFile, CertFile, KeyFile, ServerName] =
-        [str(<<"ssl.", K/binary>>, maps:get(K, Ssl)) || K <- [<<"cafile">>, <<"certfile">>, <<"keyfile">>, <<"server_name">>]],
-    TlsEnable andalso TlsVerify andalso CaFile =:= <<>> andalso
-        throw({invalid, <<"ssl.cafile">>, <<"is required when ssl.verify is true">>}),
-    TlsEnable andalso (CertFile =:= <<>>) =/= (KeyFile =:= <<>>) andalso
-        throw({invalid, <<"ssl.keyfile">>, <<"ssl.certfile and ssl.keyfile go together">>}),
-    Username = str(<<"username">>, maps:get(<<"username">>, Conf)),
-    Password = str(<<"password">>, maps:get(<<"password">>, Conf)),
-    (Username =:= <<>>) =:= (Password =:= <<>>) orelse
-        throw({invalid, <<"password">>, <<"username and password must be set together">>}),
-    Reconnect = duration(<<"reconnect_interval">>, Conf),
-    Reconnect > 0 orelse throw({invalid, <<"reconnect_interval">>, <<"must be greater than 0">>}),
-    Timeout = duration(<<"request_timeout">>, Conf),
-    Timeout > 0 orelse throw({invalid, <<"request_timeout">>, <<"must be greater than 0">>}),
-    Nif0 = #{
-        <<"servers">> => nonempty(<<"servers">>, maps:get(<<"servers">>, Conf)),
-        <<"keyspace">> => nonempty(<<"keyspace">>, maps:get(<<"keyspace">>, Conf)),
-        <<"pool_size">> => int(<<"pool_size">>, maps:get(<<"pool_size">>, Conf), 1, 64),
-        <<"auto_reconnect">> => bool(<<"auto_reconnect">>, maps:get(<<"auto_reconnect">>, Conf)),
-        <<"reconnect_min_backoff">> => ms(min(100, Reconnect)),
-        <<"reconnect_max_backoff">> => ms(Reconnect),
-        <<"request_timeout">> => ms(Timeout),
-        <<"write_consistency">> => str(<<"write_consistency">>, maps:get(<<"write_consistency">>, Conf)),
-        <<"read_consistency">> => str(<<"read_consistency">>, maps:get(<<"read_consistency">>, Conf)),
-        <<"buffer_capacity">> => int(<<"buffer_capacity">>, maps:get(<<"buffer_capacity">>, Conf), 1, 10000000),
-        <<"overflow_policy">> => str(<<"overflow_policy">>, maps:get(<<"overflow_policy">>, Conf)),
-        <<"topic_index">> => bool(<<"topic_index">>, maps:get(<<"topic_index">>, Conf)),
-        <<"replay_floor">> => bool(<<"replay_floor">>, maps:get(<<"replay_floor">>, Conf)),
-        %% Half the lag must cover one write attempt (see docs/tombstones.md).
-        <<"replay_floor_lag">> => ms(max(60000, 2 * Timeout + 1000)),
-        <<"max_payload_bytes">> => str(<<"max_payload_size">>, maps:get(<<"max_payload_size">>, Conf)),
-        <<"tls_enable">> => TlsEnable,
-        <<"tls_verify">> => TlsVerify,
-        <<"tls_ca_file">> => CaFile,
-        <<"tls_cert_file">> => CertFile,
-        <<"tls_key_file">> => KeyFile,
-        <<"tls_server_name">> => ServerName
-    },
-    Nif =
-        case Username of
-            <<>> -> Nif0;
-            _ -> Nif0#{<<"username">> => Username, <<"password">> => Password}
+%% The storage fields as the core's keys and typed values.
+core_config(Conf) ->
+    Typed = lists:foldl(
+        fun({Field, Key, Kind}, Acc) ->
+            case convert(Field, Kind, form_value(Field, Conf)) of
+                omit -> Acc;
+                Value -> Acc#{Key => Value}
+            end
         end,
-    Settings = #{
+        #{},
+        fields()
+    ),
+    maps:merge(Typed, derived(Typed)).
+
+%% reconnect_min_backoff: waits start at 100 ms (or at reconnect_interval
+%% when that is shorter). replay_floor_lag follows request_timeout: half
+%% the lag must cover one write attempt (see docs/tombstones.md).
+derived(#{<<"reconnect_max_backoff">> := MaxWait, <<"request_timeout">> := Timeout}) ->
+    #{
+        <<"reconnect_min_backoff">> => min(?FIRST_RECONNECT_WAIT_MS, MaxWait),
+        <<"replay_floor_lag">> => max(60000, 2 * Timeout + 1000)
+    }.
+
+form_value(<<"ssl.", Name/binary>>, #{<<"ssl">> := Ssl}) -> maps:get(Name, Ssl);
+form_value(Field, Conf) -> maps:get(Field, Conf).
+
+convert(Field, string, V) -> str(Field, V);
+convert(Field, optional_string, V) ->
+    case str(Field, V) of
+        <<>> -> omit;
+        S -> S
+    end;
+convert(_Field, boolean, B) when is_boolean(B) -> B;
+convert(Field, boolean, _) -> throw({invalid, Field, <<"must be true or false">>});
+convert(_Field, integer, I) when is_integer(I) -> I;
+convert(Field, integer, _) -> throw({invalid, Field, <<"must be a whole number">>});
+convert(Field, duration, V) -> duration(Field, V);
+convert(Field, size, V) ->
+    case size_bytes(V) of
+        {ok, Bytes} -> Bytes;
+        error -> throw({invalid, Field, <<"must be a size such as 1048576, 512KB or 8MB">>})
+    end.
+
+%% The core checks the storage fields, once; its key in the answer is
+%% turned back into the form's name.
+core_check(Nif) ->
+    case emqx_offline_cassandra_nif:config_problem(Nif) of
+        ok ->
+            ok;
+        {Key, Why} ->
+            Field = proplists:get_value(Key, [{K, F} || {F, K, _} <- fields()] ++ derived_fields(), Key),
+            throw({invalid, Field, dashboard_text(Why)})
+    end.
+
+settings(Conf) ->
+    %% What one replay can return: the core's max_fetch_rows. The form's
+    %% bound (config_schema.avsc) is the same number (a test checks).
+    #{<<"max_fetch_rows">> := MaxRows} = emqx_offline_cassandra_nif:default_config(),
+    #{
         topics => topics(maps:get(<<"topics">>, Conf)),
-        max_returned_count => int(<<"max_returned_count">>, maps:get(<<"max_returned_count">>, Conf), 0, 1000000),
-        time_range_ms => duration(<<"time_range">>, Conf),
-        message_ttl_s => duration(<<"message_ttl">>, Conf) div 1000
-    },
-    #{nif => Nif, settings => Settings}.
+        max_returned_count => int(<<"max_returned_count">>, maps:get(<<"max_returned_count">>, Conf), 0, MaxRows),
+        time_range_ms => duration(<<"time_range">>, maps:get(<<"time_range">>, Conf)),
+        message_ttl_s => duration(<<"message_ttl">>, maps:get(<<"message_ttl">>, Conf)) div 1000
+    }.
 
 topics(L) when is_list(L), L =/= [] ->
     [topic_filter(T) || T <- L];
@@ -163,8 +250,8 @@ valid_levels([]) -> true.
 valid_level(<<"+">>) -> true;
 valid_level(L) -> binary:match(L, [<<"+">>, <<"#">>]) =:= nomatch.
 
-duration(Field, Conf) ->
-    case duration_ms(maps:get(Field, Conf)) of
+duration(Field, V) ->
+    case duration_ms(V) of
         {ok, Ms} -> Ms;
         error -> throw({invalid, Field, <<"must be a duration such as 500ms, 30s, 2h or 7d (empty: none)">>})
     end.
@@ -172,7 +259,12 @@ duration(Field, Conf) ->
 %% @doc "" or "0" -> 0; "500ms", "30s", "5m", "2h", "7d"; a bare number is ms.
 -spec duration_ms(term()) -> {ok, non_neg_integer()} | error.
 duration_ms(V) when is_list(V) ->
-    duration_ms(list_to_binary(V));
+    try unicode:characters_to_binary(V) of
+        B when is_binary(B) -> duration_ms(B);
+        _ -> error
+    catch
+        _:_ -> error
+    end;
 duration_ms(<<>>) ->
     {ok, 0};
 duration_ms(V) when is_binary(V) ->
@@ -192,26 +284,43 @@ unit_ms(<<"m">>) -> 60000;
 unit_ms(<<"h">>) -> 3600000;
 unit_ms(<<"d">>) -> 86400000.
 
-ms(N) -> iolist_to_binary([integer_to_list(N), "ms"]).
+%% @doc "1048576", "512KB", "8MB" (binary units, any case; KiB and MiB
+%% too); an integer is bytes.
+-spec size_bytes(term()) -> {ok, non_neg_integer()} | error.
+size_bytes(V) when is_list(V) ->
+    try unicode:characters_to_binary(V) of
+        B when is_binary(B) -> size_bytes(B);
+        _ -> error
+    catch
+        _:_ -> error
+    end;
+size_bytes(V) when is_binary(V) ->
+    case re:run(string:trim(V), <<"^([0-9]+)\\s*(b|kb|kib|mb|mib)?$">>, [caseless, {capture, all_but_first, binary}]) of
+        {match, [N]} -> {ok, binary_to_integer(N)};
+        {match, [N, Unit]} -> {ok, binary_to_integer(N) * unit_bytes(string:lowercase(Unit))};
+        nomatch -> error
+    end;
+size_bytes(V) when is_integer(V), V >= 0 ->
+    {ok, V};
+size_bytes(_) ->
+    error.
+
+unit_bytes(<<"b">>) -> 1;
+unit_bytes(<<"kb">>) -> 1024;
+unit_bytes(<<"kib">>) -> 1024;
+unit_bytes(<<"mb">>) -> 1048576;
+unit_bytes(<<"mib">>) -> 1048576.
 
 str(_Field, V) when is_binary(V) -> V;
 str(Field, V) when is_list(V) ->
-    try
-        unicode:characters_to_binary(V)
+    try unicode:characters_to_binary(V) of
+        B when is_binary(B) -> B;
+        _ -> throw({invalid, Field, <<"must be a string">>})
     catch
         _:_ -> throw({invalid, Field, <<"must be a string">>})
     end;
 str(Field, _) ->
     throw({invalid, Field, <<"must be a string">>}).
-
-nonempty(Field, V) ->
-    case str(Field, V) of
-        <<>> -> throw({invalid, Field, <<"must not be empty">>});
-        S -> S
-    end.
-
-bool(_Field, B) when is_boolean(B) -> B;
-bool(Field, _) -> throw({invalid, Field, <<"must be true or false">>}).
 
 int(_Field, I, Min, Max) when is_integer(I), I >= Min, I =< Max -> I;
 int(Field, _, Min, Max) ->

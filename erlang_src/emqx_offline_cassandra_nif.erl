@@ -16,6 +16,8 @@
     start/1,
     set_event_pid/1,
     validate/1,
+    config_problem/1,
+    default_config/0,
     reconfigure/2,
     stop/0,
     stop/1,
@@ -121,6 +123,18 @@ set_event_pid(Pid) when is_pid(Pid) ->
 -spec validate(map()) -> ok | {error, reason()}.
 validate(Config) when is_map(Config) ->
     nif_validate(Config).
+
+%% @doc The core's verdict on a config: `ok', or the core's key and why
+%% (the plugin's config module shows it under the form's name). Pure and
+%% fast: nothing is built or opened.
+-spec config_problem(map()) -> ok | {binary(), binary()}.
+config_problem(Config) when is_map(Config) ->
+    nif_config_problem(Config).
+
+%% @doc Every core key with its default, typed as start/1 takes it.
+-spec default_config() -> #{binary() => integer() | boolean() | binary()}.
+default_config() ->
+    nif_default_config().
 
 %% @doc Swaps in a store built from Config on the running runtime. The old
 %% store flushes for at most GraceMs; what it still buffers moves to the new
@@ -240,6 +254,8 @@ hex_msgid(Hex) when is_binary(Hex) -> Hex.
 nif_start(_Config) -> ?NOT_LOADED.
 nif_stop(_GraceMs) -> ?NOT_LOADED.
 nif_validate(_Config) -> ?NOT_LOADED.
+nif_config_problem(_Config) -> ?NOT_LOADED.
+nif_default_config() -> ?NOT_LOADED.
 nif_set_event_pid(_Pid) -> ?NOT_LOADED.
 nif_reconfigure(_Config, _GraceMs) -> ?NOT_LOADED.
 nif_status() -> ?NOT_LOADED.

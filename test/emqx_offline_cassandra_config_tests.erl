@@ -1,4 +1,6 @@
-%% Plugin config parsing: defaults, every field's checks, the NIF map.
+%% Plugin config parsing: defaults, every field's checks (the storage ones
+%% made by the core through the NIF, named by the form), the NIF map, and
+%% that every layer's defaults are those of priv/config.hocon.
 -module(emqx_offline_cassandra_config_tests).
 
 -include_lib("eunit/include/eunit.hrl").
@@ -24,7 +26,7 @@ seed_config_test() ->
         <<"ssl">> => #{<<"enable">> => false}
     }),
     ?assertEqual(<<"root">>, maps:get(<<"username">>, Nif)),
-    ?assertEqual(<<"2000ms">>, maps:get(<<"reconnect_max_backoff">>, Nif)),
+    ?assertEqual(2000, maps:get(<<"reconnect_max_backoff">>, Nif)),
     ?assertEqual(#{topics => [<<"t/#">>, <<"a/+/b">>], max_returned_count => 500,
                    time_range_ms => 7200000, message_ttl_s => 604800}, S).
 
@@ -78,3 +80,88 @@ durations_test() ->
     ?assertEqual({ok, 500}, ?C:duration_ms(<<"500">>)),
     ?assertEqual({ok, 86400000}, ?C:duration_ms(<<"1d">>)),
     ?assertEqual(error, ?C:duration_ms(<<"1w">>)).
+
+sizes_test() ->
+    ?assertEqual({ok, 8388608}, ?C:size_bytes(<<"8MB">>)),
+    ?assertEqual({ok, 524288}, ?C:size_bytes(<<"512KB">>)),
+    ?assertEqual({ok, 1048576}, ?C:size_bytes(<<"1MiB">>)),
+    ?assertEqual({ok, 100}, ?C:size_bytes(<<"100">>)),
+    ?assertEqual({ok, 100}, ?C:size_bytes(100)),
+    ?assertEqual(error, ?C:size_bytes(<<"1GB">>)),
+    ?assertEqual(error, ?C:size_bytes(-1)).
+
+%% The NIF gets typed values: whole milliseconds, whole bytes, booleans.
+typed_values_for_the_core_test() ->
+    {ok, #{nif := Nif}} = ?C:parse(#{<<"request_timeout">> => <<"3s">>, <<"max_payload_size">> => <<"1MB">>,
+                                     <<"reconnect_interval">> => <<"50ms">>}),
+    ?assertMatch(#{<<"request_timeout">> := 3000, <<"max_payload_bytes">> := 1048576,
+                   <<"reconnect_max_backoff">> := 50, <<"reconnect_min_backoff">> := 50,
+                   <<"replay_floor_lag">> := 60000, <<"tls_enable">> := false}, Nif),
+    {ok, #{nif := Defaults}} = ?C:parse(#{}),
+    ?assertMatch(#{<<"reconnect_max_backoff">> := 2000, <<"reconnect_min_backoff">> := 100}, Defaults),
+    %% Empty credentials and TLS files are left out (the core's "not set").
+    ?assertEqual([], [K || {K, <<>>} <- maps:to_list(Defaults)]).
+
+%% The core checks, Erlang words it as the form names it.
+core_reasons_use_the_form_names_test() ->
+    ?assertEqual({error, <<"ssl.cafile: is required when ssl.verify is true">>},
+                 ?C:parse(#{<<"ssl">> => #{<<"enable">> => true, <<"verify">> => true}})),
+    ?assertEqual({error, <<"ssl.keyfile: ssl.certfile and ssl.keyfile go together">>},
+                 ?C:parse(#{<<"ssl">> => #{<<"enable">> => true, <<"keyfile">> => <<"/k">>}})),
+    ?assertEqual({error, <<"reconnect_interval: must be greater than 0">>},
+                 ?C:parse(#{<<"reconnect_interval">> => <<"0s">>})),
+    ?assertMatch({error, <<"max_payload_size: must be between 1 and 10485760", _/binary>>},
+                 ?C:parse(#{<<"max_payload_size">> => <<"11MB">>})),
+    ?assertMatch({error, <<"max_payload_size: must be a size", _/binary>>},
+                 ?C:parse(#{<<"max_payload_size">> => <<"lots">>})),
+    ?assertMatch({error, <<"write_consistency: \"most\" is not a consistency level", _/binary>>},
+                 ?C:parse(#{<<"write_consistency">> => <<"most">>})),
+    ?assertMatch({error, <<"request_timeout: ", _/binary>>},
+                 ?C:parse(#{<<"request_timeout">> => <<"31d">>})),
+    %% TLS off: its fields are not checked.
+    ?assertMatch({ok, _}, ?C:parse(#{<<"ssl">> => #{<<"enable">> => false, <<"verify">> => true}})).
+
+%% What the form accepts is what one replay can return: the core's
+%% max_fetch_rows bounds max_returned_count in the plugin and in the form.
+max_returned_count_is_what_a_replay_returns_test() ->
+    #{<<"max_fetch_rows">> := MaxRows} = emqx_offline_cassandra_nif:default_config(),
+    ?assertMatch({ok, #{settings := #{max_returned_count := MaxRows}}}, ?C:parse(#{<<"max_returned_count">> => MaxRows})),
+    ?assertMatch({error, <<"max_returned_count: ", _/binary>>}, ?C:parse(#{<<"max_returned_count">> => MaxRows + 1})),
+    [Field] = [F || #{<<"name">> := <<"max_returned_count">>} = F <- maps:get(<<"fields">>, priv_json("config_schema.avsc"))],
+    [#{<<"min">> := 0, <<"max">> := FormMax}] = maps:get(<<"rules">>, maps:get(<<"$ui">>, Field)),
+    ?assertEqual(MaxRows, FormMax).
+
+%% One source of defaults, priv/config.hocon: the plugin's own defaults
+%% map and the core's defaults for every key the form sets must agree with
+%% it. (The form's defaults: test/check_plugin_config.py.) The shipped
+%% file seeds the demo credentials root/public; without them a config
+%% means a cluster without auth, so they are the one exception.
+defaults_agree_with_config_hocon_test() ->
+    Hocon = maps:without([<<"username">>, <<"password">>], priv_json("config.hocon")),
+    ?assertEqual(Hocon, maps:without([<<"username">>, <<"password">>], ?C:defaults())),
+    {ok, #{nif := FromHocon}} = ?C:parse(Hocon),
+    Core = emqx_offline_cassandra_nif:default_config(),
+    Disagree = [{K, {config_hocon, V}, {core, maps:get(K, Core, missing)}}
+                || {K, V} <- maps:to_list(FromHocon), maps:get(K, Core, missing) =/= V],
+    ?assertEqual([], Disagree),
+    %% Every core key the table names is compared (none left out by accident).
+    ?assertEqual([], [K || {_, K, _} <- ?C:fields(), not maps:is_key(K, Core),
+                           K =/= <<"username">>, K =/= <<"password">>]).
+
+%% Every storage field of the form is in the table once, and nothing else.
+table_covers_the_form_test() ->
+    Schema = maps:get(<<"fields">>, priv_json("config_schema.avsc")),
+    Names = lists:append([form_names(F) || F <- Schema]),
+    Hook = [<<"topics">>, <<"max_returned_count">>, <<"time_range">>, <<"message_ttl">>],
+    Table = [F || {F, _, _} <- ?C:fields()],
+    ?assertEqual(lists:sort(Names -- Hook), lists:sort(Table)),
+    ?assertEqual(length(Table), length(lists:usort(Table))).
+
+form_names(#{<<"name">> := Name, <<"type">> := #{<<"type">> := <<"record">>, <<"fields">> := Fields}}) ->
+    [<<Name/binary, ".", N/binary>> || #{<<"name">> := N} <- Fields];
+form_names(#{<<"name">> := Name}) ->
+    [Name].
+
+priv_json(File) ->
+    {ok, Bin} = file:read_file(filename:join(code:priv_dir(emqx_offline_cassandra), File)),
+    emqx_double_json:decode(Bin).

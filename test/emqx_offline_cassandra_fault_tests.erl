@@ -155,7 +155,7 @@ full_buffer_drops_and_counts() ->
 %% reads time out with a clear reason, timeouts are counted.
 slow_cassandra_never_blocks_callers() ->
     with_proxy(fun(Proxy, Addr) ->
-        ok = ?NIF:start((config(Addr))#{<<"request_timeout">> => <<"300ms">>, <<"write_attempts">> => 2}),
+        ok = ?NIF:start((config(Addr))#{<<"request_timeout">> => 300, <<"write_attempts">> => 2}),
         ok = wait_until(fun() -> ?NIF:status() =:= connected end, 20000),
         ok = ?PROXY:delay(Proxy, 2000),
         Topic = topic("slow"),

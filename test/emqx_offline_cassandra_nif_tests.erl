@@ -183,7 +183,7 @@ stop_answers_pending_fetches() ->
     end.
 
 cassandra_absent() ->
-    Config = (config())#{<<"servers">> => <<"127.0.0.1:1">>, <<"connect_timeout">> => <<"500ms">>},
+    Config = (config())#{<<"servers">> => <<"127.0.0.1:1">>, <<"connect_timeout">> => 500},
     ok = ?NIF:start(Config),
     %% status answers at once and says why within a second
     ok = wait_until(fun() -> element(1, ensure_tuple(?NIF:status())) =:= connecting end, 100),

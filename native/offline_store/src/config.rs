@@ -1,5 +1,9 @@
-//! Store configuration: typed fields, defaults, and parsing from the string map that the
-//! NIF (and EMQX's plugin config) hands over. Every bad value is an error naming its field.
+//! Store configuration: typed fields, defaults, and building it from the typed value map
+//! that the NIF hands over. Every rule lives here once, and every bad value is an error
+//! naming its key; the plugin shows that key under its form's name.
+//!
+//! The defaults of the keys the plugin's form sets must equal `priv/config.hocon` (the
+//! plugin's EUnit test compares them through `nif_default_config`).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -38,6 +42,7 @@ pub struct StoreConfig {
     pub connect_timeout: Duration,
     /// First wait between connection attempts while no node answers; doubles up to the max.
     pub reconnect_min_backoff: Duration,
+    /// Longest wait between connection attempts (the plugin's `reconnect_interval`).
     pub reconnect_max_backoff: Duration,
     /// Create `mqtt_msg` when the keyspace exists but the table does not. Off by default:
     /// production schemas are owned by their operators.
@@ -91,9 +96,9 @@ impl Default for StoreConfig {
             request_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
             reconnect_min_backoff: Duration::from_millis(100),
-            reconnect_max_backoff: Duration::from_secs(5),
+            reconnect_max_backoff: Duration::from_secs(2),
             create_table_if_missing: false,
-            pool_size: 4,
+            pool_size: 8,
             auto_reconnect: true,
             topic_index: true,
             topic_index_ttl: Duration::from_secs(30 * 86_400),
@@ -183,51 +188,72 @@ pub const CONFIG_KEYS: &[&str] = &[
     "replay_floor_lag",
 ];
 
+/// One config value as the plugin hands it over. Typed on the Erlang side already, so the
+/// core parses no numbers from text: durations are whole milliseconds, sizes whole bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigValue {
+    Int(i64),
+    Bool(bool),
+    Text(String),
+}
+
+/// Consistency levels by the names the plugin's form uses.
+const CONSISTENCIES: &[(&str, Consistency)] = &[
+    ("any", Consistency::Any),
+    ("one", Consistency::One),
+    ("two", Consistency::Two),
+    ("three", Consistency::Three),
+    ("quorum", Consistency::Quorum),
+    ("all", Consistency::All),
+    ("local_quorum", Consistency::LocalQuorum),
+    ("each_quorum", Consistency::EachQuorum),
+    ("local_one", Consistency::LocalOne),
+];
+
 impl StoreConfig {
-    /// Builds a config from string values (as the plugin's HOCON/dashboard form gives them).
-    /// Missing keys keep their defaults; unknown keys and bad values are errors naming the key.
-    pub fn from_map(map: &HashMap<String, String>) -> Result<Self, StoreError> {
+    /// Builds a config from typed values keyed by `CONFIG_KEYS`. Missing keys keep their
+    /// defaults; unknown keys, values of the wrong type and bad values are errors naming
+    /// the key. This and `validate` are the only place the rules live: the plugin only
+    /// converts its form's values to these types.
+    pub fn from_map(map: &HashMap<String, ConfigValue>) -> Result<Self, StoreError> {
         let mut cfg = StoreConfig::default();
         let mut tls_enable = false;
-        let mut tls = TlsConfig {
-            verify: true,
-            ..TlsConfig::default()
-        };
+        let mut tls = TlsConfig::default();
         for (key, value) in map {
-            let value = value.trim();
-            match key.as_str() {
-                "servers" => cfg.contact_points = parse_servers(value)?,
-                "keyspace" => cfg.keyspace = value.to_string(),
-                "username" => cfg.username = non_empty(value),
-                "password" => cfg.password = non_empty(value),
-                "write_consistency" => cfg.write_consistency = parse_consistency(key, value)?,
-                "read_consistency" => cfg.read_consistency = parse_consistency(key, value)?,
-                "request_timeout" => cfg.request_timeout = parse_duration(key, value)?,
-                "connect_timeout" => cfg.connect_timeout = parse_duration(key, value)?,
-                "reconnect_min_backoff" => cfg.reconnect_min_backoff = parse_duration(key, value)?,
-                "reconnect_max_backoff" => cfg.reconnect_max_backoff = parse_duration(key, value)?,
-                "create_table_if_missing" => cfg.create_table_if_missing = parse_bool(key, value)?,
-                "pool_size" => cfg.pool_size = parse_num(key, value)?,
-                "auto_reconnect" => cfg.auto_reconnect = parse_bool(key, value)?,
-                "topic_index" => cfg.topic_index = parse_bool(key, value)?,
-                "topic_index_ttl" => cfg.topic_index_ttl = parse_duration(key, value)?,
-                "max_wildcard_topics" => cfg.max_wildcard_topics = parse_num(key, value)?,
-                "tls_enable" => tls_enable = parse_bool(key, value)?,
-                "tls_ca_file" => tls.ca_file = non_empty(value),
-                "tls_cert_file" => tls.cert_file = non_empty(value),
-                "tls_key_file" => tls.key_file = non_empty(value),
-                "tls_verify" => tls.verify = parse_bool(key, value)?,
-                "tls_server_name" => tls.server_name = non_empty(value),
-                "max_payload_bytes" => cfg.max_payload_bytes = parse_size(key, value)?,
-                "buffer_capacity" => cfg.buffer_capacity = parse_num(key, value)?,
-                "overflow_policy" => cfg.overflow_policy = parse_policy(key, value)?,
-                "max_batch_rows" => cfg.max_batch_rows = parse_num(key, value)?,
-                "max_in_flight" => cfg.max_in_flight = parse_num(key, value)?,
-                "write_attempts" => cfg.write_attempts = parse_num(key, value)?,
-                "max_fetch_rows" => cfg.max_fetch_rows = parse_num(key, value)?,
-                "fetch_page_rows" => cfg.fetch_page_rows = parse_num(key, value)?,
-                "replay_floor" => cfg.replay_floor = parse_bool(key, value)?,
-                "replay_floor_lag" => cfg.replay_floor_lag = parse_duration(key, value)?,
+            let key = key.as_str();
+            match key {
+                "servers" => cfg.contact_points = parse_servers(text(key, value)?)?,
+                "keyspace" => cfg.keyspace = text(key, value)?.trim().to_string(),
+                "username" => cfg.username = optional_text(key, value)?,
+                "password" => cfg.password = optional_text(key, value)?,
+                "write_consistency" => cfg.write_consistency = consistency(key, value)?,
+                "read_consistency" => cfg.read_consistency = consistency(key, value)?,
+                "request_timeout" => cfg.request_timeout = millis(key, value)?,
+                "connect_timeout" => cfg.connect_timeout = millis(key, value)?,
+                "reconnect_min_backoff" => cfg.reconnect_min_backoff = millis(key, value)?,
+                "reconnect_max_backoff" => cfg.reconnect_max_backoff = millis(key, value)?,
+                "create_table_if_missing" => cfg.create_table_if_missing = boolean(key, value)?,
+                "pool_size" => cfg.pool_size = whole(key, value)?,
+                "auto_reconnect" => cfg.auto_reconnect = boolean(key, value)?,
+                "topic_index" => cfg.topic_index = boolean(key, value)?,
+                "topic_index_ttl" => cfg.topic_index_ttl = millis(key, value)?,
+                "max_wildcard_topics" => cfg.max_wildcard_topics = whole(key, value)?,
+                "tls_enable" => tls_enable = boolean(key, value)?,
+                "tls_ca_file" => tls.ca_file = optional_text(key, value)?,
+                "tls_cert_file" => tls.cert_file = optional_text(key, value)?,
+                "tls_key_file" => tls.key_file = optional_text(key, value)?,
+                "tls_verify" => tls.verify = boolean(key, value)?,
+                "tls_server_name" => tls.server_name = optional_text(key, value)?,
+                "max_payload_bytes" => cfg.max_payload_bytes = whole(key, value)?,
+                "buffer_capacity" => cfg.buffer_capacity = whole(key, value)?,
+                "overflow_policy" => cfg.overflow_policy = policy(key, value)?,
+                "max_batch_rows" => cfg.max_batch_rows = whole(key, value)?,
+                "max_in_flight" => cfg.max_in_flight = whole(key, value)?,
+                "write_attempts" => cfg.write_attempts = whole(key, value)?,
+                "max_fetch_rows" => cfg.max_fetch_rows = whole(key, value)?,
+                "fetch_page_rows" => cfg.fetch_page_rows = whole(key, value)?,
+                "replay_floor" => cfg.replay_floor = boolean(key, value)?,
+                "replay_floor_lag" => cfg.replay_floor_lag = millis(key, value)?,
                 _ => {
                     return Err(invalid(
                         key,
@@ -241,6 +267,66 @@ impl StoreConfig {
         }
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// This config as `from_map` takes it, credentials left out. With the defaults it lets
+    /// the plugin's tests check that its shipped defaults (`priv/config.hocon`) are ours.
+    pub fn to_values(&self) -> Vec<(&'static str, ConfigValue)> {
+        use ConfigValue::{Bool, Int, Text};
+        let ms = |d: Duration| Int(i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let n = |v: usize| Int(i64::try_from(v).unwrap_or(i64::MAX));
+        let tls = self.tls.clone().unwrap_or_default();
+        let path = |p: &Option<String>| Text(p.clone().unwrap_or_default());
+        vec![
+            ("servers", Text(self.contact_points.join(","))),
+            ("keyspace", Text(self.keyspace.clone())),
+            (
+                "write_consistency",
+                Text(consistency_name(self.write_consistency)),
+            ),
+            (
+                "read_consistency",
+                Text(consistency_name(self.read_consistency)),
+            ),
+            ("request_timeout", ms(self.request_timeout)),
+            ("connect_timeout", ms(self.connect_timeout)),
+            ("reconnect_min_backoff", ms(self.reconnect_min_backoff)),
+            ("reconnect_max_backoff", ms(self.reconnect_max_backoff)),
+            (
+                "create_table_if_missing",
+                Bool(self.create_table_if_missing),
+            ),
+            ("pool_size", n(self.pool_size)),
+            ("auto_reconnect", Bool(self.auto_reconnect)),
+            ("topic_index", Bool(self.topic_index)),
+            ("topic_index_ttl", ms(self.topic_index_ttl)),
+            ("max_wildcard_topics", n(self.max_wildcard_topics)),
+            ("tls_enable", Bool(self.tls.is_some())),
+            ("tls_ca_file", path(&tls.ca_file)),
+            ("tls_cert_file", path(&tls.cert_file)),
+            ("tls_key_file", path(&tls.key_file)),
+            ("tls_verify", Bool(tls.verify)),
+            ("tls_server_name", path(&tls.server_name)),
+            ("max_payload_bytes", n(self.max_payload_bytes)),
+            ("buffer_capacity", n(self.buffer_capacity)),
+            (
+                "overflow_policy",
+                Text(
+                    match self.overflow_policy {
+                        OverflowPolicy::DropNew => "drop_new",
+                        OverflowPolicy::DropOldest => "drop_oldest",
+                    }
+                    .to_string(),
+                ),
+            ),
+            ("max_batch_rows", n(self.max_batch_rows)),
+            ("max_in_flight", n(self.max_in_flight)),
+            ("write_attempts", Int(i64::from(self.write_attempts))),
+            ("max_fetch_rows", Int(i64::from(self.max_fetch_rows))),
+            ("fetch_page_rows", Int(i64::from(self.fetch_page_rows))),
+            ("replay_floor", Bool(self.replay_floor)),
+            ("replay_floor_lag", ms(self.replay_floor_lag)),
+        ]
     }
 
     /// Checks ranges and combinations. Called by `from_map` and by `Store::start`.
@@ -374,99 +460,85 @@ fn parse_server(s: &str) -> Result<(String, u16), StoreError> {
     }
 }
 
-fn parse_consistency(field: &str, v: &str) -> Result<Consistency, StoreError> {
-    Ok(match v.to_ascii_lowercase().as_str() {
-        "any" => Consistency::Any,
-        "one" => Consistency::One,
-        "two" => Consistency::Two,
-        "three" => Consistency::Three,
-        "quorum" => Consistency::Quorum,
-        "all" => Consistency::All,
-        "local_quorum" => Consistency::LocalQuorum,
-        "each_quorum" => Consistency::EachQuorum,
-        "local_one" => Consistency::LocalOne,
-        _ => {
-            return Err(invalid(
-                field,
-                format!(
-                    "{v:?} is not a consistency level (one, two, three, quorum, all, local_quorum, each_quorum, local_one, any)"
-                ),
-            ));
-        }
-    })
-}
-
-/// `"500ms"`, `"5s"`, `"2m"`, `"1h"`; a bare number means milliseconds.
-pub fn parse_duration(field: &str, v: &str) -> Result<Duration, StoreError> {
-    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
-    let (num, unit) = v.split_at(split);
-    let n: u64 = num.parse().map_err(|_| {
-        invalid(
-            field,
-            format!("{v:?} is not a duration like 500ms, 5s, 2m, 1h"),
-        )
-    })?;
-    let ms = match unit.trim() {
-        "" | "ms" => Some(n),
-        "s" => n.checked_mul(1_000),
-        "m" => n.checked_mul(60_000),
-        "h" => n.checked_mul(3_600_000),
-        "d" => n.checked_mul(86_400_000),
-        _ => None,
+fn wrong_type(field: &str, expected: &str, got: &ConfigValue) -> StoreError {
+    let got = match got {
+        ConfigValue::Int(i) => i.to_string(),
+        ConfigValue::Bool(b) => b.to_string(),
+        ConfigValue::Text(t) => format!("{t:?}"),
     };
-    ms.map(Duration::from_millis).ok_or_else(|| {
-        invalid(
-            field,
-            format!("{v:?} is not a duration like 500ms, 5s, 2m, 1h"),
-        )
-    })
+    invalid(field, format!("must be {expected}, not {got}"))
 }
 
-/// `"1048576"`, `"512KB"`, `"1MB"` (binary units).
-fn parse_size(field: &str, v: &str) -> Result<usize, StoreError> {
-    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
-    let (num, unit) = v.split_at(split);
-    let n: usize = num.parse().map_err(|_| {
-        invalid(
-            field,
-            format!("{v:?} is not a size like 1048576, 512KB, 1MB"),
-        )
-    })?;
-    let mult = match unit.trim().to_ascii_uppercase().as_str() {
-        "" | "B" => 1,
-        "KB" | "KIB" => 1024,
-        "MB" | "MIB" => 1024 * 1024,
-        _ => {
-            return Err(invalid(
-                field,
-                format!("{v:?} is not a size like 1048576, 512KB, 1MB"),
-            ));
-        }
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| invalid(field, format!("{v:?} is too large")))
-}
-
-fn parse_bool(field: &str, v: &str) -> Result<bool, StoreError> {
+fn text<'v>(field: &str, v: &'v ConfigValue) -> Result<&'v str, StoreError> {
     match v {
-        "true" => Ok(true),
-        "false" => Ok(false),
-        _ => Err(invalid(field, format!("{v:?} is not true or false"))),
+        ConfigValue::Text(t) => Ok(t),
+        other => Err(wrong_type(field, "text", other)),
     }
 }
 
-fn parse_num<T: std::str::FromStr>(field: &str, v: &str) -> Result<T, StoreError> {
-    v.parse()
-        .map_err(|_| invalid(field, format!("{v:?} is not a whole number")))
+/// Empty text means "not set".
+fn optional_text(field: &str, v: &ConfigValue) -> Result<Option<String>, StoreError> {
+    Ok(non_empty(text(field, v)?.trim()))
 }
 
-fn parse_policy(field: &str, v: &str) -> Result<OverflowPolicy, StoreError> {
+fn boolean(field: &str, v: &ConfigValue) -> Result<bool, StoreError> {
     match v {
+        ConfigValue::Bool(b) => Ok(*b),
+        other => Err(wrong_type(field, "true or false", other)),
+    }
+}
+
+/// A whole number that fits the field's type (so negative counts are refused here).
+fn whole<T: TryFrom<i64>>(field: &str, v: &ConfigValue) -> Result<T, StoreError> {
+    match v {
+        ConfigValue::Int(i) => T::try_from(*i)
+            .map_err(|_| invalid(field, format!("{i} is out of range for this field"))),
+        other => Err(wrong_type(field, "a whole number", other)),
+    }
+}
+
+/// A duration given as whole milliseconds.
+fn millis(field: &str, v: &ConfigValue) -> Result<Duration, StoreError> {
+    match v {
+        ConfigValue::Int(i) => u64::try_from(*i)
+            .map(Duration::from_millis)
+            .map_err(|_| invalid(field, format!("{i} ms is negative"))),
+        other => Err(wrong_type(field, "a whole number of milliseconds", other)),
+    }
+}
+
+fn consistency(field: &str, v: &ConfigValue) -> Result<Consistency, StoreError> {
+    let name = text(field, v)?.trim().to_ascii_lowercase();
+    CONSISTENCIES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, c)| *c)
+        .ok_or_else(|| {
+            let names: Vec<&str> = CONSISTENCIES.iter().map(|(n, _)| *n).collect();
+            invalid(
+                field,
+                format!("{name:?} is not a consistency level ({})", names.join(", ")),
+            )
+        })
+}
+
+fn consistency_name(c: Consistency) -> String {
+    CONSISTENCIES
+        .iter()
+        .find(|(_, known)| *known == c)
+        .map_or_else(
+            || format!("{c:?}").to_ascii_lowercase(),
+            |(n, _)| n.to_string(),
+        )
+}
+
+fn policy(field: &str, v: &ConfigValue) -> Result<OverflowPolicy, StoreError> {
+    match text(field, v)?.trim() {
         "drop_new" => Ok(OverflowPolicy::DropNew),
         "drop_oldest" => Ok(OverflowPolicy::DropOldest),
-        _ => Err(invalid(
+        other => Err(invalid(
             field,
-            format!("{v:?} is not drop_new or drop_oldest"),
+            format!("{other:?} is not drop_new or drop_oldest"),
         )),
     }
 }
@@ -481,13 +553,18 @@ pub fn is_cql_identifier(s: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::ConfigValue::{Bool, Int, Text};
     use super::*;
 
-    fn map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    fn map(pairs: &[(&str, ConfigValue)]) -> HashMap<String, ConfigValue> {
         pairs
             .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .map(|(k, v)| (k.to_string(), v.clone()))
             .collect()
+    }
+
+    fn t(s: &str) -> ConfigValue {
+        Text(s.to_string())
     }
 
     fn field_of(err: StoreError) -> String {
@@ -508,32 +585,32 @@ mod tests {
     #[test]
     fn parses_every_field() {
         let cfg = StoreConfig::from_map(&map(&[
-            ("servers", "10.0.0.1:9043, cass2 ,[::1]:9044"),
-            ("keyspace", "ks_1"),
-            ("username", "root"),
-            ("password", "public"),
-            ("write_consistency", "ONE"),
-            ("read_consistency", "local_one"),
-            ("request_timeout", "2s"),
-            ("connect_timeout", "750ms"),
-            ("reconnect_min_backoff", "50"),
-            ("reconnect_max_backoff", "1m"),
-            ("create_table_if_missing", "true"),
-            ("pool_size", "2"),
-            ("auto_reconnect", "false"),
-            ("topic_index", "false"),
-            ("topic_index_ttl", "0"),
-            ("max_wildcard_topics", "50"),
-            ("max_payload_bytes", "1MB"),
-            ("buffer_capacity", "10"),
-            ("overflow_policy", "drop_oldest"),
-            ("max_batch_rows", "8"),
-            ("max_in_flight", "4"),
-            ("write_attempts", "5"),
-            ("max_fetch_rows", "500"),
-            ("fetch_page_rows", "100"),
-            ("replay_floor", "false"),
-            ("replay_floor_lag", "5m"),
+            ("servers", t("10.0.0.1:9043, cass2 ,[::1]:9044")),
+            ("keyspace", t("ks_1")),
+            ("username", t("root")),
+            ("password", t("public")),
+            ("write_consistency", t("ONE")),
+            ("read_consistency", t("local_one")),
+            ("request_timeout", Int(2_000)),
+            ("connect_timeout", Int(750)),
+            ("reconnect_min_backoff", Int(50)),
+            ("reconnect_max_backoff", Int(60_000)),
+            ("create_table_if_missing", Bool(true)),
+            ("pool_size", Int(2)),
+            ("auto_reconnect", Bool(false)),
+            ("topic_index", Bool(false)),
+            ("topic_index_ttl", Int(0)),
+            ("max_wildcard_topics", Int(50)),
+            ("max_payload_bytes", Int(1024 * 1024)),
+            ("buffer_capacity", Int(10)),
+            ("overflow_policy", t("drop_oldest")),
+            ("max_batch_rows", Int(8)),
+            ("max_in_flight", Int(4)),
+            ("write_attempts", Int(5)),
+            ("max_fetch_rows", Int(500)),
+            ("fetch_page_rows", Int(100)),
+            ("replay_floor", Bool(false)),
+            ("replay_floor_lag", Int(300_000)),
         ]))
         .unwrap();
         assert_eq!(
@@ -566,54 +643,116 @@ mod tests {
     #[test]
     fn bad_values_name_their_field() {
         let cases = [
-            ("servers", "host:notaport"),
-            ("servers", ""),
-            ("servers", "host:0"),
-            ("keyspace", "mqtt; DROP TABLE x"),
-            ("keyspace", "1abc"),
-            ("write_consistency", "most"),
-            ("request_timeout", "soon"),
-            ("request_timeout", "0s"),
-            ("create_table_if_missing", "yes"),
-            ("max_payload_bytes", "11MB"),
-            ("max_payload_bytes", "lots"),
-            ("buffer_capacity", "-1"),
-            ("overflow_policy", "block"),
-            ("max_batch_rows", "0"),
-            ("pool_size", "65"),
-            ("auto_reconnect", "1"),
-            ("replay_floor_lag", "5s"),
-            ("replay_floor_lag", "31d"),
-            ("no_such_key", "1"),
+            ("servers", t("host:notaport")),
+            ("servers", t("")),
+            ("servers", t("host:0")),
+            ("servers", Int(9042)),
+            ("keyspace", t("mqtt; DROP TABLE x")),
+            ("keyspace", t("1abc")),
+            ("write_consistency", t("most")),
+            ("request_timeout", t("soon")),
+            ("request_timeout", t("5s")),
+            ("request_timeout", Int(0)),
+            ("request_timeout", Int(-1)),
+            ("create_table_if_missing", t("yes")),
+            ("max_payload_bytes", Int(11 * 1024 * 1024)),
+            ("max_payload_bytes", t("lots")),
+            ("buffer_capacity", Int(-1)),
+            ("overflow_policy", t("block")),
+            ("max_batch_rows", Int(0)),
+            ("pool_size", Int(65)),
+            ("pool_size", t("8")),
+            ("auto_reconnect", Int(1)),
+            ("replay_floor_lag", Int(5_000)),
+            ("replay_floor_lag", Int(31 * 86_400_000)),
+            ("no_such_key", Int(1)),
         ];
         for (key, value) in cases {
-            let err = StoreConfig::from_map(&map(&[(key, value)])).unwrap_err();
+            let err = StoreConfig::from_map(&map(&[(key, value.clone())])).unwrap_err();
             assert!(
                 err.to_string().contains(key),
-                "{key}={value}: message {err} does not name the field"
+                "{key}={value:?}: message {err} does not name the field"
             );
-            assert_eq!(field_of(err), key, "{key}={value}");
+            assert_eq!(field_of(err), key, "{key}={value:?}");
         }
     }
 
     #[test]
     fn credentials_come_in_pairs_and_are_redacted() {
-        let err = StoreConfig::from_map(&map(&[("username", "root")])).unwrap_err();
+        let err = StoreConfig::from_map(&map(&[("username", t("root"))])).unwrap_err();
         assert_eq!(field_of(err), "password");
         let cfg =
-            StoreConfig::from_map(&map(&[("username", "root"), ("password", "s3cret")])).unwrap();
+            StoreConfig::from_map(&map(&[("username", t("root")), ("password", t("s3cret"))]))
+                .unwrap();
         let shown = format!("{cfg:?}");
         assert!(!shown.contains("s3cret"), "{shown}");
         assert!(shown.contains("<redacted>"));
+        // Empty credentials are no credentials.
+        let cfg = StoreConfig::from_map(&map(&[("username", t("")), ("password", t(""))])).unwrap();
+        assert_eq!((cfg.username, cfg.password), (None, None));
     }
 
     #[test]
     fn backoff_order_is_checked() {
         let err = StoreConfig::from_map(&map(&[
-            ("reconnect_min_backoff", "5s"),
-            ("reconnect_max_backoff", "1s"),
+            ("reconnect_min_backoff", Int(5_000)),
+            ("reconnect_max_backoff", Int(1_000)),
         ]))
         .unwrap_err();
         assert_eq!(field_of(err), "reconnect_max_backoff");
+    }
+
+    #[test]
+    fn tls_rules_name_the_tls_keys() {
+        let err = StoreConfig::from_map(&map(&[
+            ("tls_enable", Bool(true)),
+            ("tls_verify", Bool(true)),
+        ]))
+        .unwrap_err();
+        assert_eq!(field_of(err), "tls_ca_file");
+        let err = StoreConfig::from_map(&map(&[
+            ("tls_enable", Bool(true)),
+            ("tls_cert_file", t("/c.pem")),
+        ]))
+        .unwrap_err();
+        assert_eq!(field_of(err), "tls_key_file");
+        // Off, the TLS keys are not checked (the form always sends them).
+        let cfg = StoreConfig::from_map(&map(&[
+            ("tls_enable", Bool(false)),
+            ("tls_verify", Bool(true)),
+            ("tls_ca_file", t("")),
+        ]))
+        .unwrap();
+        assert!(cfg.tls.is_none());
+    }
+
+    #[test]
+    fn to_values_covers_every_key_and_round_trips() {
+        let values = StoreConfig::default().to_values();
+        let keys: Vec<&str> = values.iter().map(|(k, _)| *k).collect();
+        for key in CONFIG_KEYS {
+            assert!(
+                keys.contains(key) || ["username", "password"].contains(key),
+                "{key} missing from to_values"
+            );
+        }
+        let cfg = StoreConfig {
+            tls: Some(TlsConfig {
+                ca_file: Some("/ca.pem".into()),
+                verify: true,
+                ..TlsConfig::default()
+            }),
+            pool_size: 3,
+            reconnect_max_backoff: Duration::from_secs(7),
+            write_consistency: Consistency::EachQuorum,
+            ..StoreConfig::default()
+        };
+        let map: HashMap<String, ConfigValue> = cfg
+            .to_values()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        let back = StoreConfig::from_map(&map).unwrap();
+        assert_eq!(format!("{back:?}"), format!("{cfg:?}"));
     }
 }

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use offline_store::config::ConfigValue;
 use offline_store::{FetchOptions, Message, MsgId, Store, StoreConfig, StoreError, TlsConfig};
 use scylla::client::session_builder::SessionBuilder;
 
@@ -181,9 +182,9 @@ async fn plain_text_to_the_tls_port_fails_clearly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_config_problems_name_their_field() {
     let err = StoreConfig::from_map(
-        &[("tls_enable", "true"), ("tls_verify", "true")]
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
+        &[("tls_enable", true), ("tls_verify", true)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), ConfigValue::Bool(v)))
             .collect(),
     )
     .unwrap_err();
