@@ -36,7 +36,7 @@ fi
 
 seed=$(grep -v '^--' "$HERE/seed-table-3.11.cql" | sed 's/mqtt\.mqtt_msg/mqtt.seed_statement_probe/')
 rejected=$("$C" cqlsh -e "$seed" 2>&1 || true)
-check "the seed's 3.11 statement is rejected on 5.0 as README says" \
+check "the seed's 3.11 statement is rejected on 5.0 as docs/development.md says" \
     contains "$rejected" "Unknown property 'dclocal_read_repair_chance'"
 
 # A second node on other ports, in its own cache dir: start, then stop it; the first stays.
