@@ -107,7 +107,7 @@ lib_path() ->
 
 %% @doc Starts the runtime and connects in the background (with retry).
 %% Config: a map with binary keys (as EMQX hands plugin config); values are
-%% binaries, integers or booleans. Keys: see README, "Configuration".
+%% binaries, integers or booleans. Keys: docs/design.md, "Configuration of the core".
 -spec start(#{binary() => binary() | integer() | boolean()}) -> ok | {error, reason()}.
 start(Config) when is_map(Config) ->
     nif_start(Config).

@@ -47,7 +47,7 @@ pub struct StoreConfig {
     /// Create `mqtt_msg` when the keyspace exists but the table does not. Off by default:
     /// production schemas are owned by their operators.
     pub create_table_if_missing: bool,
-    /// Largest payload accepted, in bytes (see README, "Payloads").
+    /// Largest payload accepted, in bytes (see docs/design.md, "Payloads").
     pub max_payload_bytes: usize,
     /// Writes buffered in memory while they wait for Cassandra.
     pub buffer_capacity: usize,
