@@ -9,30 +9,58 @@
 #     hook-path rate vs the core, replay latencies, RSS through an outage -> plugin.jsonl
 # Then one table of every figure with its baseline and target, appended as one JSON line to
 # bench-results/summary.jsonl (format: docs/benchmarks.md).
+# The benchmarks need the bench-only API (cargo feature bench_api): the plugin they install
+# is packaged into _build/plugin-bench/, never into _build/plugin/.
+# Erlang's log lines go to bench-results/erlang.log, so the tables stay clean.
+# A Cassandra this script started is stopped at the end; KEEP_CASSANDRA=1 keeps it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${BENCH_ROUNDS:-3}
+step() { printf '\n=== %s\n' "$*"; }
+
+step "tools"
 scripts/ensure-deps.sh rust java maven python erlang
+step "local Cassandra"
+if ! test/cassandra/cassandra.sh status >/dev/null && [ -z "${KEEP_CASSANDRA:-}" ]; then
+    trap 'test/cassandra/cassandra.sh stop' EXIT
+fi
 test/cassandra/cassandra.sh start
 mkdir -p bench-results
-rebar3 as test compile >/dev/null
-cargo bench -p offline_store --bench store_throughput --no-run 2>/dev/null
+
+export BENCH_API=1
+export PLUGIN_PACKAGE_DIR=_build/plugin-bench
+step "build: the NIF with the bench API (several minutes on a fresh clone)"
+rebar3 as test compile
+step "build: the core benchmarks"
+cargo bench -p offline_store --bench store_throughput --no-run
+cargo bench -p offline_store --bench tombstone_replay --no-run
+step "build: the plugin package the plugin benchmark installs ($PLUGIN_PACKAGE_DIR)"
+PACKAGE_DIR=$PLUGIN_PACKAGE_DIR scripts/package.sh
+
+erlang_log=bench-results/erlang.log
+: >"$erlang_log"
+# erl_bench FUN: runs FUN() of a benchmark module in a fresh VM, its logger writing to a file.
+erl_bench() {
+    erl -noshell -pa _build/test/lib/emqx_offline_cassandra/ebin -pa _build/test/lib/emqx_offline_cassandra/test \
+        -eval "ok = emqx_offline_cassandra_test_util:log_to_file(\"$erlang_log\"), ok = $1(), halt()."
+}
+
 for round in $(seq "$rounds"); do
-    echo "=== round $round of $rounds"
+    step "round $round of $rounds: core pipeline, then the NIF"
     cargo bench -p offline_store --bench store_throughput 2>/dev/null
     ceiling=$(tail -n 1 bench-results/core.jsonl | sed -n 's/.*"pipeline_msg_s":\([0-9.]*\).*/\1/p')
-    CORE_CEILING_MSG_S=$ceiling erl -noshell \
-        -pa _build/test/lib/emqx_offline_cassandra/ebin -pa _build/test/lib/emqx_offline_cassandra/test \
-        -eval 'ok = emqx_offline_cassandra_nif_bench:run(), halt().'
+    CORE_CEILING_MSG_S=$ceiling erl_bench emqx_offline_cassandra_nif_bench:run
 done
+step "tombstones: replay beside acked rows"
 cargo bench -p offline_store --bench tombstone_replay 2>/dev/null
 ceiling=$(python3 -c '
 import json, statistics, sys
 rows = [json.loads(l) for l in open("bench-results/core.jsonl").read().splitlines()[-int(sys.argv[1]):]]
 print(round(statistics.median(r["pipeline_msg_s"] for r in rows)))' "$rounds")
-scripts/package.sh >/dev/null
-CORE_CEILING_MSG_S=$ceiling erl -noshell -pa _build/test/lib/emqx_offline_cassandra/test \
-    -eval 'ok = emqx_offline_cassandra_plugin_bench:run(), halt().'
-erl -noshell -pa _build/test/lib/emqx_offline_cassandra/test \
-    -eval 'ok = emqx_offline_cassandra_plugin_bench:run_outage(), halt().'
+step "the packaged plugin in the EMQX double"
+CORE_CEILING_MSG_S=$ceiling erl_bench emqx_offline_cassandra_plugin_bench:run
+step "the packaged plugin through a Cassandra outage of ${BENCH_OUTAGE_SECS:-600} s"
+erl_bench emqx_offline_cassandra_plugin_bench:run_outage
+step "summary"
 python3 scripts/bench-summary.py "$rounds" "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+echo "Erlang log lines of the run: $erlang_log"

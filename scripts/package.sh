@@ -7,13 +7,16 @@
 # `sha256sum -c` format. test/check_package.sh checks the result.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# PACKAGE_DIR=dir puts the package elsewhere; only there may BENCH_API=1 add the bench-only
+# NIFs (scripts/bench.sh does). _build/plugin/ always gets the production NIF.
+out=${PACKAGE_DIR:-_build/plugin}
 unset FAULT_INJECTION # the package carries the production NIF
+if [ "$out" = _build/plugin ]; then unset BENCH_API; fi
 scripts/ensure-deps.sh erlang binutils
 
 name=emqx_offline_cassandra
 vsn=$(sed -n 's/.*{vsn, *"\([^"]*\)"}.*/\1/p' erlang_src/$name.app.src)
 nv=$name-$vsn
-out=_build/plugin
 
 rebar3 release >/dev/null
 src=_build/default/rel/$name/lib/$nv

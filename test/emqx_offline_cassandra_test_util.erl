@@ -6,7 +6,7 @@
 %% bounds how long a test may take to show progress, it never measures speed.
 -module(emqx_offline_cassandra_test_util).
 
--export([wait_until/2, scaled/1, time_scale/0, stop_nif/0]).
+-export([wait_until/2, scaled/1, time_scale/0, stop_nif/0, log_to_file/1]).
 
 %% @doc Polls Pred (which may crash: that counts as false) every 10 ms until
 %% it holds, or returns {timeout, What} after scaled(Ms), with the NIF's
@@ -56,4 +56,12 @@ time_scale() ->
 stop_nif() ->
     _ = (catch emqx_offline_cassandra_nif:set_event_pid(spawn(fun() -> ok end))),
     _ = (catch emqx_offline_cassandra_nif:stop(0)),
+    ok.
+
+%% @doc Sends this VM's log lines to File instead of the terminal, so that
+%% a benchmark's tables are not interleaved with the plugin's reports.
+-spec log_to_file(file:filename()) -> ok.
+log_to_file(File) ->
+    ok = logger:remove_handler(default),
+    ok = logger:add_handler(default, logger_std_h, #{config => #{file => File}}),
     ok.
