@@ -22,6 +22,7 @@ nif_test_() ->
             {timeout, scaled(60), fun cassandra_absent/0},
             {timeout, scaled(60), fun cassandra_stops_and_comes_back/0},
             {timeout, scaled(60), fun bad_config_and_credentials/0},
+            {timeout, scaled(60), fun bad_arguments_are_invalid_input/0},
             {timeout, scaled(60), fun reconfigure_keeps_buffered_writes/0},
             {timeout, scaled(60), fun wildcard_fetch/0},
             {timeout, scaled(60), fun panic_becomes_error_reply/0},
@@ -255,6 +256,32 @@ bad_config_and_credentials() ->
     ?assertNotEqual(nomatch, binary:match(Why, <<"root">>)),
     ?assertEqual(nomatch, binary:match(Why, <<"wrong">>)),
     ?assertEqual({error, already_started}, ?NIF:start(config())),
+    stop().
+
+%% A wrong argument is answered {error, {invalid_input, Why}} naming it (not
+%% badarg, not invalid_config) and nothing is accepted; what a msgid binary
+%% holds stays the core's to judge.
+bad_arguments_are_invalid_input() ->
+    ok = ?NIF:start((config())#{<<"servers">> => <<"127.0.0.1:1">>}),
+    Topic = unique_topic("bad_arguments"),
+    Invalid = fun(Result, Arg) ->
+        ?assertMatch({error, {invalid_input, _}}, Result),
+        {error, {invalid_input, Why}} = Result,
+        ?assertNotEqual(nomatch, binary:match(Why, Arg))
+    end,
+    Invalid(?NIF:store(message(<<255, 254>>, <<"x">>)), <<"topic">>),
+    Invalid(?NIF:store((message(Topic, <<"x">>))#{qos => 3}), <<"qos">>),
+    Invalid(?NIF:store((message(Topic, <<"x">>))#{retain => 1}), <<"retain">>),
+    MsgId = binary:encode_hex(guid()),
+    Invalid(?NIF:nif_store(Topic, MsgId, <<>>, 1, false, "x", 0, 0), <<"payload">>),
+    Invalid(?NIF:nif_store(Topic, not_a_msgid, <<>>, 1, false, <<"x">>, 0, 0), <<"msgid">>),
+    Invalid(?NIF:fetch(self(), make_ref(), Topic, #{limit => -1}), <<"limit">>),
+    Invalid(?NIF:fetch(self(), make_ref(), Topic, #{since => yesterday}), <<"since">>),
+    Invalid(?NIF:count(<<255>>, 5000), <<"topic">>),
+    ?assertMatch({error, {invalid_msgid, _}}, ?NIF:delete(Topic, <<"not-a-guid">>)),
+    ?assertEqual(0, stat(accepted)),
+    ok = ?NIF:store(message(Topic, <<"x">>)),
+    ?assertEqual(1, stat(accepted)),
     stop().
 
 reconfigure_keeps_buffered_writes() ->

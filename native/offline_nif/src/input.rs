@@ -31,6 +31,15 @@ pub fn text(term: Term, name: &str) -> Result<String, StoreError> {
         .map_err(|_| invalid(name, "UTF-8 text"))
 }
 
+/// An MQTT QoS argument: 0, 1 or 2. Decoded wide, because rustler's `u8` decoder cuts 300
+/// down to 44 instead of refusing it.
+pub fn qos(term: Term) -> Result<u8, StoreError> {
+    match arg::<i64>(term, "qos", "0, 1 or 2")? {
+        q @ 0..=2 => Ok(q as u8),
+        _ => Err(invalid("qos", "0, 1 or 2")),
+    }
+}
+
 /// A msgid argument: a binary of 32 hex digits. What the binary holds is the core's to
 /// judge (`invalid_msgid`); bytes that are not UTF-8 reach it as replacement characters.
 pub fn msgid(term: Term) -> Result<MsgId, StoreError> {

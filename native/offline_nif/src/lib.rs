@@ -147,7 +147,7 @@ fn submit_store<'a>(
             topic,
             msgid,
             sender: sender.into_owned(),
-            qos: input::arg(qos, "qos", "an integer from 0 to 255")?,
+            qos: input::qos(qos)?,
             retain: input::arg(retain, "retain", "a boolean")?,
             payload: input::bytes(payload, "payload")?.as_slice().to_vec(),
             arrived_ms: input::arg(arrived_ms, "arrived", "an integer (ms since the epoch)")?,
