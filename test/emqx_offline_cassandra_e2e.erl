@@ -55,6 +55,9 @@ scenario(Mode) ->
                 {"6. a bad config is rejected with a clear reason; the node keeps running", fun bad_config/1},
                 {"emqx ctl offline_cassandra status | stats | count | peek | purge", fun admin_command/1},
                 {"Cassandra away: health red, alarm raised; back: green, cleared", fun alarm_and_health/1},
+                {"status with a bad password: sentences, every setting, password hidden", fun status_bad_password/1},
+                {"stats: every counter under its full name, a refused store too", fun stats_full_names/1},
+                {"after a restart the hooks' and the storage's counters count together", fun counters_agree_after_restart/1},
                 {"stop removes every hook and the NIF", fun stop_removes_hooks/1}
             ]
         ]}
@@ -464,6 +467,71 @@ alarm_and_health(#{name_vsn := NV}) ->
     end,
     ok = wait(fun() -> ?D:health(NV) =:= ok end, 20000).
 
+status_bad_password(#{name_vsn := NV}) ->
+    Good = ?D:plugin_config(NV),
+    Wrong = <<"not-the-password">>,
+    try
+        ok = apply_config(NV, Good#{<<"password">> => Wrong}),
+        %% The connection line speaks of the refused login.
+        ok = wait(fun() -> binary:match(status_line(<<"connection: ">>), <<"password">>) =/= nomatch end, 30000),
+        {ok, Status} = emqx_ctl:run_command(offline_cassandra, ["status"]),
+        Connection = status_line(<<"connection: ">>),
+        [?assertEqual(nomatch, binary:match(Connection, Raw), Connection) || Raw <- [<<"{">>, <<"<<">>, <<"auth_failed">>]],
+        Health = status_line(<<"health: ">>),
+        ?assertMatch({0, _}, binary:match(Health, <<"health:     unhealthy: ">>)),
+        [?assertEqual(nomatch, binary:match(Health, Raw), Health) || Raw <- [<<"{">>, <<"<<">>]],
+        [
+            ?assertMatch({match, _}, re:run(Status, <<"\n  ", Name/binary, " +[^\n]+\n">>), Name)
+         || Name <- [<<"servers">>, <<"username">>, <<"topics">>, <<"max_returned_count">>, <<"time_range_ms">>, <<"message_ttl_s">>]
+        ],
+        ?assertMatch({match, _}, re:run(Status, <<"\\n  password +\\*+\\n">>)),
+        ?assertEqual(nomatch, binary:match(Status, Wrong), "the password never shows"),
+        ?assertEqual(nomatch, binary:match(Status, <<"public">>), "the password never shows")
+    after
+        ok = change_config(NV, Good),
+        ok = wait(fun() -> ?D:health(NV) =:= ok end, 30000)
+    end.
+
+stats_full_names(#{name_vsn := NV} = Ctx) ->
+    with_config(NV, #{<<"max_payload_size">> => <<"1KB">>}, fun() ->
+        T = topic(Ctx, <<"too-large">>),
+        Pub = ?D:connect(<<"publisher-13">>),
+        ensure_routed(?D:publish(Pub, T, binary:copy(<<"x">>, 2048), 1)),
+        ok = wait(fun() -> stat(<<"store_refused">>) >= 1 end, 10000),
+        {ok, Stats} = emqx_ctl:run_command(offline_cassandra, ["stats"]),
+        %% Longer than the 22 characters names were once cut at.
+        ?assertMatch({match, _}, re:run(Stats, <<"\n  offline_cassandra_store_refused +[1-9][0-9]*\n">>), Stats),
+        ?assertMatch({match, _}, re:run(Stats, <<"\n  store_refused +[1-9][0-9]*\n">>), Stats),
+        ?assertMatch({match, _}, re:run(Stats, <<"\n  rejected +[1-9][0-9]*\n">>), Stats),
+        %% Every counter line is a whole name and a number.
+        Rows = [L || L <- binary:split(Stats, <<"\n">>, [global]), binary:match(L, <<"  ">>) =:= {0, 2}],
+        ?assert(length(Rows) > 20),
+        [?assertMatch({match, _}, re:run(R, <<"^  [a-z][a-z0-9_]* +[0-9]+$">>), R) || R <- Rows],
+        %% (read once the new connection is up)
+        ok = wait(fun() -> stored(T) =:= 0 end, 10000),
+        ?D:disconnect(Pub)
+    end).
+
+counters_agree_after_restart(#{name_vsn := NV} = Ctx) ->
+    Before = topic(Ctx, <<"before-restart">>),
+    Pub0 = ?D:connect(<<"publisher-14a">>),
+    ensure_routed(?D:publish(Pub0, Before, <<"counted before">>, 1)),
+    ok = wait(fun() -> stored(Before) =:= 1 end, 10000),
+    ?assert(stat(<<"stored">>) > 0),
+    ?assert(stat(<<"accepted">>) > 0),
+    ?D:disconnect(Pub0),
+    ok = ?D:stop_plugin(NV),
+    ok = ?D:start_plugin(NV),
+    ok = wait(fun() -> ?D:health(NV) =:= ok end, 30000),
+    T = topic(Ctx, <<"restart">>),
+    Pub = ?D:connect(<<"publisher-14">>),
+    [ensure_routed(?D:publish(Pub, T, integer_to_binary(I), 1)) || I <- [1, 2]],
+    ok = wait(fun() -> stored(T) =:= 2 end, 10000),
+    ?assertEqual({2, 2}, {stat(<<"stored">>), stat(<<"accepted">>)}),
+    ?assertEqual({0, 0, 0}, {stat(<<"replayed">>), stat(<<"deleted">>), stat(<<"store_refused">>)}),
+    [cql("DELETE FROM mqtt.mqtt_msg WHERE topic = '" ++ binary_to_list(X) ++ "'") || X <- [Before, T]],
+    ?D:disconnect(Pub).
+
 stop_removes_hooks(#{name_vsn := NV}) ->
     ok = ?D:stop_plugin(NV),
     Ours = [C || {_, _, {emqx_offline_cassandra_hooks, _, _}} = C <- emqx_hooks:callbacks()],
@@ -494,6 +562,26 @@ with_config(NV, Changes, Fun) ->
     after
         ok = change_config(NV, Old)
     end.
+
+%% A config that is valid but may not connect: applied without waiting
+%% for health.
+apply_config(NV, Config) ->
+    case ?D:mode() of
+        '5.3' -> restart_with(NV, Config);
+        _ -> ?D:update_config(NV, Config)
+    end.
+
+%% One line of `emqx ctl offline_cassandra status', by its start.
+status_line(Start) ->
+    {ok, Status} = emqx_ctl:run_command(offline_cassandra, ["status"]),
+    [Line] = [L || L <- binary:split(Status, <<"\n">>, [global]), binary:match(L, Start) =:= {0, byte_size(Start)}],
+    Line.
+
+%% One counter of `emqx ctl offline_cassandra stats', by its full name.
+stat(Name) ->
+    {ok, Stats} = emqx_ctl:run_command(offline_cassandra, ["stats"]),
+    {match, [N]} = re:run(Stats, <<"\n  ", Name/binary, " +([0-9]+)\n">>, [{capture, all_but_first, binary}]),
+    binary_to_integer(N).
 
 %% 5.7+: through the config API; before: the file, then a restart.
 change_config(NV, Config) ->
