@@ -136,8 +136,12 @@ random_binaries_round_trip() ->
 ten_thousand_concurrent_fetches() ->
     %% What is checked is that every fetch is answered, correctly and once;
     %% on a busy machine 10,000 reads may queue longer than the default
-    %% request timeout, so this test allows them a minute.
-    start_connected((config())#{<<"request_timeout">> => scaled(60000)}),
+    %% request timeout, so this test allows each half a minute.
+    Timeout = scaled(30000),
+    start_connected((config())#{
+        <<"request_timeout">> => Timeout,
+        <<"replay_floor_lag">> => max(60000, 2 * Timeout + 1000)
+    }),
     Topic = unique_topic("many_fetches"),
     [ok = ?NIF:store(message(Topic, integer_to_binary(I))) || I <- lists:seq(1, 5)],
     flush(),
