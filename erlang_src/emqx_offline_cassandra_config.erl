@@ -234,21 +234,9 @@ topics(_) ->
 
 topic_filter(T0) ->
     T = str(<<"topics">>, T0),
-    Levels = binary:split(T, <<"/">>, [global]),
-    Valid =
-        T =/= <<>> andalso
-            binary:match(T, <<0>>) =:= nomatch andalso
-            valid_levels(Levels),
-    Valid orelse throw({invalid, <<"topics">>, [$", T, "\" is not a valid topic filter"]}),
+    emqx_offline_cassandra_topic:is_valid_filter(T) orelse
+        throw({invalid, <<"topics">>, [$", T, "\" is not a valid topic filter"]}),
     T.
-
-valid_levels([<<"#">>]) -> true;
-valid_levels([<<"#">> | _]) -> false;
-valid_levels([L | Rest]) -> valid_level(L) andalso valid_levels(Rest);
-valid_levels([]) -> true.
-
-valid_level(<<"+">>) -> true;
-valid_level(L) -> binary:match(L, [<<"+">>, <<"#">>]) =:= nomatch.
 
 duration(Field, V) ->
     case duration_ms(V) of
