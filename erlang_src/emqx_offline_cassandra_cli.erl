@@ -110,8 +110,9 @@ format(Reason) -> ?REASON:describe(Reason).
 %%--------------------------------------------------------------------
 
 %% @doc `status': the connection and the health as sentences, then every
-%% setting the plugin runs with (the storage's, as the NIF got them,
-%% password hidden; the hooks' own), one per line.
+%% setting the plugin runs with, under the form's names and written as the
+%% form takes them (`2s', `8MB'; password hidden), then what the plugin
+%% derives from them for the storage core.
 -spec status_text(#{
     connection := term(),
     health := ok | {error, term()},
@@ -124,24 +125,60 @@ status_text(#{connection := Connection, health := Health, config := Config, sett
             ok -> <<"ok">>;
             {error, Why} -> [<<"unhealthy: ">>, format(Why)]
         end,
-    Sections = [
-        {<<"storage settings (password hidden)">>, Config},
-        {<<"replay and storage rules">>, Settings}
-    ],
-    Width = name_width([K || {_, M} <- Sections, is_map(M), K <- maps:keys(M)]),
+    {Form, Derived} = settings_rows(Config, Settings),
+    Width = name_width([Name || {Name, _} <- Form ++ Derived]),
     iolist_to_binary([
         io_lib:format("connection: ~ts~n", [format(Connection)]),
         io_lib:format("health:     ~ts~n", [HealthText]),
-        [settings_section(Title, Map, Width) || {Title, Map} <- Sections]
+        case Form of
+            [] -> io_lib:format("settings: none running (see health)~n", []);
+            _ -> rows(<<"settings (password hidden)">>, Form, Width)
+        end,
+        case Derived of
+            [] -> [];
+            _ -> rows(<<"derived for the storage core">>, Derived, Width)
+        end
     ]).
 
-settings_section(Title, Map, Width) when is_map(Map) ->
+%% The running config (the core's keys, as the NIF got them) back under the
+%% form's names through the config's one table; keys the table does not
+%% name were derived by the plugin.
+settings_rows(undefined, _Settings) ->
+    {[], []};
+settings_rows(Config, Settings) ->
+    Fields = emqx_offline_cassandra_config:fields(),
+    Storage = [{Form, form_value(Kind, maps:get(Key, Config, <<>>))} || {Form, Key, Kind} <- Fields],
+    Named = [Key || {_, Key, _} <- Fields],
+    Derived = [{Key, value(V)} || {Key, V} <- lists:sort(maps:to_list(maps:without(Named, Config)))],
+    {lists:sort(Storage ++ hook_rows(Settings)), Derived}.
+
+hook_rows(#{topics := Topics, max_returned_count := Max, time_range_ms := Range, message_ttl_s := Ttl}) ->
     [
-        io_lib:format("~ts:~n", [Title]),
-        [io_lib:format("  ~ts ~ts~n", [pad(K, Width), value(V)]) || {K, V} <- lists:sort(maps:to_list(Map))]
+        {<<"topics">>, value(Topics)},
+        {<<"max_returned_count">>, value(Max)},
+        {<<"time_range">>, form_value(duration, Range)},
+        {<<"message_ttl">>, form_value(duration, Ttl * 1000)}
     ];
-settings_section(Title, _None, _Width) ->
-    io_lib:format("~ts: none (not running; see health)~n", [Title]).
+hook_rows(_) ->
+    [].
+
+rows(Title, Rows, Width) ->
+    [io_lib:format("~ts:~n", [Title]), [io_lib:format("  ~ts ~ts~n", [pad(K, Width), V]) || {K, V} <- Rows]].
+
+%% A value as the form would take it: durations and sizes in their largest
+%% whole unit, zero durations as none.
+form_value(duration, 0) ->
+    <<"none">>;
+form_value(duration, Ms) when is_integer(Ms) ->
+    largest_unit(Ms, [{86400000, "d"}, {3600000, "h"}, {60000, "m"}, {1000, "s"}], "ms");
+form_value(size, Bytes) when is_integer(Bytes), Bytes > 0 ->
+    largest_unit(Bytes, [{1048576, "MB"}, {1024, "KB"}], "");
+form_value(_Kind, V) ->
+    value(V).
+
+largest_unit(N, [{Unit, Name} | _], _Base) when N rem Unit =:= 0 -> [integer_to_binary(N div Unit), Name];
+largest_unit(N, [_ | Units], Base) -> largest_unit(N, Units, Base);
+largest_unit(N, [], Base) -> [integer_to_binary(N), Base].
 
 %% @doc `stats': the storage's counters (the NIF's) and the hooks' ones,
 %% which both start from zero when the storage starts, then how often each

@@ -17,9 +17,11 @@ lacks(Text, Part) ->
 settings() ->
     #{topics => [<<"t/#">>, <<"a/+">>], max_returned_count => 250, time_range_ms => 3600000, message_ttl_s => 0}.
 
+%% As the NIF gets it: the core's keys, typed values, password redacted.
 storage_config() ->
     #{<<"servers">> => <<"127.0.0.1:9042">>, <<"username">> => <<"root">>, <<"password">> => <<"******">>,
-      <<"reconnect_max_backoff">> => 2000, <<"tls_enable">> => false, <<"tls_ca_file">> => <<>>}.
+      <<"reconnect_max_backoff">> => 2000, <<"reconnect_min_backoff">> => 100, <<"tls_enable">> => false,
+      <<"max_payload_bytes">> => 8388608, <<"request_timeout">> => 1500}.
 
 status_with_a_bad_password_speaks_in_sentences_test() ->
     Detail = <<"authentication failed: Provided username root and/or password are incorrect (check username and password)">>,
@@ -34,24 +36,40 @@ status_with_a_bad_password_speaks_in_sentences_test() ->
     lacks(Text, <<"{error">>),
     lacks(Text, <<"<<">>).
 
-status_shows_every_running_setting_test() ->
+status_shows_every_running_setting_under_the_forms_name_test() ->
     Text = ?CLI:status_text(#{connection => connected, health => ok, config => storage_config(), settings => settings()}),
     has(Text, <<"connection: connected\n">>),
     has(Text, <<"health:     ok\n">>),
+    Row = fun(Name, Value) -> <<"\n  ", Name/binary, " +", Value/binary, "\n">> end,
     [
-        ?assertMatch({match, _}, re:run(Text, <<"\n  ", Name/binary, " +", Value/binary, "\n">>), Name)
+        ?assertMatch({match, _}, re:run(Text, Row(Name, Value)), Name)
      || {Name, Value} <- [
             {<<"servers">>, <<"127\\.0\\.0\\.1:9042">>},
+            {<<"username">>, <<"root">>},
             {<<"password">>, <<"\\*\\*\\*\\*\\*\\*">>},
-            {<<"reconnect_max_backoff">>, <<"2000">>},
-            {<<"tls_enable">>, <<"false">>},
-            {<<"tls_ca_file">>, <<"\"\"">>},
+            {<<"reconnect_interval">>, <<"2s">>},
+            {<<"request_timeout">>, <<"1500ms">>},
+            {<<"max_payload_size">>, <<"8MB">>},
+            {<<"ssl.enable">>, <<"false">>},
+            %% not set: shown empty, as the form has it
+            {<<"ssl.cafile">>, <<"\"\"">>},
             {<<"topics">>, <<"t/#, a/\\+">>},
             {<<"max_returned_count">>, <<"250">>},
-            {<<"time_range_ms">>, <<"3600000">>},
-            {<<"message_ttl_s">>, <<"0">>}
+            {<<"time_range">>, <<"1h">>},
+            {<<"message_ttl">>, <<"none">>},
+            {<<"reconnect_min_backoff">>, <<"100">>}
         ]
-    ].
+    ],
+    %% every field of the form has its row
+    [?assertMatch({match, _}, re:run(Text, Row(re_quote(Form), <<"[^\n]+">>)), Form) || {Form, _, _} <- emqx_offline_cassandra_config:fields()],
+    %% derived keys come after the form's, under their own heading
+    {Settings, _} = binary:match(Text, <<"settings (password hidden):">>),
+    {DerivedAt, _} = binary:match(Text, <<"derived for the storage core:">>),
+    {MinBackoff, _} = binary:match(Text, <<"reconnect_min_backoff">>),
+    ?assert(Settings < DerivedAt andalso DerivedAt < MinBackoff),
+    lacks(Text, <<"reconnect_max_backoff">>).
+
+re_quote(Name) -> binary:replace(Name, <<".">>, <<"\\.">>, [global]).
 
 status_without_a_running_config_says_so_test() ->
     Text = ?CLI:status_text(#{
@@ -61,7 +79,7 @@ status_without_a_running_config_says_so_test() ->
         settings => undefined
     }),
     has(Text, <<"health:     unhealthy: invalid config: servers: must be a string\n">>),
-    has(Text, <<"not running">>),
+    has(Text, <<"settings: none running (see health)\n">>),
     lacks(Text, <<"undefined">>),
     lacks(Text, <<"not_started">>).
 

@@ -482,7 +482,7 @@ status_bad_password(#{name_vsn := NV}) ->
         [?assertEqual(nomatch, binary:match(Health, Raw), Health) || Raw <- [<<"{">>, <<"<<">>]],
         [
             ?assertMatch({match, _}, re:run(Status, <<"\n  ", Name/binary, " +[^\n]+\n">>), Name)
-         || Name <- [<<"servers">>, <<"username">>, <<"topics">>, <<"max_returned_count">>, <<"time_range_ms">>, <<"message_ttl_s">>]
+         || Name <- [<<"servers">>, <<"username">>, <<"topics">>, <<"max_returned_count">>, <<"time_range">>, <<"message_ttl">>, <<"reconnect_interval">>, <<"ssl.enable">>]
         ],
         ?assertMatch({match, _}, re:run(Status, <<"\\n  password +\\*+\\n">>)),
         ?assertEqual(nomatch, binary:match(Status, Wrong), "the password never shows"),
