@@ -159,18 +159,10 @@ terminate(_Reason, _State) ->
 
 %%--------------------------------------------------------------------
 
-%% Both checks are pure (no network, no files): the plugin's own, then the
-%% storage core's (server addresses, consistency names, sizes...).
+%% Pure (no network, no files). parse/1 has the storage core check the
+%% storage fields (once) and names a problem by the form's field.
 validate(Raw) ->
-    case emqx_offline_cassandra_config:parse(Raw) of
-        {ok, #{nif := Nif} = Parsed} ->
-            case emqx_offline_cassandra_nif:validate(Nif) of
-                ok -> {ok, Parsed};
-                {error, Reason} -> {error, ?REASON:describe(Reason)}
-            end;
-        {error, Why} ->
-            {error, Why}
-    end.
+    emqx_offline_cassandra_config:parse(Raw).
 
 %% At start: an invalid config leaves the plugin running but unhooked, with
 %% the reason in its health.
