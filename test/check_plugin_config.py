@@ -1,7 +1,10 @@
 """Checks the plugin's config files the way EMQX's build tooling would: config.hocon
 (written in JSON syntax, which HOCON accepts) must decode against config_schema.avsc,
 every $msgid the schema uses must have en and zh texts, and the defaults in the schema
-must equal config.hocon's. Exits non-zero with the reasons."""
+must equal config.hocon's. Exits non-zero with the reasons.
+The other layers' defaults (emqx_offline_cassandra_config:defaults/0 and the storage core's,
+through the NIF) and the form's bound of max_returned_count are compared with these files by
+emqx_offline_cassandra_config_tests."""
 import json
 import sys
 
