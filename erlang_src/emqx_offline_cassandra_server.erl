@@ -79,6 +79,9 @@ init([]) ->
     process_flag(trap_exit, true),
     ok = emqx_offline_cassandra_log:init(),
     ok = emqx_offline_cassandra_metrics:init(),
+    %% No store yet (the plugin starts): the hooks' counters start over too,
+    %% even if an invalid config keeps the store from starting.
+    _ = emqx_offline_cassandra_nif:status() =:= not_started andalso emqx_offline_cassandra_metrics:reset(),
     Features = emqx_offline_cassandra_compat:detect(),
     ok = emqx_offline_cassandra_nif:set_event_pid(self()),
     {Source, Result} =
