@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the project's tests on a fresh machine; installs what is missing.
 #   scripts/test.sh        every suite, against a real local Cassandra (make test; CI runs this)
-#   scripts/test.sh unit   what needs no Cassandra: Rust unit tests, config EUnit, config files
+#   scripts/test.sh unit   what needs no Cassandra: Rust unit tests, the EUnit suites of pure
+#                          modules (config, topic, reason, cli, groups), config files
 #   scripts/test.sh lint   rustfmt and clippy
 # Every suite runs even when an earlier one failed; the run ends with a summary of all of
 # them and fails if any failed. Only set-up failures (tools, Cassandra) stop it at once.
@@ -95,8 +96,10 @@ fi
 if [ "$mode" = unit ]; then
     step "tools"
     scripts/ensure-deps.sh rust python erlang
-    suite "Rust unit tests" cargo test --workspace --lib
-    suite "EUnit: emqx_offline_cassandra_config_tests" rebar3 eunit --module=emqx_offline_cassandra_config_tests
+    suite "Rust unit tests" cargo test -p offline_store --lib
+    for m in config topic reason cli groups; do
+        suite "EUnit: emqx_offline_cassandra_${m}_tests" rebar3 eunit --module="emqx_offline_cassandra_${m}_tests"
+    done
     suite "plugin config files (config.hocon against config_schema.avsc, i18n)" config_files
     summary
     exit
@@ -124,7 +127,7 @@ export CASSANDRA_TLS_NODE=${CASSANDRA_TLS_NODE:-127.0.0.1:${CASSANDRA_TLS_PORT:-
 
 suite "cassandra.sh behaviour" test/cassandra/test_cassandra_sh.sh
 lint
-suite "Rust unit tests" cargo test --workspace --lib
+suite "Rust unit tests" cargo test -p offline_store --lib
 for t in native/offline_store/tests/*.rs; do
     suite "Rust against Cassandra: $(basename "$t" .rs)" cargo test -p offline_store --test "$(basename "$t" .rs)"
 done
