@@ -760,6 +760,27 @@ fn published_since(
         .collect()
 }
 
+/// `n` messages on `topic` published an hour ago, one a second, written by a store without
+/// the floor (their writes would all count as late), so a test starts beside stored history.
+async fn stored_hour_old_history(topic: &str, n: u64) -> Vec<offline_store::Message> {
+    let hour_ago_us = (now_ms() - 3_600_000) as u64 * 1000;
+    let old = published_since(topic, hour_ago_us, 1_000_000, n);
+    let history = connect_with(StoreConfig {
+        replay_floor: false,
+        ..config()
+    })
+    .await;
+    for m in &old {
+        history.submit_store(m.clone()).unwrap();
+    }
+    history
+        .flush(scaled(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    history.shutdown(scaled(Duration::from_secs(5))).await;
+    old
+}
+
 /// Issue "prove it" §2: every ack leaves a tombstone, and Cassandra aborts a read that walks
 /// more than 100,000 of them (`tombstone_failure_threshold`). A topic drained by a
 /// subscriber for a day (200,000 messages acked in order) plus 100 waiting must still
@@ -854,21 +875,7 @@ async fn replay_survives_two_hundred_thousand_acked_rows() {
 async fn a_late_write_below_the_floor_is_still_replayed() {
     let topic = unique_topic("late");
     let _cleanup = Cleanup::topics(&[&topic]);
-    let hour_ago_us = (now_ms() - 3_600_000) as u64 * 1000;
-    let old = published_since(&topic, hour_ago_us, 1_000_000, 1_100);
-    let history = connect_with(StoreConfig {
-        replay_floor: false,
-        ..config()
-    })
-    .await;
-    for m in &old {
-        history.submit_store(m.clone()).unwrap();
-    }
-    history
-        .flush(scaled(Duration::from_secs(60)))
-        .await
-        .unwrap();
-    history.shutdown(scaled(Duration::from_secs(5))).await;
+    let old = stored_hour_old_history(&topic, 1_100).await;
 
     let store = connect_with(StoreConfig {
         request_timeout: Duration::from_secs(1),
@@ -937,21 +944,7 @@ async fn a_late_write_below_the_floor_is_still_replayed() {
 async fn a_reset_floor_is_rebuilt_without_more_acks() {
     let topic = unique_topic("rebuild");
     let _cleanup = Cleanup::topics(&[&topic]);
-    let hour_ago_us = (now_ms() - 3_600_000) as u64 * 1000;
-    let old = published_since(&topic, hour_ago_us, 1_000_000, 1_000);
-    let history = connect_with(StoreConfig {
-        replay_floor: false,
-        ..config()
-    })
-    .await;
-    for m in &old {
-        history.submit_store(m.clone()).unwrap();
-    }
-    history
-        .flush(scaled(Duration::from_secs(60)))
-        .await
-        .unwrap();
-    history.shutdown(scaled(Duration::from_secs(5))).await;
+    let old = stored_hour_old_history(&topic, 1_000).await;
 
     let store = connect_with(StoreConfig {
         request_timeout: Duration::from_secs(1),
@@ -1006,21 +999,7 @@ async fn a_reset_floor_is_rebuilt_without_more_acks() {
 async fn the_floor_catches_up_with_acks_after_its_last_scan() {
     let topic = unique_topic("settle");
     let _cleanup = Cleanup::topics(&[&topic]);
-    let hour_ago_us = (now_ms() - 3_600_000) as u64 * 1000;
-    let old = published_since(&topic, hour_ago_us, 1_000_000, 700);
-    let history = connect_with(StoreConfig {
-        replay_floor: false,
-        ..config()
-    })
-    .await;
-    for m in &old {
-        history.submit_store(m.clone()).unwrap();
-    }
-    history
-        .flush(scaled(Duration::from_secs(60)))
-        .await
-        .unwrap();
-    history.shutdown(scaled(Duration::from_secs(5))).await;
+    let old = stored_hour_old_history(&topic, 700).await;
 
     let store = connect_with(config()).await;
     let admin = admin().await;
