@@ -71,18 +71,27 @@ impl ConnState {
     pub fn error(&self) -> Option<StoreError> {
         match self {
             ConnState::Connected => None,
-            ConnState::Connecting { last_error, .. } => Some(StoreError::NotConnected {
-                reason: last_error
-                    .as_ref()
-                    .map(|e| e.to_string())
-                    .unwrap_or_else(|| "connecting".into()),
+            ConnState::Connecting { last_error, .. } => Some(match last_error {
+                Some(e) => not_connected_because(e),
+                None => StoreError::NotConnected {
+                    reason: "connecting".into(),
+                },
             }),
-            ConnState::Disconnected { reason } => Some(StoreError::NotConnected {
-                reason: reason.to_string(),
-            }),
+            ConnState::Disconnected { reason } => Some(not_connected_because(reason)),
             ConnState::Error(e) => Some(e.clone()),
             ConnState::Stopped => Some(StoreError::Shutdown),
         }
+    }
+}
+
+/// `NotConnected` for a request refused because of `cause`; a cause that already says "not
+/// connected" is not wrapped twice.
+fn not_connected_because(cause: &StoreError) -> StoreError {
+    match cause {
+        StoreError::NotConnected { .. } => cause.clone(),
+        other => StoreError::NotConnected {
+            reason: other.to_string(),
+        },
     }
 }
 
@@ -107,4 +116,38 @@ pub struct ShutdownReport {
     pub flushed: u64,
     /// Writes still buffered or in flight when the grace period ended, counted as failed.
     pub abandoned: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_refused_while_disconnected_says_not_connected_once() {
+        let cause = StoreError::NotConnected {
+            reason: "Connection refused".into(),
+        };
+        for state in [
+            ConnState::Disconnected {
+                reason: cause.clone(),
+            },
+            ConnState::Connecting {
+                attempt: 2,
+                last_error: Some(cause.clone()),
+            },
+        ] {
+            let text = state.error().unwrap().to_string();
+            assert_eq!(text.matches("not connected").count(), 1, "{text}");
+            assert!(text.contains("Connection refused"), "{text}");
+        }
+        let timeout = StoreError::Timeout(std::time::Duration::from_secs(1));
+        let text = ConnState::Disconnected { reason: timeout }
+            .error()
+            .unwrap()
+            .to_string();
+        assert!(
+            text.starts_with("not connected to Cassandra: request timed out"),
+            "{text}"
+        );
+    }
 }
