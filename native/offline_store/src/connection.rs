@@ -142,23 +142,58 @@ async fn check_or_create_table(session: &Session, cfg: &StoreConfig) -> Result<(
 
     if cfg.topic_index {
         let cql = schema::create_index_table_cql(&ks);
-        create_side_table(session, cql, timeout, StoreError::IndexUnavailable).await?;
+        let table = schema::INDEX_TABLE;
+        ensure_side_table(
+            session,
+            &ks,
+            table,
+            cql,
+            timeout,
+            StoreError::IndexUnavailable,
+        )
+        .await?;
     }
     if cfg.replay_floor {
         let cql = schema::create_floor_table_cql(&ks);
-        create_side_table(session, cql, timeout, StoreError::FloorUnavailable).await?;
+        let table = schema::FLOOR_TABLE;
+        ensure_side_table(
+            session,
+            &ks,
+            table,
+            cql,
+            timeout,
+            StoreError::FloorUnavailable,
+        )
+        .await?;
     }
     Ok(())
 }
 
-/// Creates one of the product's own side tables (`IF NOT EXISTS`); a refusal becomes
-/// `unavailable`, whose message says how to do without the table.
-async fn create_side_table(
+/// Makes sure one of the product's own side tables exists. A table a DBA created is used
+/// as it is: Cassandra checks the CREATE permission before `IF NOT EXISTS`, so a role with
+/// only SELECT/MODIFY must never send the CREATE. A refusal becomes `unavailable`, whose
+/// message says how to do without the table.
+async fn ensure_side_table(
     session: &Session,
+    ks: &str,
+    table: &str,
     cql: String,
     timeout: Duration,
     unavailable: fn(String) -> StoreError,
 ) -> Result<(), StoreError> {
+    let existing = session
+        .query_unpaged(
+            "SELECT table_name FROM system_schema.tables WHERE keyspace_name = ? AND table_name = ?",
+            (ks, table),
+        )
+        .await
+        .map_err(|e| StoreError::from_driver(e, timeout))?
+        .into_rows_result()
+        .map_err(db_err)?
+        .rows_num();
+    if existing > 0 {
+        return Ok(());
+    }
     session
         .query_unpaged(cql, ())
         .await

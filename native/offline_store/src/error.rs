@@ -43,13 +43,13 @@ pub enum StoreError {
 
     /// The topic index table could not be created or used.
     #[error(
-        "topic index table mqtt_msg_topics unavailable: {0} (needed for wildcard replay; grant CREATE on the keyspace or set topic_index = false)"
+        "topic index table mqtt_msg_topics unavailable: {0} (needed for wildcard replay; create it as a superuser (README, Prepare Cassandra), grant CREATE on the keyspace, or set topic_index = false)"
     )]
     IndexUnavailable(String),
 
     /// The replay floor table could not be created or used.
     #[error(
-        "replay floor table mqtt_msg_floor unavailable: {0} (grant CREATE on the keyspace or set replay_floor = false)"
+        "replay floor table mqtt_msg_floor unavailable: {0} (create it as a superuser (README, Prepare Cassandra), grant CREATE on the keyspace, or set replay_floor = false)"
     )]
     FloorUnavailable(String),
 

@@ -130,10 +130,11 @@ pub async fn floor_of(admin: &Session, topic: &str) -> Option<String> {
 }
 
 /// Removes what a test wrote when it goes out of scope, also when the test fails: its
-/// topics' rows, floors and index entries, and its keyspaces.
+/// topics' rows, floors and index entries, its keyspaces and its roles.
 pub struct Cleanup {
     topics: Vec<String>,
     keyspaces: Vec<String>,
+    roles: Vec<String>,
 }
 
 impl Cleanup {
@@ -141,6 +142,7 @@ impl Cleanup {
         Cleanup {
             topics: topics.iter().map(|t| t.as_ref().to_owned()).collect(),
             keyspaces: Vec::new(),
+            roles: Vec::new(),
         }
     }
 
@@ -148,7 +150,14 @@ impl Cleanup {
         Cleanup {
             topics: Vec::new(),
             keyspaces: vec![name.to_owned()],
+            roles: Vec::new(),
         }
+    }
+
+    /// Also drops the role `name` (created by the test as root).
+    pub fn and_role(mut self, name: &str) -> Cleanup {
+        self.roles.push(name.to_owned());
+        self
     }
 }
 
@@ -156,6 +165,7 @@ impl Drop for Cleanup {
     fn drop(&mut self) {
         let topics = std::mem::take(&mut self.topics);
         let keyspaces = std::mem::take(&mut self.keyspaces);
+        let roles = std::mem::take(&mut self.roles);
         // Drop cannot await, and the test's runtime cannot block on itself: a thread with a
         // runtime of its own does the deletes. Failures are ignored (cleanup must not panic
         // while a failed test unwinds); unique topic names keep leftovers harmless.
@@ -193,6 +203,11 @@ impl Drop for Cleanup {
                 for ks in &keyspaces {
                     let _ = admin
                         .query_unpaged(format!("DROP KEYSPACE IF EXISTS {ks}"), ())
+                        .await;
+                }
+                for role in &roles {
+                    let _ = admin
+                        .query_unpaged(format!("DROP ROLE IF EXISTS {role}"), ())
                         .await;
                 }
             });

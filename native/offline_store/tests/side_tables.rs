@@ -1,0 +1,195 @@
+//! The side tables (`mqtt_msg_topics`, `mqtt_msg_floor`) for a role that may not create
+//! tables: a DBA creates them once, and the store must use them without ever sending a
+//! CREATE (Cassandra checks the permission before `IF NOT EXISTS`). Needs the local
+//! Cassandra (test/cassandra/cassandra.sh start), with its authorizer on.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use offline_store::{FetchOptions, MsgId, StoreConfig, StoreError, schema};
+use scylla::client::session::Session;
+
+const PASSWORD: &str = "side-tables-pw";
+
+/// As root: a fresh keyspace with `mqtt_msg` (and the side tables when asked), and a
+/// login role that may only read and write it.
+async fn keyspace_for_a_role_without_create(ks: &str, role: &str, side_tables: bool) -> Session {
+    let admin = admin().await;
+    let run = |cql: String| {
+        let admin = &admin;
+        async move {
+            admin
+                .query_unpaged(cql.clone(), ())
+                .await
+                .unwrap_or_else(|e| panic!("{cql}: {e}"));
+        }
+    };
+    run(format!("DROP KEYSPACE IF EXISTS {ks}")).await;
+    run(format!(
+        "CREATE KEYSPACE {ks} WITH replication = {{'class': 'SimpleStrategy', 'replication_factor': '1'}}"
+    ))
+    .await;
+    run(schema::create_table_cql(ks)).await;
+    if side_tables {
+        run(schema::create_index_table_cql(ks)).await;
+        run(schema::create_floor_table_cql(ks)).await;
+    }
+    run(format!("DROP ROLE IF EXISTS {role}")).await;
+    run(format!(
+        "CREATE ROLE {role} WITH PASSWORD = '{PASSWORD}' AND LOGIN = true"
+    ))
+    .await;
+    run(format!("GRANT SELECT ON KEYSPACE {ks} TO {role}")).await;
+    run(format!("GRANT MODIFY ON KEYSPACE {ks} TO {role}")).await;
+    admin
+}
+
+fn as_role(ks: &str, role: &str) -> StoreConfig {
+    StoreConfig {
+        keyspace: ks.into(),
+        username: Some(role.into()),
+        password: Some(PASSWORD.into()),
+        topic_index: true,
+        replay_floor: true,
+        request_timeout: Duration::from_secs(1),
+        replay_floor_lag: Duration::from_secs(3),
+        ..config()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn side_tables_a_dba_created_work_without_create_permission() {
+    let (ks, role) = ("offline_test_dba_tables", "offline_test_no_create");
+    let _cleanup = Cleanup::keyspace(ks).and_role(role);
+    let admin = keyspace_for_a_role_without_create(ks, role, true).await;
+
+    // The role really may not create: the same CREATE the store would send is refused.
+    let role_session = scylla::client::session_builder::SessionBuilder::new()
+        .known_node(node())
+        .user(role, PASSWORD)
+        .build()
+        .await
+        .unwrap();
+    let refused = role_session
+        .query_unpaged(schema::create_floor_table_cql(ks), ())
+        .await;
+    assert!(refused.is_err(), "the role may create tables: test is void");
+
+    // History published an hour ago, written as root without a floor (not late writes).
+    let base = unique_topic("dba");
+    let topic = format!("{base}/a");
+    let other = format!("{base}/b");
+    let hour_ago_us = (now_ms() - 3_600_000) as u64 * 1000;
+    let old: Vec<_> = (0..510u64)
+        .map(|i| {
+            let us = hour_ago_us + i * 1_000_000;
+            let mut m = message(&topic, format!("old{i}").as_bytes());
+            m.msgid = MsgId::new(us, 0x00AB_CDEF_0123, (i & 0xFFFF) as u16);
+            m.arrived_ms = (us / 1000) as i64;
+            m
+        })
+        .collect();
+    let history = connect_with(StoreConfig {
+        keyspace: ks.into(),
+        replay_floor: false,
+        ..config()
+    })
+    .await;
+    for m in &old {
+        history.submit_store(m.clone()).unwrap();
+    }
+    history
+        .flush(scaled(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    history.shutdown(scaled(Duration::from_secs(5))).await;
+
+    // The store connects as the role with both side tables on: no index/floor_unavailable.
+    let store = connect_with(as_role(ks, role)).await;
+    store.store(message(&other, b"new")).await.unwrap();
+    let wildcard = store
+        .fetch_matching(&format!("{base}/#"), FetchOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        wildcard.len(),
+        old.len() + 1,
+        "wildcard replay through the index"
+    );
+    assert_eq!(wildcard.last().unwrap().payload, b"new");
+
+    // 500 acks move the floor, written as the role.
+    for m in &old[..500] {
+        store.submit_delete(&m.topic, m.msgid).unwrap();
+    }
+    store.flush(scaled(Duration::from_secs(60))).await.unwrap();
+    let floor = || async {
+        admin
+            .query_unpaged(
+                format!("SELECT msgid FROM {ks}.mqtt_msg_floor WHERE topic = ?"),
+                (&topic,),
+            )
+            .await
+            .unwrap()
+            .into_rows_result()
+            .unwrap()
+            .maybe_first_row::<(String,)>()
+            .unwrap()
+            .map(|(f,)| f)
+    };
+    let want = Some(old[500].msgid.to_string());
+    let deadline = Instant::now() + scaled(Duration::from_secs(60));
+    while floor().await != want {
+        assert!(
+            Instant::now() < deadline,
+            "floor {:?}, stats {:?}",
+            floor().await,
+            store.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let rows = store.fetch(&topic, FetchOptions::default()).await.unwrap();
+    assert_eq!(rows.len(), 10);
+    store.shutdown(scaled(Duration::from_secs(5))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_side_tables_and_create_permission_the_error_says_what_to_do() {
+    let (ks, role) = ("offline_test_no_side_tables", "offline_test_no_create2");
+    let _cleanup = Cleanup::keyspace(ks).and_role(role);
+    keyspace_for_a_role_without_create(ks, role, false).await;
+
+    let err = offline_store::Store::connect(as_role(ks, role), scaled(Duration::from_secs(20)))
+        .await
+        .err()
+        .expect("connected without the index table");
+    match &err {
+        StoreError::IndexUnavailable(_) => {}
+        other => panic!("expected IndexUnavailable, got {other:?}"),
+    }
+    let text = err.to_string();
+    for advice in ["mqtt_msg_topics", "grant CREATE", "topic_index = false"] {
+        assert!(text.contains(advice), "{text}");
+    }
+
+    let err = offline_store::Store::connect(
+        StoreConfig {
+            topic_index: false,
+            ..as_role(ks, role)
+        },
+        scaled(Duration::from_secs(20)),
+    )
+    .await
+    .err()
+    .expect("connected without the floor table");
+    match &err {
+        StoreError::FloorUnavailable(_) => {}
+        other => panic!("expected FloorUnavailable, got {other:?}"),
+    }
+    let text = err.to_string();
+    for advice in ["mqtt_msg_floor", "grant CREATE", "replay_floor = false"] {
+        assert!(text.contains(advice), "{text}");
+    }
+}
