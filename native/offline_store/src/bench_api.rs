@@ -13,8 +13,14 @@ impl Store {
     pub async fn store_unbatched(&self, msg: Message) -> Result<(), StoreError> {
         self.check_payload(&msg)?;
         let conn = self.inner.connection()?;
+        let ttl = crate::expiry::row_ttl(
+            msg.ttl_secs,
+            msg.arrived_ms,
+            crate::expiry::now_ms(),
+            conn.expiry_limit,
+        );
         conn.session
-            .execute_unpaged(&conn.insert, insert_values(&msg))
+            .execute_unpaged(&conn.insert, insert_values(&msg, ttl))
             .await
             .map(|_| ())
             .map_err(|e| StoreError::from_driver(e, self.inner.cfg.request_timeout))

@@ -13,6 +13,7 @@ use scylla::statement::prepared::PreparedStatement;
 
 use crate::config::StoreConfig;
 use crate::error::StoreError;
+use crate::expiry::ExpiryLimit;
 use crate::schema::{self, ColumnInfo};
 
 /// A live session and the statements prepared on it. Statements are built from the
@@ -42,6 +43,8 @@ pub(crate) struct Connection {
     pub select_range: PreparedStatement,
     /// The replay floor (`None` when `replay_floor` is off).
     pub floor: Option<FloorStatements>,
+    /// What limits a row's TTL on this cluster (its nodes' versions and storage mode).
+    pub expiry_limit: ExpiryLimit,
 }
 
 pub(crate) struct FloorStatements {
@@ -104,7 +107,50 @@ pub(crate) async fn connect_once(cfg: &StoreConfig) -> Result<Connection, StoreE
         })?;
 
     check_or_create_table(&session, cfg).await?;
-    prepare_all(session, cfg).await
+    let expiry_limit = read_expiry_limit(&session).await;
+    let mut conn = prepare_all(session, cfg).await?;
+    conn.expiry_limit = expiry_limit;
+    Ok(conn)
+}
+
+/// The expiry limit of the cluster, from every node's `release_version` (`system.local`
+/// and `system.peers`) and the coordinator's `storage_compatibility_mode`. Read once per
+/// connection: a cluster changed later is seen at the next reconnect, and until then rows
+/// are clamped as before, which is safe. What cannot be read counts as an old cluster (see
+/// `ExpiryLimit::of_cluster`).
+async fn read_expiry_limit(session: &Session) -> ExpiryLimit {
+    let mut versions = Vec::new();
+    for cql in [
+        "SELECT release_version FROM system.local",
+        "SELECT release_version FROM system.peers",
+    ] {
+        match text_column(session, cql).await {
+            Some(values) => versions.extend(values),
+            None => return ExpiryLimit::Before2038,
+        }
+    }
+    let mode = text_column(
+        session,
+        "SELECT value FROM system_views.settings WHERE name = 'storage_compatibility_mode'",
+    )
+    .await
+    .and_then(|values| values.into_iter().next());
+    ExpiryLimit::of_cluster(versions.iter().map(String::as_str), mode.as_deref())
+}
+
+/// Every value of a one-text-column query without bound values; `None` if it failed or a
+/// value is null.
+async fn text_column(session: &Session, cql: &str) -> Option<Vec<String>> {
+    let rows = session
+        .query_unpaged(cql, ())
+        .await
+        .ok()?
+        .into_rows_result()
+        .ok()?;
+    rows.rows::<(Option<String>,)>()
+        .ok()?
+        .map(|row| row.ok().and_then(|(v,)| v))
+        .collect()
 }
 
 async fn check_or_create_table(session: &Session, cfg: &StoreConfig) -> Result<(), StoreError> {
@@ -385,6 +431,7 @@ async fn prepare_all(session: Session, cfg: &StoreConfig) -> Result<Connection, 
         select_range,
         floor,
         probe,
+        expiry_limit: ExpiryLimit::Before2038,
     })
 }
 

@@ -18,6 +18,7 @@ mod bench_api;
 pub mod config;
 mod connection;
 pub mod error;
+mod expiry;
 mod floor;
 pub mod msgid;
 pub mod payload;

@@ -1,5 +1,5 @@
 //! Counters of the store. Every write the store accepts ends in exactly one of `written`,
-//! `failed` or `dropped` (evicted by `drop_oldest`); until then it is `buffered` or
+//! `failed`, `expired` or `dropped` (evicted by `drop_oldest`); until then it is `buffered` or
 //! `in_flight`. Writes refused at the door (buffer full with `drop_new`, payload too large)
 //! are counted in `dropped` / `rejected` without ever being `accepted`.
 
@@ -53,6 +53,8 @@ pub(crate) struct Counters {
     pub dropped: AtomicU64,
     pub evicted: AtomicU64,
     pub rejected: AtomicU64,
+    /// Inserts not written because their expiry passed while they waited.
+    pub expired: AtomicU64,
     pub in_flight: AtomicU64,
     /// Writes the writer moved out of the buffer to group them (still "buffered").
     pub staged: AtomicU64,
@@ -88,6 +90,7 @@ impl Counters {
             evicted: self.evicted.load(Relaxed),
             handed_over: self.handed_over.load(Relaxed),
             rejected: self.rejected.load(Relaxed),
+            expired: self.expired.load(Relaxed),
             in_flight: self.in_flight.load(Relaxed),
             buffered: buffered as u64,
             batches: self.batches.load(Relaxed),
@@ -124,6 +127,9 @@ pub struct StatsSnapshot {
     pub handed_over: u64,
     /// Writes refused before buffering for bad input (e.g. payload too large).
     pub rejected: u64,
+    /// Messages not written because their expiry (Message-Expiry-Interval or TTL, counted
+    /// from the publish) passed while they waited in the buffer.
+    pub expired: u64,
     /// Writes taken from the buffer whose outcome is not known yet.
     pub in_flight: u64,
     /// Writes waiting in the buffer.
@@ -152,13 +158,14 @@ pub struct StatsSnapshot {
 }
 
 impl StatsSnapshot {
-    /// `accepted == written + failed + evicted + handed_over + in_flight + buffered`:
-    /// nothing vanishes.
+    /// `accepted == written + failed + evicted + expired + handed_over + in_flight +
+    /// buffered`: nothing vanishes.
     pub fn is_balanced(&self) -> bool {
         self.accepted
             == self.written
                 + self.failed
                 + self.evicted
+                + self.expired
                 + self.handed_over
                 + self.in_flight
                 + self.buffered

@@ -14,6 +14,7 @@ use tokio::time::{Instant, sleep};
 use crate::config::OverflowPolicy;
 use crate::connection::Connection;
 use crate::error::StoreError;
+use crate::expiry::{self, RowTtl};
 use crate::msgid::MsgId;
 use crate::payload;
 use crate::shared::{Inner, Op, Pending, Staging, lock, set_state};
@@ -214,6 +215,10 @@ pub(crate) async fn run_writer(inner: Arc<Inner>) {
 }
 
 async fn write_batch(inner: &Arc<Inner>, conn: &Connection, batch: Vec<Pending>) {
+    let batch = drop_expired(inner, batch);
+    if batch.is_empty() {
+        return;
+    }
     let c = &inner.counters;
     let n = batch.len() as u64;
     let mut attempt = 1;
@@ -277,6 +282,32 @@ async fn write_batch(inner: &Arc<Inner>, conn: &Connection, batch: Vec<Pending>)
     }
 }
 
+/// Takes out the inserts whose expiry passed while they waited (counted `expired`, answered
+/// `Ok`: an expired message is not delivered, so there is nothing to keep). Their rows would
+/// never be read, and their TTL could not be written.
+fn drop_expired(inner: &Inner, batch: Vec<Pending>) -> Vec<Pending> {
+    let now = expiry::now_ms();
+    let is_expired = |p: &Pending| match &p.op {
+        Op::Insert(m) => {
+            // The limit does not matter for whether it expired.
+            expiry::row_ttl(m.ttl_secs, m.arrived_ms, now, expiry::ExpiryLimit::MaxTtl)
+                == RowTtl::Expired
+        }
+        Op::Delete { .. } => false,
+    };
+    if !batch.iter().any(is_expired) {
+        return batch;
+    }
+    let (expired, live): (Vec<Pending>, Vec<Pending>) = batch.into_iter().partition(is_expired);
+    let n = expired.len() as u64;
+    Counters::add(&inner.counters.expired, n);
+    Counters::sub(&inner.counters.in_flight, n);
+    for p in expired {
+        p.finish(Ok(()));
+    }
+    live
+}
+
 /// Writes the index rows of the batch's topic (and of its first level) unless that was
 /// done recently. Refreshing at half the index TTL (at most hourly) keeps active topics in.
 async fn ensure_indexed(
@@ -302,14 +333,24 @@ async fn ensure_indexed(
     if fresh {
         return Ok(());
     }
+    let now = expiry::now_ms();
+    let limit = conn.expiry_limit;
     let longest_message = batch
         .iter()
         .filter_map(|p| match &p.op {
-            Op::Insert(m) => m.ttl_secs,
+            Op::Insert(m) => match expiry::row_ttl(m.ttl_secs, m.arrived_ms, now, limit) {
+                RowTtl::Secs(s) => Some(s as u32),
+                RowTtl::Forever | RowTtl::Expired => None,
+            },
             Op::Delete { .. } => None,
         })
         .max();
-    let ttl = index_row_ttl(index_ttl, longest_message);
+    // Index rows get the same clamp as messages: a TTL Cassandra refuses here would fail
+    // the batch of messages behind it.
+    let ttl = match index_row_ttl(index_ttl, longest_message) {
+        0 => 0,
+        t => expiry::clamp_secs(i64::from(t), now, limit),
+    };
     let root = crate::topic::root(topic);
     let session = &conn.session;
     let (a, b) = tokio::join!(
@@ -354,11 +395,13 @@ async fn execute(
     consistency: scylla::statement::Consistency,
 ) -> Result<(), scylla::errors::ExecutionError> {
     let session = &conn.session;
+    let now = expiry::now_ms();
+    let ttl = |m: &Message| expiry::row_ttl(m.ttl_secs, m.arrived_ms, now, conn.expiry_limit);
     if let [single] = batch {
         return match &single.op {
             Op::Insert(m) => {
                 session
-                    .execute_unpaged(&conn.insert, insert_values(m))
+                    .execute_unpaged(&conn.insert, insert_values(m, ttl(m)))
                     .await
             }
             Op::Delete { topic, msgid } => {
@@ -379,7 +422,7 @@ async fn execute(
         for p in batch {
             if let Op::Insert(m) = &p.op {
                 b.append_statement(conn.insert.clone());
-                values.push(insert_values(m));
+                values.push(insert_values(m, ttl(m)));
             }
         }
         session.batch(&b, values).await.map(|_| ())
@@ -408,8 +451,9 @@ type InsertValues<'a> = (
 );
 
 /// The write timestamp of a message is its publish time in µs, taken from its GUID, so
-/// the insert and its delete agree on it without sharing any state.
-pub(crate) fn insert_values(m: &Message) -> InsertValues<'_> {
+/// the insert and its delete agree on it without sharing any state. `ttl` is the row's
+/// TTL at the moment it is sent (see `expiry::row_ttl`).
+pub(crate) fn insert_values(m: &Message, ttl: RowTtl) -> InsertValues<'_> {
     (
         &m.topic,
         m.msgid.as_str(),
@@ -418,9 +462,7 @@ pub(crate) fn insert_values(m: &Message) -> InsertValues<'_> {
         m.qos as i32,
         m.retain as i32,
         &m.sender,
-        m.ttl_secs
-            .map(|t| t.min(i32::MAX as u32) as i32)
-            .unwrap_or(0),
+        ttl.bound(),
         m.msgid.timestamp_us() as i64,
     )
 }
@@ -534,7 +576,7 @@ mod tests {
             Op::Delete { .. } => unreachable!(),
         };
         m.ttl_secs = Some(60);
-        let ins = insert_values(&m);
+        let ins = insert_values(&m, RowTtl::Secs(60));
         let del = delete_values(&m.topic, &m.msgid);
         assert_eq!(ins.8, 1_700_000_000_123_456, "insert at the publish time");
         assert_eq!(del.0, ins.8 + 1);
