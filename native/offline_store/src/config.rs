@@ -70,8 +70,13 @@ pub struct StoreConfig {
     pub max_batch_rows: usize,
     /// Batches sent to Cassandra at the same time.
     pub max_in_flight: usize,
-    /// Attempts per batch before its writes are counted as failed.
+    /// Attempts per batch, for errors that are neither "no connection" nor a
+    /// coordinator-side transient, before its writes are counted as failed.
     pub write_attempts: u32,
+    /// How long a write may wait for a partition Cassandra cannot take writes for
+    /// (Unavailable, Overloaded, timeouts) before it is counted as failed. Long by default:
+    /// such writes are kept (under the buffer's limits) until the replicas are back.
+    pub write_give_up_after: Duration,
     /// Most rows one fetch may return.
     pub max_fetch_rows: u32,
     /// Rows per page when reading a partition.
@@ -110,6 +115,7 @@ impl Default for StoreConfig {
             max_batch_rows: 32,
             max_in_flight: 64,
             write_attempts: 3,
+            write_give_up_after: Duration::from_secs(86_400),
             max_fetch_rows: 10_000,
             fetch_page_rows: 1_000,
             replay_floor: true,
@@ -144,6 +150,7 @@ impl fmt::Debug for StoreConfig {
             .field("max_batch_rows", &self.max_batch_rows)
             .field("max_in_flight", &self.max_in_flight)
             .field("write_attempts", &self.write_attempts)
+            .field("write_give_up_after", &self.write_give_up_after)
             .field("max_fetch_rows", &self.max_fetch_rows)
             .field("fetch_page_rows", &self.fetch_page_rows)
             .field("replay_floor", &self.replay_floor)
@@ -182,6 +189,7 @@ pub const CONFIG_KEYS: &[&str] = &[
     "max_batch_rows",
     "max_in_flight",
     "write_attempts",
+    "write_give_up_after",
     "max_fetch_rows",
     "fetch_page_rows",
     "replay_floor",
@@ -250,6 +258,7 @@ impl StoreConfig {
                 "max_batch_rows" => cfg.max_batch_rows = whole(key, value)?,
                 "max_in_flight" => cfg.max_in_flight = whole(key, value)?,
                 "write_attempts" => cfg.write_attempts = whole(key, value)?,
+                "write_give_up_after" => cfg.write_give_up_after = millis(key, value)?,
                 "max_fetch_rows" => cfg.max_fetch_rows = whole(key, value)?,
                 "fetch_page_rows" => cfg.fetch_page_rows = whole(key, value)?,
                 "replay_floor" => cfg.replay_floor = boolean(key, value)?,
@@ -322,6 +331,7 @@ impl StoreConfig {
             ("max_batch_rows", n(self.max_batch_rows)),
             ("max_in_flight", n(self.max_in_flight)),
             ("write_attempts", Int(i64::from(self.write_attempts))),
+            ("write_give_up_after", ms(self.write_give_up_after)),
             ("max_fetch_rows", Int(i64::from(self.max_fetch_rows))),
             ("fetch_page_rows", Int(i64::from(self.fetch_page_rows))),
             ("replay_floor", Bool(self.replay_floor)),
@@ -400,6 +410,11 @@ impl StoreConfig {
                 "replay_floor_lag",
                 "must be at least twice request_timeout plus 1s",
             ));
+        }
+        if self.write_give_up_after < Duration::from_secs(1)
+            || self.write_give_up_after > Duration::from_secs(30 * 86_400)
+        {
+            return Err(invalid("write_give_up_after", "must be between 1s and 30d"));
         }
         if self.replay_floor_lag > Duration::from_secs(30 * 86_400) {
             return Err(invalid("replay_floor_lag", "must be at most 30d"));
@@ -607,6 +622,7 @@ mod tests {
             ("max_batch_rows", Int(8)),
             ("max_in_flight", Int(4)),
             ("write_attempts", Int(5)),
+            ("write_give_up_after", Int(3_600_000)),
             ("max_fetch_rows", Int(500)),
             ("fetch_page_rows", Int(100)),
             ("replay_floor", Bool(false)),
@@ -636,6 +652,7 @@ mod tests {
             (8, 4, 5)
         );
         assert_eq!((cfg.max_fetch_rows, cfg.fetch_page_rows), (500, 100));
+        assert_eq!(cfg.write_give_up_after, Duration::from_secs(3600));
         assert!(!cfg.replay_floor);
         assert_eq!(cfg.replay_floor_lag, Duration::from_secs(300));
     }
@@ -665,6 +682,8 @@ mod tests {
             ("auto_reconnect", Int(1)),
             ("replay_floor_lag", Int(5_000)),
             ("replay_floor_lag", Int(31 * 86_400_000)),
+            ("write_give_up_after", Int(999)),
+            ("write_give_up_after", Int(31 * 86_400_000)),
             ("no_such_key", Int(1)),
         ];
         for (key, value) in cases {

@@ -6,7 +6,7 @@ mod driver;
 use std::time::Duration;
 
 use driver::Cause;
-pub(crate) use driver::DriverError;
+pub(crate) use driver::{DriverError, WriteVerdict, write_verdict};
 
 /// Why a store operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

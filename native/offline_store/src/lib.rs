@@ -31,6 +31,7 @@ mod supervisor;
 pub mod tls;
 pub mod topic;
 mod types;
+mod waiting;
 mod write_pipeline;
 
 pub use config::{OverflowPolicy, StoreConfig};
@@ -40,6 +41,7 @@ pub use stats::StatsSnapshot;
 pub use store::Store;
 pub use tls::TlsConfig;
 pub use types::{
-    ConnState, EventSink, FetchOptions, Message, ShutdownReport, StoreEvent, StoredMessage,
+    ConnState, Degraded, EventSink, FetchOptions, Message, ShutdownReport, StoreEvent,
+    StoredMessage,
 };
 pub use write_pipeline::Handover;

@@ -14,6 +14,7 @@ use crate::error::StoreError;
 use crate::msgid::MsgId;
 use crate::stats::Counters;
 use crate::types::{ConnState, EventSink, Message, StoreEvent};
+use crate::waiting::Waiting;
 
 /// One write: an insert, or the delete an ack becomes.
 pub(crate) enum Op {
@@ -30,6 +31,17 @@ impl Op {
     }
     pub(crate) fn is_insert(&self) -> bool {
         matches!(self, Op::Insert(_))
+    }
+
+    /// About the bytes this write takes in a request (payload as stored, keys, a margin
+    /// for the other columns and the framing), to keep batches under Cassandra's limits.
+    pub(crate) fn encoded_size(&self) -> usize {
+        match self {
+            Op::Insert(m) => {
+                crate::payload::encoded_len(&m.payload) + m.topic.len() + m.sender.len() + 96
+            }
+            Op::Delete { topic, .. } => topic.len() + 64,
+        }
     }
 }
 
@@ -67,6 +79,10 @@ pub(crate) struct Inner {
     /// Writes the writer took from the buffer to group them by partition (at most
     /// `BATCH_SCAN`). Only the writer task and `shutdown` touch it.
     pub(crate) staging: Mutex<Staging>,
+    /// Writes Cassandra could not take yet (replicas down, overloaded, timed out), per
+    /// topic with its backoff (see `waiting`). Only the writer tasks, `enqueue`'s
+    /// `drop_oldest` and `shutdown` touch it.
+    pub(crate) waiting: Mutex<Waiting>,
     pub(crate) work: Notify,
     /// The writer waits for `work` (idle for a while); otherwise it looks at the buffer
     /// every millisecond by itself and submitters need not wake it.
@@ -117,6 +133,7 @@ impl Inner {
             tx,
             rx,
             staging: Mutex::new(Staging::default()),
+            waiting: Mutex::new(Waiting::default()),
             work: Notify::new(),
             writer_parked: AtomicBool::new(true),
             stopped: AtomicBool::new(false),

@@ -62,6 +62,12 @@ pub(crate) struct Counters {
     pub batches: AtomicU64,
     pub retries: AtomicU64,
     pub requeued: AtomicU64,
+    /// Writes waiting for a retry after Cassandra could not take them (see `waiting`).
+    pub waiting: AtomicU64,
+    pub waited: AtomicU64,
+    pub gave_up: AtomicU64,
+    pub refused_invalid: AtomicU64,
+    pub refused_protocol: AtomicU64,
     pub fetches: AtomicU64,
     pub fetch_failures: AtomicU64,
     pub fetched_rows: AtomicU64,
@@ -96,6 +102,11 @@ impl Counters {
             batches: self.batches.load(Relaxed),
             retries: self.retries.load(Relaxed),
             requeued: self.requeued.load(Relaxed),
+            waiting: self.waiting.load(Relaxed),
+            waited: self.waited.load(Relaxed),
+            gave_up: self.gave_up.load(Relaxed),
+            refused_invalid: self.refused_invalid.load(Relaxed),
+            refused_protocol: self.refused_protocol.load(Relaxed),
             fetches: self.fetches.load(Relaxed),
             fetch_failures: self.fetch_failures.load(Relaxed),
             fetched_rows: self.fetched_rows.load(Relaxed),
@@ -132,7 +143,7 @@ pub struct StatsSnapshot {
     pub expired: u64,
     /// Writes taken from the buffer whose outcome is not known yet.
     pub in_flight: u64,
-    /// Writes waiting in the buffer.
+    /// Writes waiting in the buffer (including `waiting`).
     pub buffered: u64,
     /// Requests (batches or single statements) sent.
     pub batches: u64,
@@ -140,6 +151,18 @@ pub struct StatsSnapshot {
     pub retries: u64,
     /// Writes put back into the buffer because Cassandra went away while they were sent.
     pub requeued: u64,
+    /// The part of `buffered` that Cassandra answered for but could not take yet (too few
+    /// replicas alive, overloaded, timed out): it waits per partition and is tried again.
+    pub waiting: u64,
+    /// Writes that had to wait so (each time it happened).
+    pub waited: u64,
+    /// The part of `failed` that waited longer than `write_give_up_after`.
+    pub gave_up: u64,
+    /// The part of `failed` that Cassandra refused row by row for its content, by reason:
+    /// `Invalid` (e.g. a TTL or mutation size it does not take) and `ProtocolError`. The
+    /// rest of their batches was written.
+    pub refused_invalid: u64,
+    pub refused_protocol: u64,
     pub fetches: u64,
     pub fetch_failures: u64,
     pub fetched_rows: u64,

@@ -14,7 +14,7 @@ use crate::msgid::MsgId;
 use crate::shared::{Inner, Op, Pending, lock};
 use crate::stats::{Counters, StatsSnapshot};
 use crate::supervisor;
-use crate::types::{ConnState, EventSink, Message, ShutdownReport};
+use crate::types::{ConnState, Degraded, EventSink, Message, ShutdownReport};
 use crate::write_pipeline::{self, Handover};
 
 /// Handle to the store. Cheap to clone; all clones share one session and one buffer.
@@ -56,6 +56,14 @@ impl Store {
 
     pub fn state(&self) -> ConnState {
         self.inner.state.borrow().clone()
+    }
+
+    /// `Some` while writes wait because Cassandra answers but cannot take them (too few
+    /// replicas alive, overloaded, timeouts): how many, and the latest reason.
+    pub fn degraded(&self) -> Option<Degraded> {
+        self.inner
+            .degraded()
+            .map(|(waiting, reason)| Degraded { waiting, reason })
     }
 
     pub fn config(&self) -> &StoreConfig {
@@ -129,7 +137,9 @@ impl Store {
 
     pub fn stats(&self) -> StatsSnapshot {
         let c = &self.inner.counters;
-        let buffered = self.inner.rx.len() + c.staged.load(Ordering::Relaxed) as usize;
+        let buffered = self.inner.rx.len()
+            + c.staged.load(Ordering::Relaxed) as usize
+            + c.waiting.load(Ordering::Relaxed) as usize;
         c.snapshot(buffered)
     }
 
@@ -197,6 +207,9 @@ impl Store {
         }
         let mut left: Vec<Pending> = lock(&self.inner.staging).items.drain(..).collect();
         self.inner.counters.staged.store(0, Ordering::Relaxed);
+        let waiting = lock(&self.inner.waiting).drain();
+        Counters::sub(&self.inner.counters.waiting, waiting.len() as u64);
+        left.extend(waiting);
         left.extend(self.inner.rx.try_iter());
         let in_flight = self.stats().in_flight;
         self.inner

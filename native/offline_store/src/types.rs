@@ -95,6 +95,18 @@ fn not_connected_because(cause: &StoreError) -> StoreError {
     }
 }
 
+/// Writes are waiting because Cassandra answers but cannot take them: a partition's
+/// replicas are down (`Unavailable`), a coordinator is overloaded, writes time out. Health
+/// shows it; the writes land when the cause goes away (or are given up after
+/// `write_give_up_after`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Degraded {
+    /// Writes waiting for a retry.
+    pub waiting: u64,
+    /// Why the latest of them had to wait, e.g. "Unavailable: 1 replica alive, QUORUM needs 2".
+    pub reason: String,
+}
+
 /// Something an operator may want in the log, reported as it happens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreEvent {

@@ -9,17 +9,18 @@ use crossbeam_channel::TrySendError;
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::value::CqlTimestamp;
 use tokio::sync::{Semaphore, oneshot};
-use tokio::time::{Instant, sleep};
+use tokio::time::{Instant, sleep, sleep_until};
 
 use crate::config::OverflowPolicy;
 use crate::connection::Connection;
-use crate::error::StoreError;
+use crate::error::{StoreError, WriteVerdict, write_verdict};
 use crate::expiry::{self, RowTtl};
 use crate::msgid::MsgId;
 use crate::payload;
 use crate::shared::{Inner, Op, Pending, Staging, lock, set_state};
 use crate::stats::Counters;
 use crate::types::{ConnState, Message, StoreEvent};
+use crate::waiting::{Backoff, Refusal};
 
 /// Items the writer looks at when it gathers one partition's batch.
 const BATCH_SCAN: usize = 512;
@@ -29,6 +30,15 @@ const IDLE_POLL: Duration = Duration::from_millis(1);
 
 /// Idle time after which the writer parks and submitters wake it again.
 const PARK_AFTER: Duration = Duration::from_secs(1);
+
+/// Most encoded bytes in one batch (a larger single write goes alone). Cassandra refuses a
+/// request frame over 16 MiB (`native_transport_max_frame_size`) and a mutation over half a
+/// commitlog segment (16 MiB by default); 4 MiB stays well under both, also for clusters
+/// with smaller segments, and a 1 MB binary payload (1.33 MB stored) still batches by 3.
+pub(crate) const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
+
+/// How often the writer looks for waiting writes older than `write_give_up_after`.
+const GIVE_UP_CHECK: Duration = Duration::from_millis(100);
 
 /// Writes a stopped store still had buffered, on their way to a new store.
 pub struct Handover(pub(crate) Vec<Pending>);
@@ -55,8 +65,17 @@ pub(crate) fn enqueue(
     let capacity = inner.cfg.buffer_capacity;
     let awaited = done.is_some();
     let mut pending = Pending { op, done };
+    let mut evicted_none = false;
     loop {
-        match inner.tx.try_send(pending) {
+        // Writes waiting for a retry (see `waiting`) fill the buffer too.
+        let waiting = c.waiting.load(Ordering::Relaxed) as usize;
+        let full = !evicted_none && waiting > 0 && inner.rx.len() + waiting >= capacity;
+        let sent = if full {
+            Err(TrySendError::Full(pending))
+        } else {
+            inner.tx.try_send(pending)
+        };
+        match sent {
             Ok(()) => break,
             Err(TrySendError::Disconnected(_)) => return Err(StoreError::Shutdown),
             Err(TrySendError::Full(back)) => match inner.cfg.overflow_policy {
@@ -65,10 +84,18 @@ pub(crate) fn enqueue(
                     return Err(StoreError::Overloaded { capacity });
                 }
                 OverflowPolicy::DropOldest => {
-                    if let Ok(old) = inner.rx.try_recv() {
-                        Counters::add(&c.dropped, 1);
-                        Counters::add(&c.evicted, 1);
-                        old.finish(Err(StoreError::Overloaded { capacity }));
+                    let old = match inner.rx.try_recv() {
+                        Ok(old) => Some(old),
+                        Err(_) => inner.evict_waiting(),
+                    };
+                    match old {
+                        Some(old) => {
+                            Counters::add(&c.dropped, 1);
+                            Counters::add(&c.evicted, 1);
+                            old.finish(Err(StoreError::Overloaded { capacity }));
+                        }
+                        // Nothing to evict after all: the channel's own bound decides.
+                        None => evicted_none = true,
                     }
                     pending = back;
                 }
@@ -122,7 +149,7 @@ impl Inner {
     /// Takes the head staged write plus following staged writes of the same kind to the
     /// same partition.
     pub(crate) fn take_batch(&self) -> Vec<Pending> {
-        let batch = lock(&self.staging).take_batch(self.cfg.max_batch_rows);
+        let batch = lock(&self.staging).take_batch(self.cfg.max_batch_rows, MAX_BATCH_BYTES);
         // in_flight first, then staged: a concurrent `stats()` may count a write twice for
         // a moment, never zero times (flush relies on that).
         Counters::add(&self.counters.in_flight, batch.len() as u64);
@@ -131,22 +158,112 @@ impl Inner {
     }
 }
 
+/// The writer's side of `waiting`: every move in or out keeps the `waiting` gauge (part of
+/// `buffered`) and `in_flight` so that `stats()` never misses a write.
+impl Inner {
+    fn backoff(&self) -> Backoff {
+        Backoff {
+            min: self.cfg.reconnect_min_backoff,
+            max: self.cfg.reconnect_max_backoff,
+        }
+    }
+
+    /// Sends a batch of a topic that waits behind it instead (`None`); otherwise hands the
+    /// batch back to be sent.
+    fn behind_waiting(&self, batch: Vec<Pending>) -> Option<Vec<Pending>> {
+        let topic = batch.first()?.op.topic();
+        let mut waiting = lock(&self.waiting);
+        if !waiting.holds(topic) {
+            return Some(batch);
+        }
+        let n = batch.len() as u64;
+        Counters::add(&self.counters.waiting, n);
+        Counters::sub(&self.counters.in_flight, n);
+        waiting.append(batch, Instant::now());
+        None
+    }
+
+    /// A batch Cassandra could not take goes to wait for its topic's retry.
+    fn wait(&self, batch: Vec<Pending>, since: Option<Instant>, refusal: Refusal) {
+        let n = batch.len() as u64;
+        if let Refusal::Transient { .. } = refusal {
+            Counters::add(&self.counters.waited, n);
+        }
+        let mut waiting = lock(&self.waiting);
+        Counters::add(&self.counters.waiting, n);
+        Counters::sub(&self.counters.in_flight, n);
+        waiting.put_back(batch, since, refusal, self.backoff(), Instant::now());
+    }
+
+    /// The next retry batch that is due, now in flight.
+    fn take_due_retry(&self) -> Option<(Vec<Pending>, Instant)> {
+        let mut waiting = lock(&self.waiting);
+        let (batch, since) =
+            waiting.take_due(Instant::now(), self.cfg.max_batch_rows, MAX_BATCH_BYTES)?;
+        let n = batch.len() as u64;
+        Counters::add(&self.counters.in_flight, n);
+        Counters::sub(&self.counters.waiting, n);
+        Some((batch, since))
+    }
+
+    /// Fails the waiting writes older than `write_give_up_after` (counted in `failed` and
+    /// `gave_up`, logged once per check).
+    fn give_up_waiting(&self) {
+        let expired = lock(&self.waiting).expired(Instant::now(), self.cfg.write_give_up_after);
+        let Some(error) = expired.first().map(|(_, e)| e.clone()) else {
+            return;
+        };
+        let n = expired.len() as u64;
+        Counters::add(&self.counters.failed, n);
+        Counters::add(&self.counters.gave_up, n);
+        Counters::sub(&self.counters.waiting, n);
+        self.emit(StoreEvent::WritesFailed { count: n, error });
+        for (p, e) in expired {
+            p.finish(Err(e));
+        }
+    }
+
+    /// For `drop_oldest`: the write that has waited longest.
+    fn evict_waiting(&self) -> Option<Pending> {
+        let mut waiting = lock(&self.waiting);
+        let p = waiting.evict_oldest()?;
+        Counters::sub(&self.counters.waiting, 1);
+        Some(p)
+    }
+
+    /// Why writes wait now, if any do: their number and the latest reason.
+    pub(crate) fn degraded(&self) -> Option<(u64, String)> {
+        let waiting = lock(&self.waiting);
+        let n = waiting.len() as u64;
+        (n > 0).then(|| (n, waiting.last_reason().unwrap_or("").to_owned()))
+    }
+}
+
 impl Staging {
     /// Takes the head write plus the following writes of the same kind to the same
-    /// partition, at most `max`; the rest stays in order.
-    fn take_batch(&mut self, max: usize) -> Vec<Pending> {
+    /// partition, at most `max` rows and `max_bytes` encoded (the head goes even when it is
+    /// larger); the rest stays in order.
+    fn take_batch(&mut self, max: usize, max_bytes: usize) -> Vec<Pending> {
         let Some(head) = self.items.pop_front() else {
             return Vec::new();
         };
+        let mut bytes = head.op.encoded_size();
         let mut batch = vec![head];
+        // Once one write of the partition does not fit, the later ones wait too (order).
+        let mut full = false;
         for p in self.items.drain(..) {
             let same =
                 p.op.topic() == batch[0].op.topic() && p.op.is_insert() == batch[0].op.is_insert();
-            if same && batch.len() < max {
-                batch.push(p);
-            } else {
-                self.spare.push_back(p);
+            if same && !full {
+                let size = p.op.encoded_size();
+                full = batch.len() >= max || bytes + size > max_bytes;
+                if !full {
+                    bytes += size;
+                    batch.push(p);
+                    continue;
+                }
             }
+            self.spare.push_back(p);
         }
         // The rest goes back in order; both buffers keep their capacity (no allocation).
         std::mem::swap(&mut self.items, &mut self.spare);
@@ -161,6 +278,7 @@ pub(crate) async fn run_writer(inner: Arc<Inner>) {
     let mut state = inner.state.subscribe();
     let mut shutdown = inner.shutdown.subscribe();
     let mut idle_since = Instant::now();
+    let mut last_give_up_check = Instant::now();
     loop {
         if inner.stopped() {
             return;
@@ -175,7 +293,17 @@ pub(crate) async fn run_writer(inner: Arc<Inner>) {
             }
             continue;
         };
-        if !inner.refill_staging() {
+        if last_give_up_check.elapsed() >= GIVE_UP_CHECK {
+            inner.give_up_waiting();
+            last_give_up_check = Instant::now();
+        }
+        let next_due = lock(&inner.waiting).next_due();
+        let retry_due = next_due.is_some_and(|at| at <= Instant::now());
+        if !retry_due && !inner.refill_staging() {
+            // Waiting writes wake the writer when their retry is due, or to give up.
+            let due = next_due
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))
+                .min(Instant::now() + GIVE_UP_CHECK.max(inner.cfg.reconnect_max_backoff));
             if idle_since.elapsed() < PARK_AFTER {
                 tokio::select! {
                     _ = inner.work.notified() => {}
@@ -190,6 +318,7 @@ pub(crate) async fn run_writer(inner: Arc<Inner>) {
             if !inner.refill_staging() {
                 tokio::select! {
                     _ = inner.work.notified() => {}
+                    _ = sleep_until(due), if next_due.is_some() => {}
                     _ = shutdown.changed() => return,
                 }
             }
@@ -202,61 +331,173 @@ pub(crate) async fn run_writer(inner: Arc<Inner>) {
             p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
             _ = shutdown.changed() => return,
         };
-        let batch = inner.take_batch();
-        if batch.is_empty() {
-            continue;
-        }
+        // Due retries first; a batch of a waiting topic goes behind it, taking no slot.
+        let (batch, retry) = match inner.take_due_retry() {
+            Some((batch, since)) => (batch, Some(since)),
+            None => match inner.behind_waiting(inner.take_batch()) {
+                Some(batch) if !batch.is_empty() => (batch, None),
+                _ => continue,
+            },
+        };
         let inner = inner.clone();
         tokio::spawn(async move {
-            write_batch(&inner, &conn, batch).await;
+            write_batch(&inner, &conn, batch, retry).await;
             drop(permit);
         });
     }
 }
 
-async fn write_batch(inner: &Arc<Inner>, conn: &Connection, batch: Vec<Pending>) {
+/// Sends one batch and settles each of its writes: written; waiting for its partition
+/// (Cassandra answered but could not take it); back to the buffer (connection lost); or
+/// failed. A batch Cassandra refuses for its content is split in halves until the row that
+/// carries the cause is alone, so only that row fails. `retry`: the batch came from
+/// `waiting`, with the moment its writes first waited.
+async fn write_batch(
+    inner: &Arc<Inner>,
+    conn: &Connection,
+    batch: Vec<Pending>,
+    retry: Option<Instant>,
+) {
+    let topic = batch.first().map(|p| p.op.topic().to_owned());
     let batch = drop_expired(inner, batch);
-    if batch.is_empty() {
-        return;
+    let request = |part: Vec<Pending>| async move {
+        let sent = send(inner, conn, &part).await;
+        (part, sent)
+    };
+    isolating_refusals(batch, request, |part, sent| match sent {
+        Sent::Written => {
+            if retry.is_some() || inner.counters.waiting.load(Ordering::Relaxed) > 0 {
+                lock(&inner.waiting).landed(part[0].op.topic(), Instant::now());
+            }
+            settle(inner, part, Ok(()));
+        }
+        Sent::Wait { reason } => {
+            inner.wait(part, retry, Refusal::Transient { reason });
+        }
+        Sent::Disconnected(e) => {
+            // Cassandra went away: these writes are not failures, they wait (in the
+            // buffer, under its cap) for the connection to come back.
+            set_state(inner, ConnState::Disconnected { reason: e });
+            let n = part.len() as u64;
+            Counters::add(&inner.counters.requeued, n);
+            inner.emit(StoreEvent::WritesRequeued { count: n });
+            if retry.is_some() {
+                inner.wait(part, retry, Refusal::Disconnected);
+            } else {
+                inner.requeue(part);
+            }
+        }
+        Sent::Refused { counter, error } => {
+            let c = &inner.counters;
+            Counters::add(
+                match counter {
+                    "invalid" => &c.refused_invalid,
+                    _ => &c.refused_protocol,
+                },
+                1,
+            );
+            settle(inner, part, Err(error));
+        }
+        Sent::Failed(e) => settle(inner, part, Err(e)),
+    })
+    .await;
+    if let (Some(_), Some(topic)) = (retry, topic) {
+        lock(&inner.waiting).retry_done(&topic);
     }
+}
+
+/// Sends `batch` through `request`, halving every part Cassandra refuses for its content
+/// until each refused row is alone (a batch of n with one bad row costs about 2·log2(n)
+/// more requests); every other outcome, and a refused single row, goes to `done` with its
+/// part. Parts go out one after another, in order.
+async fn isolating_refusals<R, F>(
+    batch: Vec<Pending>,
+    mut request: R,
+    mut done: impl FnMut(Vec<Pending>, Sent),
+) where
+    R: FnMut(Vec<Pending>) -> F,
+    F: std::future::Future<Output = (Vec<Pending>, Sent)>,
+{
+    let mut parts = vec![batch];
+    while let Some(part) = parts.pop() {
+        if part.is_empty() {
+            continue;
+        }
+        match request(part).await {
+            (mut first, Sent::Refused { .. }) if first.len() > 1 => {
+                let second = first.split_off(first.len() / 2);
+                parts.push(second);
+                parts.push(first);
+            }
+            (part, sent) => done(part, sent),
+        }
+    }
+}
+
+/// How one request of a batch ended.
+enum Sent {
+    Written,
+    /// A coordinator-side transient (see `WriteVerdict::Wait`).
+    Wait {
+        reason: String,
+    },
+    Disconnected(StoreError),
+    /// Refused for its content (see `WriteVerdict::Refused`); `counter` names the reason.
+    Refused {
+        counter: &'static str,
+        error: StoreError,
+    },
+    Failed(StoreError),
+}
+
+/// Sends the batch; errors that are neither a transient of the coordinator, nor a refusal,
+/// nor a lost connection are tried `write_attempts` times.
+async fn send(inner: &Arc<Inner>, conn: &Connection, batch: &[Pending]) -> Sent {
     let c = &inner.counters;
-    let n = batch.len() as u64;
+    let timeout = inner.cfg.request_timeout;
     let mut attempt = 1;
-    let outcome = loop {
+    loop {
         Counters::add(&c.batches, 1);
         // The topic is indexed before its messages land, so a wildcard replay that finds a
         // message can always find its topic.
         let started = std::time::Instant::now();
-        let result = match ensure_indexed(inner, conn, &batch).await {
-            Ok(()) => match crate::floor::reset_floor_if_late(inner, conn, &batch).await {
-                Ok(()) => execute(conn, &batch, inner.cfg.write_consistency).await,
+        let result = match ensure_indexed(inner, conn, batch).await {
+            Ok(()) => match crate::floor::reset_floor_if_late(inner, conn, batch).await {
+                Ok(()) => execute(conn, batch, inner.cfg.write_consistency).await,
                 Err(e) => Err(e),
             },
             Err(e) => Err(e),
         };
         c.write_latency.record(started.elapsed());
-        match result {
-            Ok(()) => break Ok(()),
-            Err(e) => {
-                let e = StoreError::from_driver(e, inner.cfg.request_timeout);
-                if matches!(e, StoreError::NotConnected { .. }) && !inner.stopped() {
-                    // Cassandra went away: these writes are not failures, they wait (in the
-                    // buffer, under its cap) for the connection to come back.
-                    set_state(inner, ConnState::Disconnected { reason: e });
-                    Counters::add(&c.requeued, n);
-                    inner.emit(StoreEvent::WritesRequeued { count: n });
-                    inner.requeue(batch);
-                    return;
-                }
-                if !e.is_transient() || attempt >= inner.cfg.write_attempts || inner.stopped() {
-                    break Err(e);
-                }
-                Counters::add(&c.retries, 1);
-                sleep(inner.cfg.reconnect_min_backoff * attempt).await;
-                attempt += 1;
-            }
+        let Err(err) = result else {
+            return Sent::Written;
+        };
+        let verdict = write_verdict(&err);
+        let e = StoreError::from_driver(&err, timeout);
+        if inner.stopped() {
+            return Sent::Failed(e);
         }
-    };
+        match verdict {
+            WriteVerdict::Wait(reason) => return Sent::Wait { reason },
+            WriteVerdict::Refused(counter) => return Sent::Refused { counter, error: e },
+            WriteVerdict::Other => {}
+        }
+        if matches!(e, StoreError::NotConnected { .. }) {
+            return Sent::Disconnected(e);
+        }
+        if !e.is_transient() || attempt >= inner.cfg.write_attempts {
+            return Sent::Failed(e);
+        }
+        Counters::add(&c.retries, 1);
+        sleep(inner.cfg.reconnect_min_backoff * attempt).await;
+        attempt += 1;
+    }
+}
+
+/// Counts and answers the writes of a batch that is done with.
+fn settle(inner: &Arc<Inner>, batch: Vec<Pending>, outcome: Result<(), StoreError>) {
+    let c = &inner.counters;
+    let n = batch.len() as u64;
     Counters::sub(&c.in_flight, n);
     if let (Ok(()), Some(first)) = (&outcome, batch.first())
         && !first.op.is_insert()
@@ -528,7 +769,7 @@ mod tests {
             insert("a", 5),
             insert("a", 6),
         ]);
-        let batch = staging.take_batch(3);
+        let batch = staging.take_batch(3, usize::MAX);
         assert_eq!(
             shape(batch),
             [
@@ -547,7 +788,7 @@ mod tests {
             ]
         );
         assert!(staging.spare.is_empty());
-        assert!(staging.take_batch(3).is_empty());
+        assert!(staging.take_batch(3, usize::MAX).is_empty());
     }
 
     #[test]
@@ -559,14 +800,111 @@ mod tests {
             delete("t", 3),
             delete("u", 4),
         ]);
-        let batch = staging.take_batch(512);
+        let batch = staging.take_batch(512, usize::MAX);
         assert_eq!(
             shape(batch),
             [("t".into(), false, 1), ("t".into(), false, 3)]
         );
-        let next = staging.take_batch(512);
+        let next = staging.take_batch(512, usize::MAX);
         assert_eq!(shape(next), [("t".into(), true, 2)]);
         assert_eq!(staging.items.len(), 1);
+    }
+
+    fn with_payload(topic: &str, us: u64, payload: Vec<u8>) -> Pending {
+        let mut p = insert(topic, us);
+        if let Op::Insert(m) = &mut p.op {
+            m.payload = payload;
+        }
+        p
+    }
+
+    #[test]
+    fn batches_are_capped_in_bytes_and_a_larger_write_goes_alone() {
+        let mb = 1_000_000;
+        // Non-UTF-8: stored as base64, 4/3 of the payload.
+        let binary = |us| with_payload("t", us, vec![0xFF; mb]);
+        let mut staging = Staging::default();
+        staging.items.extend((1..=7).map(binary));
+        staging
+            .items
+            .push_back(with_payload("t", 8, vec![0xFF; 6 * mb]));
+        staging.items.push_back(insert("t", 9));
+        let sizes: Vec<usize> = std::iter::from_fn(|| {
+            let batch = staging.take_batch(32, MAX_BATCH_BYTES);
+            let bytes: usize = batch.iter().map(|p| p.op.encoded_size()).sum();
+            assert!(
+                batch.len() == 1 || bytes <= MAX_BATCH_BYTES,
+                "{} rows, {bytes} bytes",
+                batch.len()
+            );
+            (!batch.is_empty()).then_some(batch.len())
+        })
+        .collect();
+        // 1.33 MB each: three fit in 4 MiB; the 8 MB one goes alone; order is kept.
+        assert_eq!(sizes, [3, 3, 1, 1, 1]);
+    }
+
+    /// A model of Cassandra that refuses every request holding a row whose payload is
+    /// "bad" (as it refuses a TTL out of range or an oversized mutation) and takes the rest.
+    #[tokio::test]
+    async fn a_refused_row_is_isolated_and_only_it_fails() {
+        let is_bad = |p: &Pending| matches!(&p.op, Op::Insert(m) if m.payload == b"bad");
+        let batch: Vec<Pending> = (1..=32)
+            .map(|i| {
+                let payload = if i == 11 {
+                    b"bad".to_vec()
+                } else {
+                    b"ok".to_vec()
+                };
+                with_payload("t", i, payload)
+            })
+            .collect();
+        let mut requests = 0;
+        let request = |part: Vec<Pending>| {
+            requests += 1;
+            let sent = if part.iter().any(is_bad) {
+                Sent::Refused {
+                    counter: "invalid",
+                    error: StoreError::Db("Invalid query: ttl is too large".into()),
+                }
+            } else {
+                Sent::Written
+            };
+            std::future::ready((part, sent))
+        };
+        let mut written = Vec::new();
+        let mut refused = Vec::new();
+        isolating_refusals(batch, request, |part, sent| match sent {
+            Sent::Written => written.extend(shape(part)),
+            Sent::Refused { .. } => refused.extend(shape(part)),
+            _ => panic!("unexpected outcome"),
+        })
+        .await;
+        assert_eq!(refused, [("t".to_string(), true, 11)]);
+        let written_us: Vec<u64> = written.iter().map(|w| w.2).collect();
+        assert_eq!(
+            written_us,
+            (1..=32).filter(|&i| i != 11).collect::<Vec<_>>()
+        );
+        // 1 + 2 per halving (log2 32 = 5).
+        assert_eq!(requests, 11);
+    }
+
+    #[tokio::test]
+    async fn a_batch_that_is_taken_is_sent_whole() {
+        let batch: Vec<Pending> = (1..=4).map(|i| insert("t", i)).collect();
+        let mut requests = 0;
+        let mut outcomes = Vec::new();
+        isolating_refusals(
+            batch,
+            |part| {
+                requests += 1;
+                std::future::ready((part, Sent::Written))
+            },
+            |part, _| outcomes.push(part.len()),
+        )
+        .await;
+        assert_eq!((requests, outcomes), (1, vec![4]));
     }
 
     #[test]

@@ -88,6 +88,89 @@ fn db_cause(db: &DbError, message: &str) -> Cause {
     }
 }
 
+/// What a write that failed should do next. Decided by the driver error's type: the session
+/// is up and Cassandra answered, but either could not take the write now (`Wait`) or refused
+/// something the request carries (`Refused`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum WriteVerdict {
+    /// A coordinator-side transient: too few replicas alive (`Unavailable`), an overloaded
+    /// or bootstrapping coordinator, Cassandra's read/write timeout or the client's request
+    /// timeout. The write waits and is tried again; the text says why, for health.
+    Wait(String),
+    /// Cassandra refused the request for its content (`Invalid`: e.g. a TTL out of range, a
+    /// mutation too large; `ProtocolError`: e.g. a request frame over its limit). One row
+    /// may carry the cause: splitting the batch isolates it. The word names the counter.
+    Refused(&'static str),
+    /// Anything else (no connection, credentials, ...): see `StoreError::from_driver`.
+    Other,
+}
+
+/// The `WriteVerdict` of an error a write request returned.
+pub(crate) fn write_verdict(err: &ExecutionError) -> WriteVerdict {
+    match err {
+        ExecutionError::RequestTimeout(d) => {
+            WriteVerdict::Wait(format!("no answer within the request timeout ({d:?})"))
+        }
+        ExecutionError::LastAttemptError(RequestAttemptError::DbError(db, _)) => db_verdict(db),
+        _ => WriteVerdict::Other,
+    }
+}
+
+fn db_verdict(db: &DbError) -> WriteVerdict {
+    // LocalQuorum -> LOCAL_QUORUM, as cqlsh and the config write it.
+    let level = |c: &scylla::statement::Consistency| {
+        let mut out = String::new();
+        for (i, ch) in format!("{c:?}").chars().enumerate() {
+            if i > 0 && ch.is_ascii_uppercase() {
+                out.push('_');
+            }
+            out.push(ch.to_ascii_uppercase());
+        }
+        out
+    };
+    match db {
+        DbError::Unavailable {
+            consistency,
+            required,
+            alive,
+        } => WriteVerdict::Wait(format!(
+            "Unavailable: {alive} replica{} alive, {} needs {required}",
+            if *alive == 1 { "" } else { "s" },
+            level(consistency)
+        )),
+        DbError::Overloaded => {
+            WriteVerdict::Wait("Overloaded: the coordinator is overloaded".into())
+        }
+        DbError::IsBootstrapping => {
+            WriteVerdict::Wait("the coordinator is still bootstrapping".into())
+        }
+        DbError::RateLimitReached { .. } => {
+            WriteVerdict::Wait("the coordinator's rate limit was reached".into())
+        }
+        DbError::WriteTimeout {
+            consistency,
+            received,
+            required,
+            ..
+        } => WriteVerdict::Wait(format!(
+            "write timeout: {received} of {required} replicas answered ({})",
+            level(consistency)
+        )),
+        DbError::ReadTimeout {
+            consistency,
+            received,
+            required,
+            ..
+        } => WriteVerdict::Wait(format!(
+            "read timeout: {received} of {required} replicas answered ({})",
+            level(consistency)
+        )),
+        DbError::Invalid => WriteVerdict::Refused("invalid"),
+        DbError::ProtocolError => WriteVerdict::Refused("protocol"),
+        _ => WriteVerdict::Other,
+    }
+}
+
 impl DriverError for PrepareError {
     fn cause(&self) -> Cause {
         match self {
@@ -441,6 +524,64 @@ mod tests {
             RequestError::LastAttemptError(RequestAttemptError::UnableToAllocStreamId),
         ));
         assert_eq!(classify(pager).kind(), "db_error");
+    }
+
+    #[test]
+    fn coordinator_transients_wait_and_content_refusals_split() {
+        let unavailable = server(
+            DbError::Unavailable {
+                consistency: Consistency::Quorum,
+                required: 2,
+                alive: 1,
+            },
+            MISLEADING,
+        );
+        assert_eq!(
+            write_verdict(&unavailable),
+            WriteVerdict::Wait("Unavailable: 1 replica alive, QUORUM needs 2".into())
+        );
+        let write_timeout = server(
+            DbError::WriteTimeout {
+                consistency: Consistency::LocalQuorum,
+                received: 1,
+                required: 2,
+                write_type: WriteType::UnloggedBatch,
+            },
+            "",
+        );
+        assert_eq!(
+            write_verdict(&write_timeout),
+            WriteVerdict::Wait("write timeout: 1 of 2 replicas answered (LOCAL_QUORUM)".into())
+        );
+        for waits in [
+            server(DbError::Overloaded, MISLEADING),
+            server(DbError::IsBootstrapping, MISLEADING),
+            ExecutionError::RequestTimeout(Duration::from_secs(5)),
+        ] {
+            assert!(
+                matches!(write_verdict(&waits), WriteVerdict::Wait(_)),
+                "{waits}"
+            );
+        }
+        assert_eq!(
+            write_verdict(&server(DbError::Invalid, "ttl is too large")),
+            WriteVerdict::Refused("invalid")
+        );
+        assert_eq!(
+            write_verdict(&server(DbError::ProtocolError, "Request is too big")),
+            WriteVerdict::Refused("protocol")
+        );
+        for other in [
+            server(DbError::SyntaxError, MISLEADING),
+            server(DbError::Unauthorized, MISLEADING),
+            server(DbError::AuthenticationError, MISLEADING),
+            ExecutionError::EmptyPlan,
+            ExecutionError::LastAttemptError(RequestAttemptError::BrokenConnectionError(
+                BrokenConnectionErrorKind::ChannelError.into(),
+            )),
+        ] {
+            assert_eq!(write_verdict(&other), WriteVerdict::Other, "{other}");
+        }
     }
 
     #[test]

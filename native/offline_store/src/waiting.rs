@@ -1,0 +1,440 @@
+//! Writes Cassandra answered for but could not take yet: too few replicas alive
+//! (`Unavailable`), an overloaded or bootstrapping coordinator, a timeout. They wait here,
+//! per topic (one partition each) with a backoff of their own, outside the staging area and
+//! without an in-flight slot: a partition whose replicas are down holds up no other one.
+//! A write that waits longer than `write_give_up_after` is failed.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::error::StoreError;
+use crate::shared::Pending;
+
+/// The writes waiting for a retry, by topic.
+#[derive(Default)]
+pub(crate) struct Waiting {
+    topics: HashMap<String, TopicWait>,
+    len: usize,
+    /// Why the latest write had to wait, for health.
+    last_reason: Option<String>,
+}
+
+struct TopicWait {
+    /// Each write with the moment it first waited, oldest batch first.
+    writes: VecDeque<(Instant, Pending)>,
+    retry_at: Instant,
+    backoff: Duration,
+    /// A retry batch of this topic is being sent: no second one until it is answered.
+    sending: bool,
+    /// Why the topic's last attempt could not be written, for a write given up.
+    last_reason: String,
+}
+
+/// Why a batch goes back to wait.
+pub(crate) enum Refusal {
+    /// Cassandra could not take it (the reason, for health and for a write given up): the
+    /// topic is tried again after its backoff.
+    Transient { reason: String },
+    /// The connection went away: tried again as soon as the writer runs (it waits for the
+    /// connection itself).
+    Disconnected,
+}
+
+/// How long a topic waits between retries: from `min`, doubling while they fail, up to `max`.
+#[derive(Clone, Copy)]
+pub(crate) struct Backoff {
+    pub(crate) min: Duration,
+    pub(crate) max: Duration,
+}
+
+impl Waiting {
+    /// Writes waiting, over every topic.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(crate) fn last_reason(&self) -> Option<&str> {
+        self.last_reason.as_deref()
+    }
+
+    pub(crate) fn holds(&self, topic: &str) -> bool {
+        self.topics.contains_key(topic)
+    }
+
+    /// Writes that arrive for a waiting topic go behind it: they would be refused too, and
+    /// their topic's order stays.
+    pub(crate) fn append(&mut self, batch: Vec<Pending>, now: Instant) {
+        let Some(topic) = batch.first().map(|p| p.op.topic().to_owned()) else {
+            return;
+        };
+        let Some(wait) = self.topics.get_mut(&topic) else {
+            return;
+        };
+        self.len += batch.len();
+        wait.writes.extend(batch.into_iter().map(|p| (now, p)));
+    }
+
+    /// A batch that could not be written goes back to the front of its topic's queue, with
+    /// the moment it first waited (`since`: a retry batch keeps the latest of its writes',
+    /// so a write may wait a little longer than the limit, never less; `None`: now).
+    pub(crate) fn put_back(
+        &mut self,
+        batch: Vec<Pending>,
+        since: Option<Instant>,
+        refusal: Refusal,
+        backoff: Backoff,
+        now: Instant,
+    ) {
+        let Some(topic) = batch.first().map(|p| p.op.topic().to_owned()) else {
+            return;
+        };
+        let why = match &refusal {
+            Refusal::Transient { reason } => reason.clone(),
+            Refusal::Disconnected => "not connected".to_owned(),
+        };
+        let wait = self.topics.entry(topic).or_insert_with(|| TopicWait {
+            writes: VecDeque::new(),
+            retry_at: now,
+            backoff: Duration::ZERO,
+            sending: false,
+            last_reason: why.clone(),
+        });
+        match refusal {
+            Refusal::Transient { reason } => {
+                wait.backoff = (wait.backoff * 2).clamp(backoff.min, backoff.max);
+                wait.retry_at = now + wait.backoff;
+                wait.last_reason = why;
+                self.last_reason = Some(reason);
+            }
+            Refusal::Disconnected => wait.retry_at = now,
+        }
+        self.len += batch.len();
+        let since = since.unwrap_or(now);
+        for p in batch.into_iter().rev() {
+            wait.writes.push_front((since, p));
+        }
+    }
+
+    /// A write of `topic` landed: its partition takes writes again, so the rest is tried at
+    /// once with the backoff reset. A topic with nothing left stops waiting.
+    pub(crate) fn landed(&mut self, topic: &str, now: Instant) {
+        if let Some(wait) = self.topics.get_mut(topic) {
+            wait.backoff = Duration::ZERO;
+            wait.retry_at = now;
+        }
+        self.forget_if_done(topic);
+    }
+
+    /// The retry batch of `topic` has been answered (whatever the outcome).
+    pub(crate) fn retry_done(&mut self, topic: &str) {
+        if let Some(wait) = self.topics.get_mut(topic) {
+            wait.sending = false;
+        }
+        self.forget_if_done(topic);
+    }
+
+    fn forget_if_done(&mut self, topic: &str) {
+        if self
+            .topics
+            .get(topic)
+            .is_some_and(|w| w.writes.is_empty() && !w.sending)
+        {
+            self.topics.remove(topic);
+            if self.topics.is_empty() {
+                self.last_reason = None;
+            }
+        }
+    }
+
+    /// Takes out every write that first waited longer than `give_up` ago, with the error to
+    /// fail it with.
+    pub(crate) fn expired(
+        &mut self,
+        now: Instant,
+        give_up: Duration,
+    ) -> Vec<(Pending, StoreError)> {
+        let mut out = Vec::new();
+        for wait in self.topics.values_mut() {
+            if !wait
+                .writes
+                .iter()
+                .any(|(since, _)| now.duration_since(*since) >= give_up)
+            {
+                continue;
+            }
+            let (old, keep): (VecDeque<_>, VecDeque<_>) = wait
+                .writes
+                .drain(..)
+                .partition(|(since, _)| now.duration_since(*since) >= give_up);
+            wait.writes = keep;
+            let error = StoreError::Db(format!(
+                "write given up after waiting longer than write_give_up_after ({give_up:?}): {}",
+                wait.last_reason
+            ));
+            out.extend(old.into_iter().map(|(_, p)| (p, error.clone())));
+        }
+        self.len -= out.len();
+        let done: Vec<String> = self
+            .topics
+            .iter()
+            .filter(|(_, w)| w.writes.is_empty() && !w.sending)
+            .map(|(t, _)| t.clone())
+            .collect();
+        for t in done {
+            self.forget_if_done(&t);
+        }
+        out
+    }
+
+    /// The next batch of a topic whose retry time has come (and that is not being sent):
+    /// its head write plus the following writes of the same kind, at most `max_rows` and
+    /// `max_bytes` (a larger first write goes alone). Returns the writes and the latest
+    /// moment one of them first waited; the topic counts as sending until `retry_done`.
+    pub(crate) fn take_due(
+        &mut self,
+        now: Instant,
+        max_rows: usize,
+        max_bytes: usize,
+    ) -> Option<(Vec<Pending>, Instant)> {
+        let wait = self
+            .topics
+            .values_mut()
+            .filter(|w| !w.sending && w.retry_at <= now && !w.writes.is_empty())
+            .min_by_key(|w| w.retry_at)?;
+        let insert = wait.writes.front()?.1.op.is_insert();
+        let (mut batch, mut since, mut bytes) = (Vec::new(), None::<Instant>, 0);
+        while let Some((_, p)) = wait.writes.front() {
+            let size = p.op.encoded_size();
+            if p.op.is_insert() != insert
+                || batch.len() >= max_rows
+                || (!batch.is_empty() && bytes + size > max_bytes)
+            {
+                break;
+            }
+            bytes += size;
+            let (at, p) = wait.writes.pop_front()?;
+            batch.push(p);
+            since = since.max(Some(at));
+        }
+        wait.sending = true;
+        self.len -= batch.len();
+        Some((batch, since.unwrap_or(now)))
+    }
+
+    /// When the earliest topic that is not being sent is due.
+    pub(crate) fn next_due(&self) -> Option<Instant> {
+        self.topics
+            .values()
+            .filter(|w| !w.sending && !w.writes.is_empty())
+            .map(|w| w.retry_at)
+            .min()
+    }
+
+    /// The write that has waited longest (for `drop_oldest` on a full buffer).
+    pub(crate) fn evict_oldest(&mut self) -> Option<Pending> {
+        let wait = self
+            .topics
+            .values_mut()
+            .filter(|w| !w.writes.is_empty())
+            .min_by_key(|w| w.writes.front().map(|(at, _)| *at))?;
+        let (_, p) = wait.writes.pop_front()?;
+        self.len -= 1;
+        Some(p)
+    }
+
+    /// Every waiting write, for shutdown or a handover.
+    pub(crate) fn drain(&mut self) -> Vec<Pending> {
+        let out: Vec<Pending> = self
+            .topics
+            .drain()
+            .flat_map(|(_, w)| w.writes.into_iter().map(|(_, p)| p))
+            .collect();
+        self.len = 0;
+        self.last_reason = None;
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::msgid::MsgId;
+    use crate::shared::Op;
+    use crate::types::Message;
+
+    const BACKOFF: Backoff = Backoff {
+        min: Duration::from_millis(100),
+        max: Duration::from_millis(400),
+    };
+
+    fn write(topic: &str, us: u64) -> Pending {
+        Pending {
+            op: Op::Insert(Message {
+                topic: topic.into(),
+                msgid: MsgId::new(us, 1, 0),
+                sender: "c".into(),
+                qos: 1,
+                retain: false,
+                payload: b"p".to_vec(),
+                arrived_ms: 0,
+                ttl_secs: None,
+            }),
+            done: None,
+        }
+    }
+
+    fn unavailable() -> Refusal {
+        Refusal::Transient {
+            reason: "Unavailable: 1 replica alive, QUORUM needs 2".into(),
+        }
+    }
+
+    fn ids(batch: &[Pending]) -> Vec<u64> {
+        batch
+            .iter()
+            .map(|p| match &p.op {
+                Op::Insert(m) => m.msgid.timestamp_us(),
+                Op::Delete { msgid, .. } => msgid.timestamp_us(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_waiting_topic_is_retried_after_its_backoff_and_others_are_not_held() {
+        let t0 = Instant::now();
+        let mut w = Waiting::default();
+        w.put_back(
+            vec![write("down", 1), write("down", 2)],
+            None,
+            unavailable(),
+            BACKOFF,
+            t0,
+        );
+        assert!(w.holds("down") && !w.holds("up"));
+        assert_eq!(w.len(), 2);
+        assert_eq!(
+            w.last_reason(),
+            Some("Unavailable: 1 replica alive, QUORUM needs 2")
+        );
+        // Not due yet: nothing to send, and the writer knows when to look again.
+        assert!(w.take_due(t0, 32, usize::MAX).is_none());
+        assert_eq!(w.next_due(), Some(t0 + BACKOFF.min));
+        // Later writes of the topic go behind it, in order.
+        w.append(vec![write("down", 3)], t0);
+        let t1 = t0 + BACKOFF.min;
+        let (batch, since) = w.take_due(t1, 32, usize::MAX).unwrap();
+        assert_eq!((ids(&batch), since), (vec![1, 2, 3], t0));
+        // One retry at a time per topic.
+        assert!(w.take_due(t1, 32, usize::MAX).is_none());
+        assert_eq!(w.next_due(), None);
+        // Refused again: the backoff doubles, up to its max.
+        w.put_back(batch, Some(since), unavailable(), BACKOFF, t1);
+        w.retry_done("down");
+        assert_eq!(w.next_due(), Some(t1 + 2 * BACKOFF.min));
+        let (batch, _) = w.take_due(t1 + 2 * BACKOFF.min, 32, usize::MAX).unwrap();
+        let t2 = t1 + 2 * BACKOFF.min;
+        w.put_back(batch, Some(t0), unavailable(), BACKOFF, t2);
+        w.retry_done("down");
+        let (batch, _) = w.take_due(t2 + BACKOFF.max, 32, usize::MAX).unwrap();
+        let t3 = t2 + BACKOFF.max;
+        w.put_back(batch, Some(t0), unavailable(), BACKOFF, t3);
+        w.retry_done("down");
+        assert_eq!(w.next_due(), Some(t3 + BACKOFF.max), "capped");
+        // It lands: the rest goes at once, and an empty topic stops waiting.
+        let (batch, _) = w.take_due(t3 + BACKOFF.max, 2, usize::MAX).unwrap();
+        assert_eq!(ids(&batch), [1, 2]);
+        w.landed("down", t3 + BACKOFF.max);
+        w.retry_done("down");
+        let (batch, _) = w.take_due(t3 + BACKOFF.max, 2, usize::MAX).unwrap();
+        assert_eq!(ids(&batch), [3]);
+        w.landed("down", t3 + BACKOFF.max);
+        w.retry_done("down");
+        assert!(!w.holds("down"));
+        assert_eq!((w.len(), w.last_reason()), (0, None));
+    }
+
+    #[test]
+    fn topics_wait_apart_and_the_due_one_goes_first() {
+        let t0 = Instant::now();
+        let mut w = Waiting::default();
+        w.put_back(vec![write("a", 1)], None, unavailable(), BACKOFF, t0);
+        let later = t0 + Duration::from_millis(50);
+        w.put_back(vec![write("b", 2)], None, unavailable(), BACKOFF, later);
+        let (batch, _) = w.take_due(t0 + BACKOFF.min, 32, usize::MAX).unwrap();
+        assert_eq!(ids(&batch), [1], "b is not due yet");
+        assert!(w.take_due(t0 + BACKOFF.min, 32, usize::MAX).is_none());
+        let (batch, _) = w.take_due(later + BACKOFF.min, 32, usize::MAX).unwrap();
+        assert_eq!(ids(&batch), [2]);
+    }
+
+    #[test]
+    fn writes_older_than_the_limit_are_given_up_and_younger_ones_stay() {
+        let t0 = Instant::now();
+        let limit = Duration::from_secs(10);
+        let mut w = Waiting::default();
+        w.put_back(
+            vec![write("t", 1), write("t", 2)],
+            None,
+            unavailable(),
+            BACKOFF,
+            t0,
+        );
+        w.append(vec![write("t", 3)], t0 + Duration::from_secs(5));
+        assert!(w.expired(t0 + Duration::from_secs(9), limit).is_empty());
+        let gone = w.expired(t0 + limit, limit);
+        let gone_ids: Vec<u64> = gone
+            .iter()
+            .flat_map(|(p, _)| ids(std::slice::from_ref(p)))
+            .collect();
+        assert_eq!(gone_ids, [1, 2]);
+        assert!(gone.iter().all(|(_, e)| {
+            e.to_string()
+                .contains("write_give_up_after (10s): Unavailable: 1 replica alive")
+        }));
+        assert_eq!(w.len(), 1);
+        let gone = w.expired(t0 + Duration::from_secs(15), limit);
+        assert_eq!(gone.len(), 1);
+        assert!(!w.holds("t"), "nothing left to wait for");
+    }
+
+    #[test]
+    fn a_retry_batch_is_capped_in_rows_and_bytes() {
+        let t0 = Instant::now();
+        let mut w = Waiting::default();
+        let batch: Vec<Pending> = (1..=5).map(|i| write("t", i)).collect();
+        let size = batch[0].op.encoded_size();
+        w.put_back(batch, None, unavailable(), BACKOFF, t0);
+        let due = t0 + BACKOFF.min;
+        let (b, _) = w.take_due(due, 32, 2 * size).unwrap();
+        assert_eq!(ids(&b), [1, 2]);
+        w.put_back(b, Some(t0), Refusal::Disconnected, BACKOFF, due);
+        w.retry_done("t");
+        let (b, _) = w.take_due(due, 3, usize::MAX).unwrap();
+        assert_eq!(
+            ids(&b),
+            [1, 2, 3],
+            "a lost connection retries at once, in order"
+        );
+        assert_eq!(w.len(), 2);
+        assert_eq!(w.drain().len(), 2);
+    }
+
+    #[test]
+    fn drop_oldest_evicts_the_write_that_waited_longest() {
+        let t0 = Instant::now();
+        let mut w = Waiting::default();
+        w.put_back(
+            vec![write("new", 2)],
+            None,
+            unavailable(),
+            BACKOFF,
+            t0 + Duration::from_secs(1),
+        );
+        w.put_back(vec![write("old", 1)], None, unavailable(), BACKOFF, t0);
+        let p = w.evict_oldest().unwrap();
+        assert_eq!(ids(std::slice::from_ref(&p)), [1]);
+        assert_eq!(w.len(), 1);
+    }
+}

@@ -1,0 +1,223 @@
+//! Cassandra answers but cannot take writes: a real `Unavailable` from the single test node,
+//! provoked with a keyspace of replication factor 3 written at QUORUM (2 replicas needed,
+//! 1 alive). The writes wait instead of failing, the store says it is degraded, and they
+//! land once the keyspace is altered to RF 1; past `write_give_up_after` they are failed.
+//! Also: a batch is capped in bytes, so 40 one-megabyte binary payloads queued behind an
+//! outage are all stored.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use offline_store::{ConnState, Store, StoreConfig};
+use scylla::statement::Consistency;
+
+/// A keyspace of its own with replication factor `rf` (the store creates its tables).
+async fn keyspace_with_rf(name: &str, rf: u32) {
+    let admin = admin().await;
+    admin
+        .query_unpaged(format!("DROP KEYSPACE IF EXISTS {name}"), ())
+        .await
+        .unwrap();
+    admin
+        .query_unpaged(
+            format!(
+                "CREATE KEYSPACE {name} WITH replication = {{'class': 'SimpleStrategy', 'replication_factor': '{rf}'}}"
+            ),
+            (),
+        )
+        .await
+        .unwrap();
+}
+
+async fn alter_rf(name: &str, rf: u32) {
+    admin()
+        .await
+        .query_unpaged(
+            format!(
+                "ALTER KEYSPACE {name} WITH replication = {{'class': 'SimpleStrategy', 'replication_factor': '{rf}'}}"
+            ),
+            (),
+        )
+        .await
+        .unwrap();
+}
+
+fn quorum_config(keyspace: &str) -> StoreConfig {
+    StoreConfig {
+        keyspace: keyspace.into(),
+        create_table_if_missing: true,
+        write_consistency: Consistency::Quorum,
+        read_consistency: Consistency::One,
+        ..config()
+    }
+}
+
+async fn wait_until(what: &str, deadline: Duration, mut done: impl FnMut() -> bool) {
+    let end = Instant::now() + scaled(deadline);
+    while !done() {
+        assert!(Instant::now() < end, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn rows_in(keyspace: &str, topic: &str) -> usize {
+    admin()
+        .await
+        .query_unpaged(
+            format!("SELECT msgid FROM {keyspace}.mqtt_msg WHERE topic = ?"),
+            (topic,),
+        )
+        .await
+        .unwrap()
+        .into_rows_result()
+        .unwrap()
+        .rows::<(String,)>()
+        .unwrap()
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unavailable_writes_wait_and_land_when_enough_replicas_are_there() {
+    let ks = format!("degraded_wait_{}", now_ms());
+    let _cleanup = Cleanup::keyspace(&ks);
+    keyspace_with_rf(&ks, 3).await;
+    let store = connect_with(quorum_config(&ks)).await;
+    let topic = unique_topic("unavailable");
+    for i in 0..20 {
+        store
+            .submit_store(message(&topic, format!("m{i}").as_bytes()))
+            .unwrap();
+    }
+    wait_until("20 writes wait", Duration::from_secs(20), || {
+        store.stats().waiting == 20
+    })
+    .await;
+    // They wait, none failed, and the store says why while it stays connected.
+    let s = store.stats();
+    assert_eq!((s.failed, s.written, s.buffered), (0, 0, 20), "{s:?}");
+    assert!(s.waited >= 20 && s.is_balanced(), "{s:?}");
+    assert_eq!(store.state(), ConnState::Connected);
+    let degraded = store.degraded().expect("degraded while writes wait");
+    assert_eq!(degraded.waiting, 20);
+    assert_eq!(
+        degraded.reason, "Unavailable: 1 replica alive, QUORUM needs 2",
+        "{degraded:?}"
+    );
+    // Retried with backoff, not given up: still waiting a few seconds later.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let s = store.stats();
+    assert_eq!((s.waiting, s.failed), (20, 0), "{s:?}");
+
+    alter_rf(&ks, 1).await;
+    wait_until(
+        "every waiting write landed",
+        Duration::from_secs(30),
+        || store.stats().written == 20,
+    )
+    .await;
+    let s = store.stats();
+    assert_eq!((s.waiting, s.failed, s.buffered), (0, 0, 0), "{s:?}");
+    assert!(s.is_balanced(), "{s:?}");
+    assert_eq!(store.degraded(), None);
+    assert_eq!(rows_in(&ks, &topic).await, 20);
+    store.shutdown(scaled(Duration::from_secs(5))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_waiting_longer_than_the_limit_is_counted_failed() {
+    let ks = format!("degraded_give_up_{}", now_ms());
+    let _cleanup = Cleanup::keyspace(&ks);
+    keyspace_with_rf(&ks, 3).await;
+    let store = connect_with(StoreConfig {
+        write_give_up_after: Duration::from_secs(2),
+        ..quorum_config(&ks)
+    })
+    .await;
+    let topic = unique_topic("give_up");
+    let started = Instant::now();
+    let results: Vec<_> = (0..5)
+        .map(|i| {
+            let store = store.clone();
+            let msg = message(&topic, format!("m{i}").as_bytes());
+            tokio::spawn(async move { store.store(msg).await })
+        })
+        .collect();
+    wait_until("5 writes given up", Duration::from_secs(30), || {
+        store.stats().gave_up == 5
+    })
+    .await;
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "given up after {:?}, before the limit",
+        started.elapsed()
+    );
+    for r in results {
+        let err = r.await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), "db_error", "{err:?}");
+        let text = err.to_string();
+        assert!(
+            text.contains("write_give_up_after") && text.contains("Unavailable"),
+            "{text}"
+        );
+    }
+    let s = store.stats();
+    assert_eq!((s.failed, s.waiting, s.written), (5, 0, 0), "{s:?}");
+    assert!(s.is_balanced(), "{s:?}");
+    assert_eq!(store.degraded(), None);
+    store.shutdown(Duration::ZERO).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forty_one_megabyte_binary_payloads_queued_behind_an_outage_are_all_stored() {
+    // The old store cannot reach Cassandra: the 40 wait in its buffer, as in an outage...
+    let old = Store::start(StoreConfig {
+        contact_points: vec!["127.0.0.1:1".into()],
+        ..config()
+    })
+    .unwrap();
+    let topic = unique_topic("forty_mb");
+    let _cleanup = Cleanup::topics(&[&topic]);
+    let mut seed = 0x5EED_u64;
+    let payloads: Vec<Vec<u8>> = (0..40)
+        .map(|_| {
+            let mut p = random_bytes(&mut seed, 1_000_000);
+            p[0] = 0xFF; // never valid UTF-8: stored as base64, 1.33 MB each
+            p
+        })
+        .collect();
+    for p in &payloads {
+        old.submit_store(message(&topic, p)).unwrap();
+    }
+    let (_, handover) = old.shutdown_with_handover(Duration::ZERO).await;
+    assert_eq!(handover.len(), 40);
+    // ...and reach a store that is still connecting all at once, as after an outage: the
+    // first batch could hold all 40 (53 MB, refused by Cassandra) but for the byte cap.
+    let store = Store::start(config()).unwrap();
+    assert_eq!(store.adopt(handover), 0);
+    store
+        .wait_connected(scaled(Duration::from_secs(20)))
+        .await
+        .unwrap();
+    store.flush(scaled(Duration::from_secs(60))).await.unwrap();
+    let s = store.stats();
+    assert_eq!((s.written, s.failed), (40, 0), "{s:?}");
+    assert!(s.batches >= 14, "batches of at most 3: {s:?}");
+    assert_eq!(rows_in("mqtt", &topic).await, 40);
+    let rows = store
+        .fetch(
+            &topic,
+            offline_store::FetchOptions {
+                limit: Some(3),
+                since_ms: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 3);
+    for (row, sent) in rows.iter().zip(&payloads[37..]) {
+        assert!(row.payload == *sent, "payload changed on the way");
+    }
+    store.shutdown(scaled(Duration::from_secs(5))).await;
+}
