@@ -35,6 +35,9 @@
 %% longest, and waits double from this one up to it.
 -define(FIRST_RECONNECT_WAIT_MS, 100).
 
+%% The longest message_ttl: 20 years, Cassandra's largest TTL.
+-define(MAX_MESSAGE_TTL_S, 630720000).
+
 %% @doc Every form field with its default: what priv/config.hocon ships
 %% (a test compares the two), except the credentials, which are empty
 %% here because a config without them means a cluster without auth.
@@ -224,8 +227,22 @@ settings(Conf) ->
         topics => topics(maps:get(<<"topics">>, Conf)),
         max_returned_count => int(<<"max_returned_count">>, maps:get(<<"max_returned_count">>, Conf), 0, MaxRows),
         time_range_ms => duration(<<"time_range">>, maps:get(<<"time_range">>, Conf)),
-        message_ttl_s => duration(<<"message_ttl">>, maps:get(<<"message_ttl">>, Conf)) div 1000
+        message_ttl_s => message_ttl_s(maps:get(<<"message_ttl">>, Conf))
     }.
+
+%% message_ttl: empty (or 0) keeps messages until acknowledged; otherwise
+%% from 1 s (a shorter one would round to 0, which means forever) to 20
+%% years (Cassandra's largest TTL; a longer one overflows the NIF's
+%% argument and every store would fail), in whole seconds (rounded down).
+message_ttl_s(V) ->
+    case duration(<<"message_ttl">>, V) of
+        0 ->
+            0;
+        Ms when Ms >= 1000, Ms div 1000 =< ?MAX_MESSAGE_TTL_S ->
+            Ms div 1000;
+        _ ->
+            throw({invalid, <<"message_ttl">>, <<"must be from 1s to 7300d (20 years), or empty to keep messages until acknowledged">>})
+    end.
 
 topics(L) when is_list(L), L =/= [] ->
     [topic_filter(T) || T <- L];

@@ -100,10 +100,15 @@ guid(Hex) when byte_size(Hex) =:= 32 ->
 guid(_) ->
     error.
 
-%% When message_ttl is off, a row's TTL can only come from the message's
-%% Message-Expiry-Interval: give it back, as the original interval, so EMQX
-%% (which counts from the original timestamp) forwards the time left.
-expiry_headers(#{ttl := Ttl, arrived := Arrived}, #{message_ttl_s := 0, now := Now}) when is_integer(Ttl) ->
+%% A row with a TTL (Cassandra's TTL(): the seconds it has left) gives the
+%% replayed message a Message-Expiry-Interval counted from its original
+%% timestamp, as EMQX counts it, so that it expires when its row does and
+%% never carries more time than it had left. The row's TTL is the shorter
+%% of the publisher's Message-Expiry-Interval and message_ttl, counted from
+%% the publish (the core takes off the time a write waited and clamps what
+%% Cassandra would refuse), so with message_ttl set a message published
+%% without an expiry is replayed with message_ttl's.
+expiry_headers(#{ttl := Ttl, arrived := Arrived}, #{now := Now}) when is_integer(Ttl), Ttl > 0 ->
     Elapsed = max(0, Now - Arrived) div 1000,
     #{properties => #{'Message-Expiry-Interval' => Ttl + Elapsed}};
 expiry_headers(_Row, _Settings) ->

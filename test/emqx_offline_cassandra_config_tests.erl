@@ -47,6 +47,10 @@ each_bad_value_names_its_field_test_() ->
         {<<"max_returned_count">>, -1},
         {<<"time_range">>, <<"2 weeks">>},
         {<<"message_ttl">>, true},
+        {<<"message_ttl">>, <<"500ms">>},
+        {<<"message_ttl">>, <<"999">>},
+        {<<"message_ttl">>, <<"50000d">>},
+        {<<"message_ttl">>, <<"7301d">>},
         {<<"buffer_capacity">>, 0},
         {<<"no_such_field">>, 1}
     ],
@@ -54,6 +58,23 @@ each_bad_value_names_its_field_test_() ->
         ?_assertMatch({error, <<Field:(byte_size(Field))/binary, ": ", _/binary>>}, ?C:parse(#{Field => Value}))
      || {Field, Value} <- Cases
     ].
+
+%% message_ttl from 1 s to 20 years (Cassandra's largest TTL): "500ms"
+%% would round to 0 (= forever) and "50000d" would overflow every store.
+message_ttl_bounds_test() ->
+    Ttl = fun(V) ->
+        {ok, #{settings := #{message_ttl_s := S}}} = ?C:parse(#{<<"message_ttl">> => V}),
+        S
+    end,
+    ?assertEqual(0, Ttl(<<"">>)),
+    ?assertEqual(0, Ttl(<<"0">>)),
+    ?assertEqual(1, Ttl(<<"1s">>)),
+    ?assertEqual(1, Ttl(<<"1500ms">>)),
+    ?assertEqual(630720000, Ttl(<<"7300d">>)),
+    Refused = <<"message_ttl: must be from 1s to 7300d (20 years), or empty to keep messages until acknowledged">>,
+    ?assertEqual({error, Refused}, ?C:parse(#{<<"message_ttl">> => <<"500ms">>})),
+    ?assertEqual({error, Refused}, ?C:parse(#{<<"message_ttl">> => <<"50000d">>})),
+    ?assertEqual({error, Refused}, ?C:parse(#{<<"message_ttl">> => <<"630720001s">>})).
 
 ssl_maps_to_the_nif_tls_fields_test() ->
     {ok, #{nif := Nif}} = ?C:parse(#{<<"ssl">> => #{<<"enable">> => true, <<"verify">> => true,
