@@ -68,6 +68,7 @@ defaults() ->
         <<"message_ttl">> => <<"">>,
         <<"buffer_capacity">> => 100000,
         <<"overflow_policy">> => <<"drop_new">>,
+        <<"write_give_up_after">> => <<"24h">>,
         <<"topic_index">> => true,
         <<"replay_floor">> => true,
         <<"max_payload_size">> => <<"8MB">>
@@ -96,6 +97,7 @@ fields() ->
         {<<"ssl.server_name">>, <<"tls_server_name">>, optional_string},
         {<<"buffer_capacity">>, <<"buffer_capacity">>, integer},
         {<<"overflow_policy">>, <<"overflow_policy">>, string},
+        {<<"write_give_up_after">>, <<"write_give_up_after">>, duration},
         {<<"topic_index">>, <<"topic_index">>, boolean},
         {<<"replay_floor">>, <<"replay_floor">>, boolean},
         {<<"max_payload_size">>, <<"max_payload_bytes">>, size}

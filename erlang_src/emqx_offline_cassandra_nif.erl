@@ -156,8 +156,10 @@ stop(GraceMs) when is_integer(GraceMs), GraceMs >= 0 ->
     nif_stop(GraceMs).
 
 %% @doc connecting | {connecting, LastError} | connected |
-%% {disconnected, Why} | {error, Reason} | not_started. Immediate.
--spec status() -> connecting | connected | not_started | {atom(), term()}.
+%% {degraded, Waiting, Why} (connected, but writes wait: replicas down,
+%% overloaded, timeouts) | {disconnected, Why} | {error, Reason} |
+%% not_started. Immediate.
+-spec status() -> connecting | connected | not_started | {atom(), term()} | {degraded, non_neg_integer(), binary()}.
 status() ->
     nif_status().
 

@@ -8,8 +8,8 @@
 %% (not_connected, timeout, overloaded, shutdown, not_started,
 %% already_started) or {Kind, Detail}, where Detail is the storage core's
 %% own sentence, written to say what to fix. Statuses are connecting |
-%% {connecting, LastError} | connected | {disconnected, Why} |
-%% {error, Reason} | not_started.
+%% {connecting, LastError} | connected | {degraded, Waiting, Why} |
+%% {disconnected, Why} | {error, Reason} | not_started.
 %%--------------------------------------------------------------------
 -module(emqx_offline_cassandra_reason).
 
@@ -35,6 +35,10 @@ sentence({connecting, LastError}) ->
     [<<"Cassandra unreachable: ">>, sentence(LastError), <<" (still trying)">>];
 sentence({disconnected, Why}) ->
     [<<"Cassandra unreachable: ">>, sentence(Why)];
+%% Connected, but writes wait: Cassandra cannot take them now (replicas
+%% down, overloaded, timeouts). Why is the core's short reason.
+sentence({degraded, Waiting, Why}) when is_integer(Waiting), Waiting >= 0 ->
+    [<<"degraded: ">>, thousands(Waiting), <<" write">>, [<<"s">> || Waiting =/= 1], <<" waiting (">>, detail(Why), <<")">>];
 sentence({error, Reason}) ->
     sentence(Reason);
 %% Reasons.
@@ -83,6 +87,16 @@ kind(invalid_msgid) -> <<"a message id is not 32 hexadecimal characters">>;
 kind(invalid_row) -> <<"a stored row cannot be turned back into a message">>;
 kind(db_error) -> <<"Cassandra reported an error">>;
 kind(_) -> undefined.
+
+%% 1234567 -> "1,234,567".
+thousands(N) ->
+    Digits = integer_to_list(N),
+    Lead = case length(Digits) rem 3 of 0 -> 3; R -> R end,
+    {First, Rest} = lists:split(Lead, Digits),
+    [First | [[$, | Group] || Group <- groups_of_three(Rest)]].
+
+groups_of_three([]) -> [];
+groups_of_three([A, B, C | Rest]) -> [[A, B, C] | groups_of_three(Rest)].
 
 detail(Text) when is_binary(Text) ->
     Text;

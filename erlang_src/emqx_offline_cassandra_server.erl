@@ -20,6 +20,9 @@
 -define(STOP_GRACE_MS, 5000).
 -define(RUNNING_CONFIG, {?MODULE, running_config}).
 -define(ALARM, offline_cassandra_unreachable).
+%% Raised while Cassandra answers but writes wait (replicas down, overloaded,
+%% timeouts); they land when it recovers.
+-define(DEGRADED_ALARM, offline_cassandra_degraded).
 -define(CHECK_INTERVAL_MS, 1000).
 %% Health turns red when the write buffer is fuller than this.
 -define(BUFFER_ALERT, 0.8).
@@ -130,6 +133,9 @@ handle_info({offline_cassandra_event, writes_failed, {Count, Reason}}, State) ->
 handle_info({offline_cassandra_event, writes_requeued, Count}, State) ->
     emqx_offline_cassandra_log:burst(offline_cassandra_writes_requeued, #{count => Count}),
     {noreply, State};
+handle_info({offline_cassandra_event, writes_waiting, {Count, Why}}, State) ->
+    emqx_offline_cassandra_log:burst(offline_cassandra_writes_waiting, #{count => Count, reason => Why}),
+    {noreply, State};
 handle_info(check, State) ->
     erlang:send_after(?CHECK_INTERVAL_MS, self(), check),
     {noreply, check_connection(State)};
@@ -154,6 +160,7 @@ format_status(Status) ->
 terminate(_Reason, _State) ->
     ok = emqx_offline_cassandra_hooks:unhook(),
     _ = (catch emqx_alarm:ensure_deactivated(?ALARM)),
+    _ = (catch emqx_alarm:ensure_deactivated(?DEGRADED_ALARM)),
     persistent_term:erase(?RUNNING_CONFIG),
     Stopped = emqx_offline_cassandra_nif:stop(?STOP_GRACE_MS),
     persistent_term:erase(?CONFIG_ERROR),
@@ -224,13 +231,15 @@ restart_nif(Nif) ->
     end.
 
 %% An EMQX alarm is raised while Cassandra cannot be reached (connecting
-%% with errors, disconnected) and cleared when it answers again; each change
-%% is logged once.
+%% with errors, disconnected), another while it answers but writes wait
+%% (degraded: replicas down, overloaded, timeouts); each is cleared when
+%% that ends, and each change is logged once.
 check_connection(#{reachable := Was} = State) ->
     Status = emqx_offline_cassandra_nif:status(),
     Now =
         case Status of
             connected -> true;
+            {degraded, _, _} -> degraded;
             {connecting, _} -> false;
             {disconnected, _} -> false;
             {error, _} -> false;
@@ -240,12 +249,20 @@ check_connection(#{reachable := Was} = State) ->
         {Same, Same} ->
             State;
         {_, false} ->
+            _ = (catch emqx_alarm:ensure_deactivated(?DEGRADED_ALARM)),
             Why = ?REASON:describe(element(2, Status)),
             _ = (catch emqx_alarm:activate(?ALARM, #{reason => Why}, <<"Cassandra unreachable: ", Why/binary>>)),
             logger:warning(#{msg => offline_cassandra_unreachable, reason => Why}),
             State#{reachable => false};
+        {_, degraded} ->
+            _ = (catch emqx_alarm:ensure_deactivated(?ALARM)),
+            Why = ?REASON:describe(Status),
+            _ = (catch emqx_alarm:activate(?DEGRADED_ALARM, #{reason => Why}, <<"Cassandra ", Why/binary>>)),
+            logger:warning(#{msg => offline_cassandra_degraded, reason => Why}),
+            State#{reachable => degraded};
         {_, true} ->
             _ = (catch emqx_alarm:ensure_deactivated(?ALARM)),
+            _ = (catch emqx_alarm:ensure_deactivated(?DEGRADED_ALARM)),
             logger:notice(#{msg => offline_cassandra_connected}),
             State#{reachable => true}
     end.

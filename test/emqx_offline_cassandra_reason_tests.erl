@@ -73,6 +73,17 @@ text_stays_text_test() ->
     ?assertEqual(<<"servers: must be a string">>, ?R:describe(<<"servers: must be a string">>)),
     ?assertEqual(<<"plain words">>, ?R:describe("plain words")).
 
+%% Connected but writes wait: how many (grouped by thousands) and why.
+degraded_says_how_many_writes_wait_and_why_test() ->
+    ?assertEqual(
+        <<"degraded: 1,234 writes waiting (Unavailable: 1 replica alive, QUORUM needs 2)">>,
+        ?R:describe({degraded, 1234, <<"Unavailable: 1 replica alive, QUORUM needs 2">>})
+    ),
+    ?assertEqual(<<"degraded: 1 write waiting (Overloaded)">>, ?R:describe({degraded, 1, <<"Overloaded">>})),
+    ?assertEqual(<<"degraded: 0 writes waiting (x)">>, ?R:describe({degraded, 0, <<"x">>})),
+    ?assertEqual(<<"degraded: 999 writes waiting (x)">>, ?R:describe({degraded, 999, <<"x">>})),
+    ?assertEqual(<<"degraded: 1,000,000 writes waiting (x)">>, ?R:describe({degraded, 1000000, <<"x">>})).
+
 unknown_terms_print_readably_test() ->
     ?assertEqual(<<"something_new">>, ?R:describe(something_new)),
     ?assertEqual(<<"something_new: the detail">>, ?R:describe({something_new, <<"the detail">>})),

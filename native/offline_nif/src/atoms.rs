@@ -10,7 +10,9 @@ rustler::atoms! {
     batches, retries, fetches, fetch_failures, fetched_rows,
     floor_scans, floor_resets, sliced_reads,
     flushed, abandoned, handed_over, invalid_config, requeued,
-    offline_cassandra_event, state_changed, writes_failed, writes_requeued,
+    offline_cassandra_event, state_changed, writes_failed, writes_requeued, writes_waiting,
+    degraded, waiting, waited, gave_up, refused_invalid, refused_protocol,
     write_latency_p50_us, write_latency_p99_us, read_latency_p50_us, read_latency_p99_us,
     buffer_capacity, purge, count,
+    expired, buffered_bytes, buffer_max_bytes,
 }

@@ -38,6 +38,10 @@ pub fn event_sink() -> offline_store::EventSink {
                 StoreEvent::WritesRequeued { count } => {
                     (atoms::writes_requeued(), count.encode(env))
                 }
+                StoreEvent::WritesWaiting { count, reason } => (
+                    atoms::writes_waiting(),
+                    (*count, reason.as_str()).encode(env),
+                ),
             };
             (atoms::offline_cassandra_event(), kind, detail).encode(env)
         });

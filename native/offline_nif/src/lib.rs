@@ -114,13 +114,14 @@ fn stop(env: Env, grace_ms: u64) -> Term {
     }
 }
 
-/// `connecting | connected | {disconnected, Reason} | {error, Reason} | not_started`.
+/// `connecting | connected | {degraded, Waiting, Reason} | {disconnected, Reason} |
+/// {error, Reason} | not_started`.
 #[rustler::nif(name = "nif_status")]
 fn status(env: Env) -> Term {
     let Some((store, _)) = running() else {
         return atoms::not_started().encode(env);
     };
-    terms::status_term(env, &store.state())
+    terms::store_status_term(env, &store)
 }
 
 #[allow(clippy::too_many_arguments)]

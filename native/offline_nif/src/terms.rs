@@ -10,7 +10,9 @@ pub fn error_reason<'a>(env: Env<'a>, err: &StoreError) -> Term<'a> {
     match err {
         StoreError::NotConnected { .. } => atoms::not_connected().encode(env),
         StoreError::Timeout(_) => atoms::timeout().encode(env),
-        StoreError::Overloaded { .. } => atoms::overloaded().encode(env),
+        StoreError::Overloaded { .. } | StoreError::OverloadedBytes { .. } => {
+            atoms::overloaded().encode(env)
+        }
         StoreError::Shutdown => atoms::shutdown().encode(env),
         other => {
             let kind = Atom::from_str(env, other.kind()).unwrap_or(atoms::error());
@@ -40,6 +42,19 @@ pub fn status_term<'a>(env: Env<'a>, state: &ConnState) -> Term<'a> {
         }
         ConnState::Error(e) => (atoms::error(), error_reason(env, e)).encode(env),
         ConnState::Stopped => atoms::not_started().encode(env),
+    }
+}
+
+/// The status of a running store: `status_term`, except that a connected store whose
+/// writes wait for Cassandra (replicas down, overloaded, timeouts) is
+/// `{degraded, Waiting, Reason}`.
+pub fn store_status_term<'a>(env: Env<'a>, store: &Store) -> Term<'a> {
+    let state = store.state();
+    match (&state, store.degraded()) {
+        (ConnState::Connected, Some(d)) => {
+            (atoms::degraded(), d.waiting, d.reason.as_str()).encode(env)
+        }
+        _ => status_term(env, &state),
     }
 }
 
@@ -98,6 +113,8 @@ pub fn stats_term<'a>(env: Env<'a>, store: &Store) -> Term<'a> {
         (atoms::evicted(), s.evicted),
         (atoms::handed_over(), s.handed_over),
         (atoms::rejected(), s.rejected),
+        (atoms::expired(), s.expired),
+        (atoms::buffered_bytes(), s.buffered_bytes),
         (atoms::in_flight(), s.in_flight),
         (atoms::buffered(), s.buffered),
         (atoms::batches(), s.batches),
@@ -109,6 +126,11 @@ pub fn stats_term<'a>(env: Env<'a>, store: &Store) -> Term<'a> {
         (atoms::floor_resets(), s.floor_resets),
         (atoms::sliced_reads(), s.sliced_reads),
         (atoms::requeued(), s.requeued),
+        (atoms::waiting(), s.waiting),
+        (atoms::waited(), s.waited),
+        (atoms::gave_up(), s.gave_up),
+        (atoms::refused_invalid(), s.refused_invalid),
+        (atoms::refused_protocol(), s.refused_protocol),
         (atoms::write_latency_p50_us(), s.write_latency_p50_us),
         (atoms::write_latency_p99_us(), s.write_latency_p99_us),
         (atoms::read_latency_p50_us(), s.read_latency_p50_us),
@@ -116,6 +138,10 @@ pub fn stats_term<'a>(env: Env<'a>, store: &Store) -> Term<'a> {
         (
             atoms::buffer_capacity(),
             store.config().buffer_capacity as u64,
+        ),
+        (
+            atoms::buffer_max_bytes(),
+            store.config().buffer_max_bytes as u64,
         ),
     ];
     match Term::map_from_pairs(env, &pairs) {

@@ -116,6 +116,9 @@ pub enum StoreEvent {
     WritesFailed { count: u64, error: StoreError },
     /// A batch lost its connection and went back to the buffer.
     WritesRequeued { count: u64 },
+    /// Cassandra answered but could not take a batch (too few replicas alive, overloaded,
+    /// timed out): its writes wait for a retry, `reason` says why.
+    WritesWaiting { count: u64, reason: String },
 }
 
 /// Receives `StoreEvent`s; called on the store's threads, must return quickly.

@@ -186,8 +186,12 @@ impl Inner {
     /// A batch Cassandra could not take goes to wait for its topic's retry.
     fn wait(&self, batch: Vec<Pending>, since: Option<Instant>, refusal: Refusal) {
         let n = batch.len() as u64;
-        if let Refusal::Transient { .. } = refusal {
+        if let Refusal::Transient { reason } = &refusal {
             Counters::add(&self.counters.waited, n);
+            self.emit(StoreEvent::WritesWaiting {
+                count: n,
+                reason: reason.clone(),
+            });
         }
         let mut waiting = lock(&self.waiting);
         Counters::add(&self.counters.waiting, n);
