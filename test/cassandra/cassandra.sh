@@ -13,6 +13,20 @@
 #   cassandra.sh reset     stop and wipe the data directory
 #   cassandra.sh log       the tail of the Cassandra log
 #
+# A real N-node cluster (default 3) on loopback, beside the single node (see docs/development.md):
+#   cassandra.sh cluster start        start every node that is not running, one after another
+#                                     (node i on 127.0.0.i), set up auth once (root/public,
+#                                     system_auth replicated to every node), and wait until
+#                                     every node sees all the others up (idempotent)
+#   cassandra.sh cluster stop         stop every node of the cluster (and nothing else)
+#   cassandra.sh cluster status       one line per node; exit code 0 when all run, 3 otherwise
+#   cassandra.sh cluster kill I       SIGKILL node I (for the tests: a crash, nothing flushed)
+#   cassandra.sh cluster restart I    stop node I if it runs, start it, wait for the whole cluster
+#   cassandra.sh cluster wait         wait until every node sees all the others up
+#   cassandra.sh cluster cqlsh I ...  cqlsh to node I as root/public
+#   cassandra.sh cluster log I [N]    the tail of node I's log
+#   cassandra.sh cluster reset        stop and wipe every node's data
+#
 # Environment (all optional):
 #   CASSANDRA_VERSION        cassandra-all version (default: pinned newest 5.0.x, see below)
 #   CASSANDRA_PORT           CQL port (default 9042)
@@ -23,6 +37,10 @@
 #   CASSANDRA_EXTRA_YAML     file appended to cassandra.yaml (e.g. client_encryption_options)
 #   CASSANDRA_SKIP_BOOTSTRAP set: do not create root / keyspace / table (a TLS-only node,
 #                            which cqlsh here cannot reach in plain text)
+#   CASSANDRA_CLUSTER_NODES  nodes of the cluster (default 3; node i listens on 127.0.0.i)
+#   CASSANDRA_CLUSTER_PORT   the cluster's CQL port, on every node's address (default 9044)
+#   CASSANDRA_CLUSTER_STORAGE_PORT  its inter-node port (default 7004)
+#   CASSANDRA_CLUSTER_HEAP   JVM heap of each cluster node (default 640M)
 set -euo pipefail
 
 # Newest 5.0 patch on Maven Central when this was written (checked against
@@ -44,6 +62,8 @@ PIDFILE=$RUN/cassandra.pid
 LOG=$RUN/logs/system.log
 CONSOLE=$RUN/logs/console.log
 VENV=$ROOT/.cache/venv
+# The address the node in hand listens on: the single node's, or one cluster node's.
+ADDR=127.0.0.1
 CQLSH=$VENV/bin/cqlsh
 
 say() { printf 'cassandra.sh: %s\n' "$*" >&2; }
@@ -93,7 +113,7 @@ running_pid() {
     pid=$(cat "$PIDFILE")
     [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] || return 1
     tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q "CassandraDaemon" || return 1
-    tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "-Dcassandra.storagedir=$RUN/data" || return 1
+    tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "-Dcassandra.storagedir=$RUN/data " || return 1
     echo "$pid"
 }
 
@@ -128,6 +148,10 @@ role_manager: CassandraRoleManager
 auto_snapshot: false
 EOF
     if [ -n "${CASSANDRA_EXTRA_YAML:-}" ]; then cat "$CASSANDRA_EXTRA_YAML" >>"$RUN/conf/cassandra.yaml"; fi
+    write_logback
+}
+
+write_logback() {
     cat >"$RUN/conf/logback.xml" <<'EOF'
 <configuration scan="false">
   <appender name="FILE" class="ch.qos.logback.core.FileAppender">
@@ -177,7 +201,7 @@ jvm_flags() {
         -Dcassandra.superuser_setup_delay_ms=0
 }
 
-cql_port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; }
+cql_port_open() { (exec 3<>"/dev/tcp/$ADDR/$PORT") 2>/dev/null; }
 
 fail_start() {
     say "error: $*"
@@ -226,7 +250,7 @@ cql_as() {
     chmod 600 "$cred"
     printf '[PlainTextAuthProvider]\nusername = %s\npassword = %s\n' "$user" "$pass" >"$cred"
     local rc=0
-    "$CQLSH" 127.0.0.1 "$PORT" --credentials="$cred" --request-timeout=30 "$@" || rc=$?
+    "$CQLSH" "$ADDR" "$PORT" --credentials="$cred" --request-timeout=30 "$@" || rc=$?
     rm -f "$cred"
     return $rc
 }
@@ -274,6 +298,245 @@ status() {
     return 3
 }
 
+# ---------------------------------------------------------------- cluster
+# N nodes on 127.0.0.1..127.0.0.N (Linux routes all of 127/8 to lo), each with its own run dir
+# under $CACHE/cluster-<port>/node<i>, sharing one CQL port and one storage port on their own
+# addresses: ports that neither the single node (9042/7000) nor the TLS node (9342/7300) use.
+# No JMX is opened (CassandraDaemon opens it only when asked), so nothing else can collide.
+
+CLUSTER_NODES=${CASSANDRA_CLUSTER_NODES:-3}
+CLUSTER_PORT=${CASSANDRA_CLUSTER_PORT:-9044}
+CLUSTER_STORAGE_PORT=${CASSANDRA_CLUSTER_STORAGE_PORT:-7004}
+CLUSTER_HEAP=${CASSANDRA_CLUSTER_HEAP:-640M}
+CLUSTER_DIR=$CACHE/cluster-$CLUSTER_PORT
+# system_auth and the liveness check keyspace get this replication factor: every node holds
+# every login, so one node down (or two, for reads at ONE) still lets clients log in.
+CLUSTER_AUTH_RF=$((CLUSTER_NODES < 3 ? CLUSTER_NODES : 3))
+
+# Points RUN, PIDFILE, LOG, CONSOLE, ADDR, PORT, STORAGE_PORT and HEAP at node $1, so that the
+# single-node helpers (running_pid, jvm_flags, cql_as, cql_port_open, fail_start) serve it.
+cluster_node() {
+    local i=$1
+    [[ "$i" =~ ^[0-9]+$ ]] && [ "$i" -ge 1 ] && [ "$i" -le "$CLUSTER_NODES" ] ||
+        die "no cluster node '$i' (nodes are 1..$CLUSTER_NODES)"
+    RUN=$CLUSTER_DIR/node$i
+    PIDFILE=$RUN/cassandra.pid
+    LOG=$RUN/logs/system.log
+    CONSOLE=$RUN/logs/console.log
+    ADDR=127.0.0.$i
+    PORT=$CLUSTER_PORT
+    STORAGE_PORT=$CLUSTER_STORAGE_PORT
+    HEAP=$CLUSTER_HEAP
+}
+
+# One token per node, evenly spaced over the Murmur3 range: node i owns the same share on every
+# run, so a test can tell which node owns a partition.
+cluster_token() {
+    local i=$1 n step token=-9223372036854775807
+    token=$((token - 1))
+    step=$((9223372036854775807 / CLUSTER_NODES * 2))
+    for ((n = 1; n < i; n++)); do token=$((token + step)); done
+    echo "$token"
+}
+
+cluster_write_config() {
+    local i=$1
+    mkdir -p "$RUN/conf" "$RUN/data" "$RUN/logs" "$RUN/tmp"
+    cat >"$RUN/conf/cassandra.yaml" <<YAML
+# Written by test/cassandra/cassandra.sh: node $i of a $CLUSTER_NODES-node cluster on loopback.
+cluster_name: 'emqx_offline_cassandra_cluster'
+num_tokens: 1
+initial_token: $(cluster_token "$i")
+partitioner: org.apache.cassandra.dht.Murmur3Partitioner
+endpoint_snitch: SimpleSnitch
+# Cassandra's default on purpose: the cluster tests show that replication, not the commit log,
+# keeps what a SIGKILLed node had acknowledged (README, "Surviving a node crash").
+commitlog_sync: periodic
+commitlog_sync_period: 10000ms
+seed_provider:
+  - class_name: org.apache.cassandra.locator.SimpleSeedProvider
+    parameters:
+      - seeds: "127.0.0.1:$CLUSTER_STORAGE_PORT"
+listen_address: $ADDR
+storage_port: $CLUSTER_STORAGE_PORT
+rpc_address: $ADDR
+start_native_transport: true
+native_transport_port: $CLUSTER_PORT
+data_file_directories:
+  - $RUN/data/data
+commitlog_directory: $RUN/data/commitlog
+saved_caches_directory: $RUN/data/saved_caches
+hints_directory: $RUN/data/hints
+cdc_raw_directory: $RUN/data/cdc_raw
+authenticator: PasswordAuthenticator
+authorizer: CassandraAuthorizer
+role_manager: CassandraRoleManager
+auto_snapshot: false
+concurrent_compactors: 1
+YAML
+    write_logback
+}
+
+# Starts node $1 unless it runs, and waits for its CQL port.
+cluster_start_node() {
+    local i=$1 pid
+    cluster_node "$i"
+    if pid=$(running_pid); then
+        cql_port_open && return 0
+        say "node $i (pid $pid) is starting; waiting for it"
+    else
+        if cql_port_open; then die "port $ADDR:$PORT is already taken by another process; set CASSANDRA_CLUSTER_PORT"; fi
+        cluster_write_config "$i"
+        : >"$CONSOLE"
+        mapfile -t flags < <(jvm_flags)
+        # A short ring delay: a fresh node joins (and streams its share) in seconds, not 30 s.
+        flags+=(-Dcassandra.ring_delay_ms=5000)
+        say "starting cluster node $i on $ADDR:$PORT (heap $HEAP, data in $RUN/data)"
+        setsid java "${flags[@]}" -cp "$RUN/conf:$LIB/*" org.apache.cassandra.service.CassandraDaemon \
+            >"$CONSOLE" 2>&1 </dev/null &
+        echo $! >"$PIDFILE"
+    fi
+    local deadline=$((SECONDS + START_TIMEOUT))
+    until cql_port_open; do
+        running_pid >/dev/null || fail_start "cluster node $i exited during startup"
+        [ $SECONDS -lt $deadline ] || fail_start "CQL did not answer on $ADDR:$PORT within ${START_TIMEOUT}s"
+        sleep 1
+    done
+    say "node $i answers on $ADDR:$PORT"
+}
+
+# Once, when every node runs (the nodes that joined streamed their share of system_auth, so
+# the default superuser `cassandra` can log in): system_auth replicated to every node, then
+# root/public created, so that each replica holds its row (no repair needed); and a keyspace
+# for the liveness check. A failure half-way is repaired by `cluster reset`.
+cluster_setup_auth() {
+    [ -f "$CLUSTER_DIR/.auth" ] && return 0
+    cluster_node 1
+    local deadline=$((SECONDS + 120)) out
+    until out=$(cql_as cassandra cassandra -e "
+        ALTER KEYSPACE system_auth WITH replication = {'class': 'SimpleStrategy', 'replication_factor': $CLUSTER_AUTH_RF};
+        CREATE ROLE IF NOT EXISTS root WITH PASSWORD = 'public' AND SUPERUSER = true AND LOGIN = true;" 2>&1); do
+        # A retry after the role was created logs in as root.
+        if cql_as root public -e "SELECT release_version FROM system.local" >/dev/null 2>&1; then break; fi
+        [ $SECONDS -lt $deadline ] || fail_start "could not set up auth on the cluster: $out"
+        sleep 2
+    done
+    out=$(cql_as root public -e "
+        CREATE KEYSPACE IF NOT EXISTS cluster_check
+          WITH replication = {'class': 'SimpleStrategy', 'replication_factor': $CLUSTER_NODES};
+        CREATE TABLE IF NOT EXISTS cluster_check.up (node int PRIMARY KEY, seen timestamp);" 2>&1) ||
+        fail_start "could not create keyspace cluster_check: $out"
+    touch "$CLUSTER_DIR/.auth"
+    say "auth set up: root/public, system_auth on $CLUSTER_AUTH_RF replicas"
+}
+
+# Every node, as coordinator, writes and reads at consistency ALL a row that every node
+# replicates: that succeeds only when it sees all the others up.
+cluster_whole() {
+    local i
+    for ((i = 1; i <= CLUSTER_NODES; i++)); do
+        cluster_node "$i"
+        cql_as root public -e "CONSISTENCY ALL;
+            INSERT INTO cluster_check.up (node, seen) VALUES ($i, toTimestamp(now()));
+            SELECT node FROM cluster_check.up WHERE node = $i;" >/dev/null 2>&1 || return 1
+    done
+}
+
+cluster_wait() {
+    ensure_cqlsh
+    local deadline=$((SECONDS + START_TIMEOUT))
+    until cluster_whole; do
+        [ $SECONDS -lt $deadline ] || die "the cluster is not whole after ${START_TIMEOUT}s (see: cassandra.sh cluster status)"
+        sleep 2
+    done
+    say "cluster whole: $CLUSTER_NODES nodes on 127.0.0.1..127.0.0.$CLUSTER_NODES:$CLUSTER_PORT see each other up"
+}
+
+cluster_start() {
+    fetch
+    ensure_java
+    ensure_cqlsh
+    local i
+    for ((i = 1; i <= CLUSTER_NODES; i++)); do cluster_start_node "$i"; done
+    cluster_setup_auth
+    cluster_wait
+}
+
+# Stops node $1 (SIGTERM, SIGKILL after 60 s) and waits until it is gone.
+cluster_stop_node() {
+    local pid
+    cluster_node "$1"
+    if ! pid=$(running_pid); then rm -f "$PIDFILE"; return 0; fi
+    kill "$pid"
+    local deadline=$((SECONDS + 60))
+    while kill -0 "$pid" 2>/dev/null; do
+        if [ $SECONDS -ge $deadline ]; then say "node $1 still alive after 60s, killing"; kill -9 "$pid"; fi
+        sleep 0.5
+    done
+    rm -f "$PIDFILE"
+    say "node $1 stopped"
+}
+
+cluster_stop() {
+    local i pids=()
+    # All at once: a node shutting down does not wait for the others.
+    for ((i = 1; i <= CLUSTER_NODES; i++)); do cluster_stop_node "$i" & pids+=($!); done
+    local rc=0
+    for i in "${pids[@]}"; do wait "$i" || rc=1; done
+    return $rc
+}
+
+cluster_kill() {
+    local i=$1 pid
+    cluster_node "$i"
+    pid=$(running_pid) || die "node $i is not running"
+    kill -9 "$pid"
+    while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+    rm -f "$PIDFILE"
+    say "node $i killed (SIGKILL, pid $pid)"
+}
+
+cluster_status() {
+    local i pid all=0
+    for ((i = 1; i <= CLUSTER_NODES; i++)); do
+        cluster_node "$i"
+        if pid=$(running_pid); then
+            if cql_port_open; then echo "node $i: running (pid $pid, CQL on $ADDR:$PORT)"; else echo "node $i: starting (pid $pid)"; all=3; fi
+        else
+            echo "node $i: stopped"
+            all=3
+        fi
+    done
+    return $all
+}
+
+cluster() {
+    local sub=${1:-}
+    [ $# -gt 0 ] && shift
+    case "$sub" in
+    start) cluster_start ;;
+    stop) cluster_stop ;;
+    status) cluster_status ;;
+    wait) cluster_wait ;;
+    kill) cluster_kill "${1:?which node}" ;;
+    restart)
+        fetch
+        cluster_stop_node "${1:?which node}"
+        cluster_start_node "$1"
+        cluster_wait
+        ;;
+    cqlsh)
+        ensure_cqlsh
+        cluster_node "${1:?which node}"
+        shift
+        cql_as "${CQL_USER:-root}" "${CQL_PASSWORD:-public}" "$@"
+        ;;
+    log) cluster_node "${1:?which node}"; tail -n "${2:-60}" "$LOG" ;;
+    reset) cluster_stop; rm -rf "$CLUSTER_DIR"; say "wiped $CLUSTER_DIR" ;;
+    *) die "usage: cassandra.sh cluster start|stop|status|wait|kill I|restart I|cqlsh I ...|log I [N]|reset" ;;
+    esac
+}
+
 cmd=${1:-}
 [ $# -gt 0 ] && shift
 case "$cmd" in
@@ -286,5 +549,6 @@ status) status ;;
 cqlsh) ensure_cqlsh; cql_as "${CQL_USER:-root}" "${CQL_PASSWORD:-public}" "$@" ;;
 reset) stop; rm -rf "$RUN"; say "wiped $RUN" ;;
 log) tail -n "${1:-60}" "$LOG" ;;
-*) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+cluster) cluster "$@" ;;
+*) sed -n '2,43p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

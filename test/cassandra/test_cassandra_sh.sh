@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Checks what cassandra.sh promises, against the running local node (scripts/test.sh
 # starts it first): idempotent start, auth and schema as in production, the seed's table
-# statement rejected on 5.0, and stop ending only the node it started.
+# statement rejected on 5.0, and stop ending only the node it started. With the argument
+# `cluster`, the same for `cassandra.sh cluster` against the running cluster.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 C=$HERE/cassandra.sh
@@ -14,6 +15,41 @@ check() { # check "description" command...
 contains() { grep -q -- "$2" <<<"$1"; }
 
 pid_of() { "$C" status | sed -n 's/.*pid \([0-9]*\).*/\1/p'; }
+
+# `test_cassandra_sh.sh cluster`: what `cassandra.sh cluster` promises, against the running
+# cluster (scripts/test.sh starts it before its cluster suite).
+if [ "${1:-}" = cluster ]; then
+    nodes=${CASSANDRA_CLUSTER_NODES:-3}
+    cluster_pids() { "$C" cluster status | sed -n 's/.*pid \([0-9]*\).*/\1/p' | tr '\n' ' '; }
+    first_pids=$(cluster_pids)
+    check "cluster status: every node running" "$C" cluster status
+    check "cluster status: $nodes pids" test "$(wc -w <<<"$first_pids")" = "$nodes"
+    out=$("$C" cluster start 2>&1)
+    check "second cluster start keeps the same processes" test "$(cluster_pids)" = "$first_pids"
+    check "second cluster start waits until the cluster is whole" contains "$out" "cluster whole"
+    for ((i = 1; i <= nodes; i++)); do
+        local_row=$("$C" cluster cqlsh "$i" -e "SELECT rpc_address, tokens FROM system.local" 2>/dev/null)
+        check "node $i answers on its own address 127.0.0.$i" contains "$local_row" "127.0.0.$i "
+        peers=$("$C" cluster cqlsh "$i" -e "SELECT peer FROM system.peers_v2" 2>/dev/null)
+        check "node $i knows the $((nodes - 1)) others" contains "$peers" "($((nodes - 1)) rows)"
+    done
+    token1=$("$C" cluster cqlsh 1 -e "SELECT tokens FROM system.local" 2>/dev/null)
+    check "node 1 holds the lowest token (evenly spaced, one per node)" contains "$token1" "{'-9223372036854775808'}"
+    auth=$("$C" cluster cqlsh 2 -e "SELECT replication FROM system_schema.keyspaces WHERE keyspace_name = 'system_auth'" 2>/dev/null)
+    check "system_auth is on every node (rf $((nodes < 3 ? nodes : 3)))" contains "$auth" "'replication_factor': '$((nodes < 3 ? nodes : 3))'"
+    if CQL_USER=root CQL_PASSWORD=wrong "$C" cluster cqlsh 3 -e "SELECT * FROM system.local" >/dev/null 2>&1; then
+        check "cluster: wrong password is refused" false
+    else
+        check "cluster: wrong password is refused" true
+    fi
+    if "$C" status >/dev/null; then
+        check "the single node still answers beside the cluster" \
+            contains "$("$C" cqlsh -e "SELECT rpc_address FROM system.local" 2>&1)" "127.0.0.1"
+    fi
+    check "a node that does not exist is a clear error" contains "$("$C" cluster kill 9 2>&1 || true)" "no cluster node '9'"
+    [ "$failures" = 0 ] || { echo "$failures check(s) failed"; exit 1; }
+    exit 0
+fi
 
 first_pid=$(pid_of)
 check "node is running" test -n "$first_pid"
