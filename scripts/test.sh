@@ -6,7 +6,8 @@
 #   scripts/test.sh lint   rustfmt and clippy
 # Every suite runs even when an earlier one failed; the run ends with a summary of all of
 # them and fails if any failed. Only set-up failures (tools, Cassandra) stop it at once.
-# The Cassandras this script started are stopped at the end; KEEP_CASSANDRA=1 keeps them.
+# The Cassandras this script started are stopped at the end (the 3-node cluster right after
+# its suites); KEEP_CASSANDRA=1 keeps them.
 # TEST_TIME_SCALE (default 1) stretches every deadline of the tests on a busy machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -113,7 +114,14 @@ started_here=
 if ! test/cassandra/cassandra.sh status >/dev/null; then started_here=1; fi
 tls_started_here=
 if ! test/tls/cassandra-tls.sh status >/dev/null; then tls_started_here=1; fi
+cluster_started_here=
+stop_cluster() {
+    if [ -n "${KEEP_CASSANDRA:-}" ] || [ -z "$cluster_started_here" ]; then return; fi
+    test/cassandra/cassandra.sh cluster stop || true
+    cluster_started_here=
+}
 stop_started() {
+    stop_cluster
     if [ -n "${KEEP_CASSANDRA:-}" ]; then return; fi
     [ -z "$tls_started_here" ] || test/tls/cassandra-tls.sh stop || true
     [ -z "$started_here" ] || test/cassandra/cassandra.sh stop || true
@@ -129,8 +137,25 @@ suite "cassandra.sh behaviour" test/cassandra/test_cassandra_sh.sh
 lint
 suite "Rust unit tests" cargo test -p offline_store --lib
 for t in native/offline_store/tests/*.rs; do
+    # cluster.rs needs the 3-node cluster: its own step below.
+    [ "$(basename "$t" .rs)" != cluster ] || continue
     suite "Rust against Cassandra: $(basename "$t" .rs)" cargo test -p offline_store --test "$(basename "$t" .rs)"
 done
+# A 3-node cluster of its own (127.0.0.1-3, CQL 9044), started here and stopped as soon as
+# its suites end (also when they fail), to give the machine back to the suites after it.
+step "3-node Cassandra cluster, for the cluster tests"
+if ! test/cassandra/cassandra.sh cluster status >/dev/null; then cluster_started_here=1; fi
+export CASSANDRA_CLUSTER=${CASSANDRA_CLUSTER:-127.0.0.1:${CASSANDRA_CLUSTER_PORT:-9044}}
+suite "start the 3-node cluster" test/cassandra/cassandra.sh cluster start
+if [ "$last_rc" = 0 ]; then
+    suite "cassandra.sh cluster behaviour" test/cassandra/test_cassandra_sh.sh cluster
+    suite "Rust against the 3-node cluster: cluster (nodes SIGKILLed under load)" \
+        cargo test -p offline_store --test cluster
+else
+    not_run "cassandra.sh cluster behaviour" "the cluster did not start"
+    not_run "Rust against the 3-node cluster: cluster" "the cluster did not start"
+fi
+stop_cluster
 # The Erlang suites load the fault-injection build (NIFs that panic on purpose).
 for m in $(eunit_modules); do
     suite "EUnit: $m" env FAULT_INJECTION=1 rebar3 eunit --module="$m"
