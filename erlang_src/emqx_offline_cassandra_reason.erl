@@ -68,7 +68,7 @@ sentence(Other) ->
 %% a usable detail.
 kind(not_connected) -> <<"not connected to Cassandra (unreachable, or still connecting)">>;
 kind(timeout) -> <<"Cassandra did not answer within request_timeout">>;
-kind(overloaded) -> <<"the write buffer is full, so the write was dropped (see buffer_capacity and overflow_policy)">>;
+kind(overloaded) -> <<"the write buffer is full, so the write was dropped (see buffer_capacity, buffer_max_size and overflow_policy)">>;
 kind(shutdown) -> <<"the storage is shutting down, so the request was not carried out">>;
 kind(not_started) -> <<"the storage is not started (the plugin is stopped, or its config is invalid)">>;
 kind(already_started) -> <<"the storage is already started">>;

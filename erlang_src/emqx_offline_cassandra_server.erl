@@ -68,6 +68,14 @@ buffer_health({ok, #{buffered := Buffered, buffer_capacity := Capacity}}) when
         iolist_to_binary(
             io_lib:format("write buffer ~b% full (~b of ~b writes)", [Buffered * 100 div Capacity, Buffered, Capacity])
         )};
+%% The byte bound (buffer_max_size) may fill first: 1 MB payloads.
+buffer_health({ok, #{buffered_bytes := Bytes, buffer_max_bytes := Max}}) when
+    Max > 0, Bytes > Max * ?BUFFER_ALERT
+->
+    {error,
+        iolist_to_binary(
+            io_lib:format("write buffer ~b% full (~b of ~b MB)", [Bytes * 100 div Max, Bytes div 1048576, Max div 1048576])
+        )};
 buffer_health(_) ->
     ok.
 

@@ -51,6 +51,10 @@ pub struct StoreConfig {
     pub max_payload_bytes: usize,
     /// Writes buffered in memory while they wait for Cassandra.
     pub buffer_capacity: usize,
+    /// Bytes the writes not done yet may hold (payload, topic and client id, plus 256 per
+    /// write): `buffer_capacity` alone would let 100,000 one-megabyte payloads take 100 GB.
+    /// `overflow_policy` applies to whichever bound is reached first.
+    pub buffer_max_bytes: usize,
     pub overflow_policy: OverflowPolicy,
     /// Connections per Cassandra node (the driver multiplexes requests on each).
     pub pool_size: usize,
@@ -111,6 +115,7 @@ impl Default for StoreConfig {
             tls: None,
             max_payload_bytes: 8 * 1024 * 1024,
             buffer_capacity: 100_000,
+            buffer_max_bytes: 256 * 1024 * 1024,
             overflow_policy: OverflowPolicy::DropNew,
             max_batch_rows: 32,
             max_in_flight: 64,
@@ -146,6 +151,7 @@ impl fmt::Debug for StoreConfig {
             .field("tls", &self.tls)
             .field("max_payload_bytes", &self.max_payload_bytes)
             .field("buffer_capacity", &self.buffer_capacity)
+            .field("buffer_max_bytes", &self.buffer_max_bytes)
             .field("overflow_policy", &self.overflow_policy)
             .field("max_batch_rows", &self.max_batch_rows)
             .field("max_in_flight", &self.max_in_flight)
@@ -185,6 +191,7 @@ pub const CONFIG_KEYS: &[&str] = &[
     "tls_server_name",
     "max_payload_bytes",
     "buffer_capacity",
+    "buffer_max_bytes",
     "overflow_policy",
     "max_batch_rows",
     "max_in_flight",
@@ -254,6 +261,7 @@ impl StoreConfig {
                 "tls_server_name" => tls.server_name = optional_text(key, value)?,
                 "max_payload_bytes" => cfg.max_payload_bytes = whole(key, value)?,
                 "buffer_capacity" => cfg.buffer_capacity = whole(key, value)?,
+                "buffer_max_bytes" => cfg.buffer_max_bytes = whole(key, value)?,
                 "overflow_policy" => cfg.overflow_policy = policy(key, value)?,
                 "max_batch_rows" => cfg.max_batch_rows = whole(key, value)?,
                 "max_in_flight" => cfg.max_in_flight = whole(key, value)?,
@@ -318,6 +326,7 @@ impl StoreConfig {
             ("tls_server_name", path(&tls.server_name)),
             ("max_payload_bytes", n(self.max_payload_bytes)),
             ("buffer_capacity", n(self.buffer_capacity)),
+            ("buffer_max_bytes", n(self.buffer_max_bytes)),
             (
                 "overflow_policy",
                 Text(
@@ -401,6 +410,16 @@ impl StoreConfig {
             return Err(invalid(
                 "max_payload_bytes",
                 "must be between 1 and 10485760 (10 MiB)",
+            ));
+        }
+        // Every payload accepted must fit into an empty buffer.
+        if self.buffer_max_bytes < self.max_payload_bytes {
+            return Err(invalid(
+                "buffer_max_bytes",
+                format!(
+                    "must be at least max_payload_bytes ({})",
+                    self.max_payload_bytes
+                ),
             ));
         }
         // A write that is still on its way when a floor scan starts must not be skipped:
@@ -618,6 +637,7 @@ mod tests {
             ("max_wildcard_topics", Int(50)),
             ("max_payload_bytes", Int(1024 * 1024)),
             ("buffer_capacity", Int(10)),
+            ("buffer_max_bytes", Int(64 * 1024 * 1024)),
             ("overflow_policy", t("drop_oldest")),
             ("max_batch_rows", Int(8)),
             ("max_in_flight", Int(4)),
@@ -646,6 +666,7 @@ mod tests {
         assert_eq!(cfg.topic_index_ttl, Duration::ZERO);
         assert_eq!(cfg.max_wildcard_topics, 50);
         assert_eq!(cfg.max_payload_bytes, 1024 * 1024);
+        assert_eq!(cfg.buffer_max_bytes, 64 * 1024 * 1024);
         assert_eq!(cfg.overflow_policy, OverflowPolicy::DropOldest);
         assert_eq!(
             (cfg.max_batch_rows, cfg.max_in_flight, cfg.write_attempts),
@@ -675,6 +696,8 @@ mod tests {
             ("max_payload_bytes", Int(11 * 1024 * 1024)),
             ("max_payload_bytes", t("lots")),
             ("buffer_capacity", Int(-1)),
+            ("buffer_max_bytes", Int(1024)),
+            ("buffer_max_bytes", Int(-1)),
             ("overflow_policy", t("block")),
             ("max_batch_rows", Int(0)),
             ("pool_size", Int(65)),

@@ -65,6 +65,10 @@ pub enum StoreError {
     #[error("write buffer full ({capacity} writes); write dropped")]
     Overloaded { capacity: usize },
 
+    /// The write buffer holds `buffer_max_bytes` and the overflow policy refused the write.
+    #[error("write buffer full ({max_bytes} bytes); write dropped")]
+    OverloadedBytes { max_bytes: usize },
+
     /// The payload is larger than `max_payload_bytes`.
     #[error("payload of {size} bytes is larger than max_payload_bytes ({max})")]
     PayloadTooLarge { size: usize, max: usize },
@@ -110,7 +114,7 @@ impl StoreError {
             StoreError::IndexUnavailable(_) => "index_unavailable",
             StoreError::FloorUnavailable(_) => "floor_unavailable",
             StoreError::Timeout(_) => "timeout",
-            StoreError::Overloaded { .. } => "overloaded",
+            StoreError::Overloaded { .. } | StoreError::OverloadedBytes { .. } => "overloaded",
             StoreError::PayloadTooLarge { .. } => "payload_too_large",
             StoreError::InvalidMsgId(_) => "invalid_msgid",
             StoreError::InvalidInput(_) => "invalid_input",
@@ -167,6 +171,7 @@ mod tests {
             StoreError::NotConnected { reason: "x".into() },
             StoreError::AuthFailed("x".into()),
             StoreError::Overloaded { capacity: 1 },
+            StoreError::OverloadedBytes { max_bytes: 1 },
             StoreError::Timeout(Duration::from_secs(1)),
         ];
         for e in errors {

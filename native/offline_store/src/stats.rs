@@ -55,6 +55,8 @@ pub(crate) struct Counters {
     pub rejected: AtomicU64,
     /// Inserts not written because their expiry passed while they waited.
     pub expired: AtomicU64,
+    /// Bytes held by the writes not done yet (see `Charge`), bounded by `buffer_max_bytes`.
+    pub buffered_bytes: std::sync::Arc<AtomicU64>,
     pub in_flight: AtomicU64,
     /// Writes the writer moved out of the buffer to group them (still "buffered").
     pub staged: AtomicU64,
@@ -97,6 +99,7 @@ impl Counters {
             handed_over: self.handed_over.load(Relaxed),
             rejected: self.rejected.load(Relaxed),
             expired: self.expired.load(Relaxed),
+            buffered_bytes: self.buffered_bytes.load(Relaxed),
             in_flight: self.in_flight.load(Relaxed),
             buffered: buffered as u64,
             batches: self.batches.load(Relaxed),
@@ -141,6 +144,9 @@ pub struct StatsSnapshot {
     /// Messages not written because their expiry (Message-Expiry-Interval or TTL, counted
     /// from the publish) passed while they waited in the buffer.
     pub expired: u64,
+    /// Bytes held by the writes not done yet (buffered, waiting or in flight): payload,
+    /// topic and client id plus a fixed 256 per write. `buffer_max_bytes` bounds it.
+    pub buffered_bytes: u64,
     /// Writes taken from the buffer whose outcome is not known yet.
     pub in_flight: u64,
     /// Writes waiting in the buffer (including `waiting`).

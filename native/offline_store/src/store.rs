@@ -184,7 +184,9 @@ impl Store {
     pub fn adopt(&self, handover: Handover) -> usize {
         let mut refused = 0;
         for p in handover.0 {
-            let Pending { op, done } = p;
+            // The old store's share of the byte bound is given back here; `enqueue`
+            // takes it on this one.
+            let Pending { op, done, .. } = p;
             if write_pipeline::enqueue(&self.inner, op, done).is_err() {
                 refused += 1;
             }

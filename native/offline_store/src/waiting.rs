@@ -261,7 +261,7 @@ impl Waiting {
 mod tests {
     use super::*;
     use crate::msgid::MsgId;
-    use crate::shared::Op;
+    use crate::shared::{Charge, Op};
     use crate::types::Message;
 
     const BACKOFF: Backoff = Backoff {
@@ -282,6 +282,7 @@ mod tests {
                 ttl_secs: None,
             }),
             done: None,
+            charge: Charge::default(),
         }
     }
 

@@ -17,7 +17,7 @@ use crate::error::{StoreError, WriteVerdict, write_verdict};
 use crate::expiry::{self, RowTtl};
 use crate::msgid::MsgId;
 use crate::payload;
-use crate::shared::{Inner, Op, Pending, Staging, lock, set_state};
+use crate::shared::{Charge, Inner, Op, Pending, Staging, lock, set_state};
 use crate::stats::Counters;
 use crate::types::{ConnState, Message, StoreEvent};
 use crate::waiting::{Backoff, Refusal};
@@ -64,7 +64,8 @@ pub(crate) fn enqueue(
     let c = &inner.counters;
     let capacity = inner.cfg.buffer_capacity;
     let awaited = done.is_some();
-    let mut pending = Pending { op, done };
+    let charge = reserve_bytes(inner, op.held_bytes() as u64)?;
+    let mut pending = Pending { op, done, charge };
     let mut evicted_none = false;
     loop {
         // Writes waiting for a retry (see `waiting`) fill the buffer too.
@@ -111,6 +112,38 @@ pub(crate) fn enqueue(
         inner.work.notify_one();
     }
     Ok(())
+}
+
+/// Reserves a new write's bytes under `buffer_max_bytes`. When they do not fit, `drop_new`
+/// refuses the write; `drop_oldest` evicts buffered writes, oldest first (the buffer, then
+/// the longest waiting), until they fit, and refuses the write only when nothing is left to
+/// evict (writes being sent hold bytes too). Counted as for `buffer_capacity`: `dropped`,
+/// and `evicted` for what was evicted.
+fn reserve_bytes(inner: &Inner, bytes: u64) -> Result<Charge, StoreError> {
+    let c = &inner.counters;
+    let max_bytes = inner.cfg.buffer_max_bytes;
+    let full = || StoreError::OverloadedBytes { max_bytes };
+    loop {
+        let (charge, total) = Charge::reserve(&c.buffered_bytes, bytes);
+        if total <= max_bytes as u64 {
+            return Ok(charge);
+        }
+        drop(charge);
+        let old = match inner.cfg.overflow_policy {
+            OverflowPolicy::DropNew => None,
+            OverflowPolicy::DropOldest => {
+                inner.rx.try_recv().ok().or_else(|| inner.evict_waiting())
+            }
+        };
+        let Some(old) = old else {
+            Counters::add(&c.dropped, 1);
+            return Err(full());
+        };
+        Counters::add(&c.dropped, 1);
+        Counters::add(&c.evicted, 1);
+        // Its bytes are given back when it is dropped here.
+        old.finish(Err(full()));
+    }
 }
 
 impl Inner {
@@ -735,6 +768,7 @@ mod tests {
                 ttl_secs: None,
             }),
             done: None,
+            charge: Charge::default(),
         }
     }
 
@@ -745,6 +779,7 @@ mod tests {
                 msgid: MsgId::new(us, 1, 0),
             },
             done: None,
+            charge: Charge::default(),
         }
     }
 
