@@ -59,7 +59,7 @@ defaults() ->
             <<"cafile">> => <<"">>,
             <<"certfile">> => <<"">>,
             <<"keyfile">> => <<"">>,
-            <<"verify">> => false,
+            <<"verify">> => true,
             <<"server_name">> => <<"">>
         },
         <<"topics">> => [<<"t/#">>],

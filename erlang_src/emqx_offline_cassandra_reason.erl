@@ -66,6 +66,9 @@ sentence(Other) ->
 
 %% What each kind means, for an atom reason or a {Kind, Detail} without
 %% a usable detail.
+kind(tls_unverified) ->
+    <<"ssl.verify is false: the connection to Cassandra is encrypted, but its certificate is not checked, "
+      "so the password goes to whoever answers; set ssl.verify = true and ssl.cafile">>;
 kind(not_connected) -> <<"not connected to Cassandra (unreachable, or still connecting)">>;
 kind(timeout) -> <<"Cassandra did not answer within request_timeout">>;
 kind(overloaded) -> <<"the write buffer is full, so the write was dropped (see buffer_capacity, buffer_max_size and overflow_policy)">>;

@@ -198,6 +198,7 @@ load_config(Raw) ->
 apply_valid(#{nif := Nif, settings := Settings}, OldNif) ->
     case start_nif(Nif, OldNif) of
         ok ->
+            erlang:phash2(Nif) =/= OldNif andalso warn_unverified_tls(Nif),
             persistent_term:erase(?CONFIG_ERROR),
             ok = emqx_offline_cassandra_hooks:set_settings(Settings),
             ok = emqx_offline_cassandra_hooks:hook(),
@@ -237,6 +238,14 @@ restart_nif(Nif) ->
                     {error, ?REASON:describe(Reason)}
             end
     end.
+
+%% TLS without verification sends the password to whoever answers: said
+%% once per store start (not in health: the plugin works, EMQX's health is
+%% only ok or error).
+warn_unverified_tls(#{<<"tls_enable">> := true, <<"tls_verify">> := false}) ->
+    logger:warning(#{msg => offline_cassandra_tls_unverified, reason => ?REASON:describe(tls_unverified)});
+warn_unverified_tls(_Nif) ->
+    ok.
 
 %% An EMQX alarm is raised while Cassandra cannot be reached (connecting
 %% with errors, disconnected), another while it answers but writes wait

@@ -84,9 +84,20 @@ ssl_maps_to_the_nif_tls_fields_test() ->
                    <<"tls_cert_file">> := <<"/etc/c.pem">>, <<"tls_key_file">> := <<"/etc/c.key">>,
                    <<"tls_server_name">> := <<"cassandra.example">>}, Nif),
     ?assertMatch({error, <<"ssl.cafile: ", _/binary>>}, ?C:parse(#{<<"ssl">> => #{<<"enable">> => true, <<"verify">> => true}})),
-    ?assertMatch({error, <<"ssl.keyfile: ", _/binary>>}, ?C:parse(#{<<"ssl">> => #{<<"enable">> => true, <<"certfile">> => <<"/c">>}})),
+    ?assertMatch({error, <<"ssl.keyfile: ", _/binary>>},
+                 ?C:parse(#{<<"ssl">> => #{<<"enable">> => true, <<"verify">> => false, <<"certfile">> => <<"/c">>}})),
     ?assertMatch({error, <<"ssl.enable: ", _/binary>>}, ?C:parse(#{<<"ssl">> => #{<<"enable">> => <<"yes">>}})),
     ?assertMatch({error, <<"ssl.bogus: ", _/binary>>}, ?C:parse(#{<<"ssl">> => #{<<"bogus">> => 1}})).
+
+%% Verification is the default: TLS turned on without a word about verify
+%% needs the CA file; verify = false (an earlier version's config) is kept.
+tls_verifies_by_default_test() ->
+    ?assertEqual({error, <<"ssl.cafile: is required when ssl.verify is true">>},
+                 ?C:parse(#{<<"ssl">> => #{<<"enable">> => true}})),
+    {ok, #{nif := Nif}} = ?C:parse(#{<<"ssl">> => #{<<"enable">> => true, <<"cafile">> => <<"/etc/ca.pem">>}}),
+    ?assertMatch(#{<<"tls_verify">> := true}, Nif),
+    {ok, #{nif := Old}} = ?C:parse(#{<<"ssl">> => #{<<"enable">> => true, <<"verify">> => false}}),
+    ?assertMatch(#{<<"tls_enable">> := true, <<"tls_verify">> := false}, Old).
 
 credentials_in_pairs_test() ->
     ?assertMatch({error, <<"password: ", _/binary>>}, ?C:parse(#{<<"username">> => <<"root">>})).
@@ -128,7 +139,7 @@ core_reasons_use_the_form_names_test() ->
     ?assertEqual({error, <<"ssl.cafile: is required when ssl.verify is true">>},
                  ?C:parse(#{<<"ssl">> => #{<<"enable">> => true, <<"verify">> => true}})),
     ?assertEqual({error, <<"ssl.keyfile: ssl.certfile and ssl.keyfile go together">>},
-                 ?C:parse(#{<<"ssl">> => #{<<"enable">> => true, <<"keyfile">> => <<"/k">>}})),
+                 ?C:parse(#{<<"ssl">> => #{<<"enable">> => true, <<"verify">> => false, <<"keyfile">> => <<"/k">>}})),
     ?assertEqual({error, <<"reconnect_interval: must be greater than 0">>},
                  ?C:parse(#{<<"reconnect_interval">> => <<"0s">>})),
     ?assertMatch({error, <<"max_payload_size: must be between 1 and 10485760", _/binary>>},

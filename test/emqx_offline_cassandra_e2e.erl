@@ -53,6 +53,7 @@ scenario(Mode) ->
                 {"Time Range: only recent messages", fun time_range/1},
                 {"MQTT 5 Message-Expiry-Interval: expired never delivered", fun expiry/1},
                 {"6. a bad config is rejected with a clear reason; the node keeps running", fun bad_config/1},
+                {"TLS without ssl.verify: a warning in the log; the default verifies", fun tls_unverified_warning/1},
                 {"emqx ctl offline_cassandra status | stats | count | peek | purge", fun admin_command/1},
                 {"Cassandra away: health red, alarm raised; back: green, cleared", fun alarm_and_health/1},
                 {"status with a bad password: sentences, every setting, password hidden", fun status_bad_password/1},
@@ -411,6 +412,20 @@ still_working(#{name_vsn := NV} = Ctx) ->
     ok = wait(fun() -> stored(T) =:= 1 end, 10000),
     cql("DELETE FROM mqtt.mqtt_msg WHERE topic = '" ++ binary_to_list(T) ++ "'"),
     ?D:disconnect(Pub).
+
+tls_unverified_warning(#{name_vsn := NV}) ->
+    Old = ?D:plugin_config(NV),
+    %% The packaged config verifies (TLS off): nothing to warn about.
+    ?assertMatch(#{<<"ssl">> := #{<<"verify">> := true}}, Old),
+    ?assertEqual([], logged(offline_cassandra_tls_unverified)),
+    Ssl = maps:get(<<"ssl">>, Old),
+    ok = apply_config(NV, Old#{<<"ssl">> => Ssl#{<<"enable">> => true, <<"verify">> => false}}),
+    ok = wait(fun() -> logged(offline_cassandra_tls_unverified) =/= [] end, 10000),
+    [#{reason := Why}] = logged(offline_cassandra_tls_unverified),
+    ?assertMatch({_, _}, binary:match(Why, <<"password">>)),
+    ok = change_config(NV, Old),
+    ok = wait(fun() -> ?D:health(NV) =:= ok end, 30000),
+    ?assertEqual(1, length(logged(offline_cassandra_tls_unverified))).
 
 restart_with(NV, Config) ->
     ok = ?D:stop_plugin(NV),

@@ -95,3 +95,10 @@ unknown_terms_print_readably_test() ->
     ?assertEqual(iolist_to_binary(io_lib:format("~p", [Pid])), ?R:describe(Pid)),
     %% an improper list is no iolist: still no crash
     ?assert(is_binary(?R:describe([a | b]))).
+
+%% The warning the server logs for TLS without verification says why and
+%% what to set.
+tls_unverified_says_what_to_set_test() ->
+    T = ?R:describe(tls_unverified),
+    looks_like_a_sentence(T),
+    [?assertMatch({_, _}, binary:match(T, W)) || W <- [<<"password">>, <<"ssl.verify = true">>, <<"ssl.cafile">>]].

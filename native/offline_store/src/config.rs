@@ -752,8 +752,12 @@ mod tests {
         ]))
         .unwrap_err();
         assert_eq!(field_of(err), "tls_ca_file");
+        // Verification is the default: TLS on without a CA file is refused.
+        let err = StoreConfig::from_map(&map(&[("tls_enable", Bool(true))])).unwrap_err();
+        assert_eq!(field_of(err), "tls_ca_file");
         let err = StoreConfig::from_map(&map(&[
             ("tls_enable", Bool(true)),
+            ("tls_verify", Bool(false)),
             ("tls_cert_file", t("/c.pem")),
         ]))
         .unwrap_err();

@@ -17,17 +17,32 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme
 use crate::error::StoreError;
 
 /// TLS settings, as the plugin's `ssl` section gives them.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsConfig {
     /// PEM file of the CA(s) that signed Cassandra's certificate (required with `verify`).
     pub ca_file: Option<String>,
     /// PEM client certificate and its PKCS#8/PKCS#1/SEC1 key, for mutual TLS.
     pub cert_file: Option<String>,
     pub key_file: Option<String>,
-    /// Check the server certificate (chain and name). Off: encryption only.
+    /// Check the server certificate (chain and name); on by default. Off: encryption only,
+    /// and the password goes to whoever answers (the plugin warns).
     pub verify: bool,
     /// DNS name the server certificate must carry; empty: the node's IP address.
     pub server_name: Option<String>,
+}
+
+/// Verification is on unless turned off: without it the password crosses a channel that
+/// anyone in the path can answer.
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            verify: true,
+            server_name: None,
+        }
+    }
 }
 
 fn invalid(field: &str, reason: impl Into<String>) -> StoreError {
@@ -215,10 +230,8 @@ mod tests {
 
     #[test]
     fn file_problems_name_their_field() {
-        let base = TlsConfig {
-            verify: true,
-            ..TlsConfig::default()
-        };
+        let base = TlsConfig::default();
+        assert!(base.verify, "verification is the default");
         assert_eq!(field(client_config(&base).unwrap_err()), "ssl.cafile");
         let missing = TlsConfig {
             ca_file: Some("/no/such/ca.pem".into()),
@@ -231,7 +244,10 @@ mod tests {
             ..TlsConfig::default()
         };
         assert_eq!(field(client_config(&half).unwrap_err()), "ssl.keyfile");
-        let no_verify = TlsConfig::default();
+        let no_verify = TlsConfig {
+            verify: false,
+            ..TlsConfig::default()
+        };
         assert!(client_config(&no_verify).is_ok());
     }
 }
