@@ -237,8 +237,10 @@ await_in_helper(Request, Timeout) ->
         {'DOWN', MRef, process, Pid, Other} -> {error, {crashed, Other}}
     end.
 
-%% @doc Counters: accepted, written, failed, dropped, evicted, rejected,
-%% in_flight, buffered, batches, retries, fetches, fetch_failures, fetched_rows.
+%% @doc Counters (README, Counters): accepted, written, failed, dropped,
+%% evicted, rejected, expired, in_flight, buffered, buffered_bytes, batches,
+%% retries, fetches, fetch_failures, fetched_rows and the others there; plus
+%% the bounds buffer_capacity and buffer_max_bytes.
 -spec stats() -> {ok, #{atom() => non_neg_integer()}} | {error, reason()}.
 stats() ->
     nif_stats().
