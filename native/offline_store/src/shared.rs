@@ -2,7 +2,7 @@
 //! scans), and the writes as they travel through the pipeline.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::{Notify, oneshot, watch};
@@ -131,6 +131,11 @@ pub(crate) struct Inner {
     /// topic with its backoff (see `waiting`). Only the writer tasks, `enqueue`'s
     /// `drop_oldest` and `shutdown` touch it.
     pub(crate) waiting: Mutex<Waiting>,
+    /// What status calls read of `waiting` without its lock (a NIF call must return in
+    /// µs): topics waiting, their writes out on a retry, why the latest write had to wait.
+    pub(crate) waiting_topics: AtomicUsize,
+    pub(crate) retrying: AtomicU64,
+    pub(crate) wait_reason: Mutex<String>,
     pub(crate) work: Notify,
     /// The writer waits for `work` (idle for a while); otherwise it looks at the buffer
     /// every millisecond by itself and submitters need not wake it.
@@ -182,6 +187,9 @@ impl Inner {
             rx,
             staging: Mutex::new(Staging::default()),
             waiting: Mutex::new(Waiting::default()),
+            waiting_topics: AtomicUsize::new(0),
+            retrying: AtomicU64::new(0),
+            wait_reason: Mutex::new(String::new()),
             work: Notify::new(),
             writer_parked: AtomicBool::new(true),
             stopped: AtomicBool::new(false),

@@ -209,7 +209,7 @@ impl Store {
         }
         let mut left: Vec<Pending> = lock(&self.inner.staging).items.drain(..).collect();
         self.inner.counters.staged.store(0, Ordering::Relaxed);
-        let waiting = lock(&self.inner.waiting).drain();
+        let waiting = self.inner.with_waiting(|w| w.drain());
         Counters::sub(&self.inner.counters.waiting, waiting.len() as u64);
         left.extend(waiting);
         left.extend(self.inner.rx.try_iter());

@@ -17,8 +17,6 @@ use crate::shared::Pending;
 pub(crate) struct Waiting {
     topics: HashMap<String, TopicWait>,
     len: usize,
-    /// Why the latest write had to wait, for health.
-    last_reason: Option<String>,
 }
 
 struct TopicWait {
@@ -50,13 +48,15 @@ pub(crate) struct Backoff {
 }
 
 impl Waiting {
-    /// Writes waiting, over every topic.
+    /// Writes waiting, over every topic (the writer keeps the `waiting` gauge instead).
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.len
     }
 
-    pub(crate) fn last_reason(&self) -> Option<&str> {
-        self.last_reason.as_deref()
+    /// Topics waiting (some of their writes may be out on a retry).
+    pub(crate) fn topic_count(&self) -> usize {
+        self.topics.len()
     }
 
     pub(crate) fn holds(&self, topic: &str) -> bool {
@@ -102,11 +102,10 @@ impl Waiting {
             last_reason: why.clone(),
         });
         match refusal {
-            Refusal::Transient { reason } => {
+            Refusal::Transient { .. } => {
                 wait.backoff = (wait.backoff * 2).clamp(backoff.min, backoff.max);
                 wait.retry_at = now + wait.backoff;
                 wait.last_reason = why;
-                self.last_reason = Some(reason);
             }
             Refusal::Disconnected => wait.retry_at = now,
         }
@@ -142,9 +141,6 @@ impl Waiting {
             .is_some_and(|w| w.writes.is_empty() && !w.sending)
         {
             self.topics.remove(topic);
-            if self.topics.is_empty() {
-                self.last_reason = None;
-            }
         }
     }
 
@@ -234,13 +230,16 @@ impl Waiting {
 
     /// The write that has waited longest (for `drop_oldest` on a full buffer).
     pub(crate) fn evict_oldest(&mut self) -> Option<Pending> {
-        let wait = self
+        let topic = self
             .topics
-            .values_mut()
-            .filter(|w| !w.writes.is_empty())
-            .min_by_key(|w| w.writes.front().map(|(at, _)| *at))?;
-        let (_, p) = wait.writes.pop_front()?;
+            .iter()
+            .filter_map(|(t, w)| w.writes.front().map(|(at, _)| (*at, t)))
+            .min()?
+            .1
+            .clone();
+        let (_, p) = self.topics.get_mut(&topic)?.writes.pop_front()?;
         self.len -= 1;
+        self.forget_if_done(&topic);
         Some(p)
     }
 
@@ -252,7 +251,6 @@ impl Waiting {
             .flat_map(|(_, w)| w.writes.into_iter().map(|(_, p)| p))
             .collect();
         self.len = 0;
-        self.last_reason = None;
         out
     }
 }
@@ -314,11 +312,7 @@ mod tests {
             t0,
         );
         assert!(w.holds("down") && !w.holds("up"));
-        assert_eq!(w.len(), 2);
-        assert_eq!(
-            w.last_reason(),
-            Some("Unavailable: 1 replica alive, QUORUM needs 2")
-        );
+        assert_eq!((w.len(), w.topic_count()), (2, 1));
         // Not due yet: nothing to send, and the writer knows when to look again.
         assert!(w.take_due(t0, 32, usize::MAX).is_none());
         assert_eq!(w.next_due(), Some(t0 + BACKOFF.min));
@@ -353,7 +347,7 @@ mod tests {
         w.landed("down", t3 + BACKOFF.max);
         w.retry_done("down");
         assert!(!w.holds("down"));
-        assert_eq!((w.len(), w.last_reason()), (0, None));
+        assert_eq!((w.len(), w.topic_count()), (0, 0));
     }
 
     #[test]
@@ -436,6 +430,8 @@ mod tests {
         w.put_back(vec![write("old", 1)], None, unavailable(), BACKOFF, t0);
         let p = w.evict_oldest().unwrap();
         assert_eq!(ids(std::slice::from_ref(&p)), [1]);
-        assert_eq!(w.len(), 1);
+        // A topic left with nothing stops waiting (or health would say degraded forever).
+        assert_eq!((w.len(), w.topic_count()), (1, 1));
+        assert!(!w.holds("old"));
     }
 }

@@ -20,7 +20,7 @@ use crate::payload;
 use crate::shared::{Charge, Inner, Op, Pending, Staging, lock, set_state};
 use crate::stats::Counters;
 use crate::types::{ConnState, Message, StoreEvent};
-use crate::waiting::{Backoff, Refusal};
+use crate::waiting::{Backoff, Refusal, Waiting};
 
 /// Items the writer looks at when it gathers one partition's batch.
 const BATCH_SCAN: usize = 512;
@@ -201,6 +201,15 @@ impl Inner {
         }
     }
 
+    /// Runs `f` on `waiting` and updates what status calls read of it without the lock.
+    pub(crate) fn with_waiting<R>(&self, f: impl FnOnce(&mut Waiting) -> R) -> R {
+        let mut waiting = lock(&self.waiting);
+        let out = f(&mut waiting);
+        self.waiting_topics
+            .store(waiting.topic_count(), Ordering::Relaxed);
+        out
+    }
+
     /// Sends a batch of a topic that waits behind it instead (`None`); otherwise hands the
     /// batch back to be sent.
     fn behind_waiting(&self, batch: Vec<Pending>) -> Option<Vec<Pending>> {
@@ -221,15 +230,18 @@ impl Inner {
         let n = batch.len() as u64;
         if let Refusal::Transient { reason } = &refusal {
             Counters::add(&self.counters.waited, n);
+            reason.clone_into(&mut lock(&self.wait_reason));
             self.emit(StoreEvent::WritesWaiting {
                 count: n,
                 reason: reason.clone(),
             });
         }
-        let mut waiting = lock(&self.waiting);
-        Counters::add(&self.counters.waiting, n);
-        Counters::sub(&self.counters.in_flight, n);
-        waiting.put_back(batch, since, refusal, self.backoff(), Instant::now());
+        let backoff = self.backoff();
+        self.with_waiting(|waiting| {
+            Counters::add(&self.counters.waiting, n);
+            Counters::sub(&self.counters.in_flight, n);
+            waiting.put_back(batch, since, refusal, backoff, Instant::now());
+        });
     }
 
     /// The next retry batch that is due, now in flight.
@@ -239,6 +251,7 @@ impl Inner {
             waiting.take_due(Instant::now(), self.cfg.max_batch_rows, MAX_BATCH_BYTES)?;
         let n = batch.len() as u64;
         Counters::add(&self.counters.in_flight, n);
+        self.retrying.fetch_add(n, Ordering::Relaxed);
         Counters::sub(&self.counters.waiting, n);
         Some((batch, since))
     }
@@ -246,7 +259,8 @@ impl Inner {
     /// Fails the waiting writes older than `write_give_up_after` (counted in `failed` and
     /// `gave_up`, logged once per check).
     fn give_up_waiting(&self) {
-        let expired = lock(&self.waiting).expired(Instant::now(), self.cfg.write_give_up_after);
+        let give_up = self.cfg.write_give_up_after;
+        let expired = self.with_waiting(|w| w.expired(Instant::now(), give_up));
         let Some(error) = expired.first().map(|(_, e)| e.clone()) else {
             return;
         };
@@ -262,17 +276,20 @@ impl Inner {
 
     /// For `drop_oldest`: the write that has waited longest.
     fn evict_waiting(&self) -> Option<Pending> {
-        let mut waiting = lock(&self.waiting);
-        let p = waiting.evict_oldest()?;
+        let p = self.with_waiting(Waiting::evict_oldest)?;
         Counters::sub(&self.counters.waiting, 1);
         Some(p)
     }
 
-    /// Why writes wait now, if any do: their number and the latest reason.
+    /// Why writes wait now, if any do: their number (those out on a retry included) and
+    /// the latest reason. Never takes the `waiting` lock: the NIF's status calls it.
     pub(crate) fn degraded(&self) -> Option<(u64, String)> {
-        let waiting = lock(&self.waiting);
-        let n = waiting.len() as u64;
-        (n > 0).then(|| (n, waiting.last_reason().unwrap_or("").to_owned()))
+        if self.waiting_topics.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        let n =
+            self.counters.waiting.load(Ordering::Relaxed) + self.retrying.load(Ordering::Relaxed);
+        Some((n, lock(&self.wait_reason).clone()))
     }
 }
 
@@ -396,6 +413,7 @@ async fn write_batch(
     retry: Option<Instant>,
 ) {
     let topic = batch.first().map(|p| p.op.topic().to_owned());
+    let taken = batch.len() as u64;
     let batch = drop_expired(inner, batch);
     let request = |part: Vec<Pending>| async move {
         let sent = send(inner, conn, &part).await;
@@ -403,8 +421,8 @@ async fn write_batch(
     };
     isolating_refusals(batch, request, |part, sent| match sent {
         Sent::Written => {
-            if retry.is_some() || inner.counters.waiting.load(Ordering::Relaxed) > 0 {
-                lock(&inner.waiting).landed(part[0].op.topic(), Instant::now());
+            if retry.is_some() || inner.waiting_topics.load(Ordering::Relaxed) > 0 {
+                inner.with_waiting(|w| w.landed(part[0].op.topic(), Instant::now()));
             }
             settle(inner, part, Ok(()));
         }
@@ -439,7 +457,8 @@ async fn write_batch(
     })
     .await;
     if let (Some(_), Some(topic)) = (retry, topic) {
-        lock(&inner.waiting).retry_done(&topic);
+        inner.with_waiting(|w| w.retry_done(&topic));
+        inner.retrying.fetch_sub(taken, Ordering::Relaxed);
     }
 }
 
