@@ -98,7 +98,7 @@ if [ "$mode" = unit ]; then
     step "tools"
     scripts/ensure-deps.sh rust python erlang
     suite "Rust unit tests" cargo test -p offline_store --lib
-    for m in config topic reason cli groups; do
+    for m in config topic reason cli groups replay; do
         suite "EUnit: emqx_offline_cassandra_${m}_tests" rebar3 eunit --module="emqx_offline_cassandra_${m}_tests"
     done
     suite "plugin config files (config.hocon against config_schema.avsc, i18n)" config_files
