@@ -72,6 +72,12 @@ pub struct StoreConfig {
     pub tls: Option<TlsConfig>,
     /// Most rows in one (single-partition, unlogged) batch.
     pub max_batch_rows: usize,
+    /// Most bytes in one batch, payloads as stored (a larger single write goes alone).
+    /// Cassandra refuses a request frame over 16 MiB (`native_transport_max_frame_size`)
+    /// and a mutation over half a commitlog segment (16 MiB by default); 4 MiB stays well
+    /// under both, also with smaller segments, and 1 MB binary payloads (1.33 MB stored)
+    /// still go by 3.
+    pub max_batch_bytes: usize,
     /// Batches sent to Cassandra at the same time.
     pub max_in_flight: usize,
     /// Attempts per batch, for errors that are neither "no connection" nor a
@@ -118,6 +124,7 @@ impl Default for StoreConfig {
             buffer_max_bytes: 256 * 1024 * 1024,
             overflow_policy: OverflowPolicy::DropNew,
             max_batch_rows: 32,
+            max_batch_bytes: 4 * 1024 * 1024,
             max_in_flight: 64,
             write_attempts: 3,
             write_give_up_after: Duration::from_secs(86_400),
@@ -154,6 +161,7 @@ impl fmt::Debug for StoreConfig {
             .field("buffer_max_bytes", &self.buffer_max_bytes)
             .field("overflow_policy", &self.overflow_policy)
             .field("max_batch_rows", &self.max_batch_rows)
+            .field("max_batch_bytes", &self.max_batch_bytes)
             .field("max_in_flight", &self.max_in_flight)
             .field("write_attempts", &self.write_attempts)
             .field("write_give_up_after", &self.write_give_up_after)
@@ -194,6 +202,7 @@ pub const CONFIG_KEYS: &[&str] = &[
     "buffer_max_bytes",
     "overflow_policy",
     "max_batch_rows",
+    "max_batch_bytes",
     "max_in_flight",
     "write_attempts",
     "write_give_up_after",
@@ -264,6 +273,7 @@ impl StoreConfig {
                 "buffer_max_bytes" => cfg.buffer_max_bytes = whole(key, value)?,
                 "overflow_policy" => cfg.overflow_policy = policy(key, value)?,
                 "max_batch_rows" => cfg.max_batch_rows = whole(key, value)?,
+                "max_batch_bytes" => cfg.max_batch_bytes = whole(key, value)?,
                 "max_in_flight" => cfg.max_in_flight = whole(key, value)?,
                 "write_attempts" => cfg.write_attempts = whole(key, value)?,
                 "write_give_up_after" => cfg.write_give_up_after = millis(key, value)?,
@@ -338,6 +348,7 @@ impl StoreConfig {
                 ),
             ),
             ("max_batch_rows", n(self.max_batch_rows)),
+            ("max_batch_bytes", n(self.max_batch_bytes)),
             ("max_in_flight", n(self.max_in_flight)),
             ("write_attempts", Int(i64::from(self.write_attempts))),
             ("write_give_up_after", ms(self.write_give_up_after)),
@@ -443,6 +454,7 @@ impl StoreConfig {
             ("pool_size", self.pool_size, 64),
             ("max_wildcard_topics", self.max_wildcard_topics, 1_000_000),
             ("max_batch_rows", self.max_batch_rows, 1_000),
+            ("max_batch_bytes", self.max_batch_bytes, 1 << 30),
             ("max_in_flight", self.max_in_flight, 10_000),
             ("write_attempts", self.write_attempts as usize, 100),
             ("max_fetch_rows", self.max_fetch_rows as usize, 1_000_000),
@@ -700,6 +712,8 @@ mod tests {
             ("buffer_max_bytes", Int(-1)),
             ("overflow_policy", t("block")),
             ("max_batch_rows", Int(0)),
+            ("max_batch_bytes", Int(0)),
+            ("max_batch_bytes", Int(2 << 30)),
             ("pool_size", Int(65)),
             ("pool_size", t("8")),
             ("auto_reconnect", Int(1)),

@@ -31,11 +31,9 @@ const IDLE_POLL: Duration = Duration::from_millis(1);
 /// Idle time after which the writer parks and submitters wake it again.
 const PARK_AFTER: Duration = Duration::from_secs(1);
 
-/// Most encoded bytes in one batch (a larger single write goes alone). Cassandra refuses a
-/// request frame over 16 MiB (`native_transport_max_frame_size`) and a mutation over half a
-/// commitlog segment (16 MiB by default); 4 MiB stays well under both, also for clusters
-/// with smaller segments, and a 1 MB binary payload (1.33 MB stored) still batches by 3.
-pub(crate) const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
+/// The default of `max_batch_bytes` (see `StoreConfig`), here for the unit tests.
+#[cfg(test)]
+const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 
 /// How often the writer looks for waiting writes older than `write_give_up_after`.
 const GIVE_UP_CHECK: Duration = Duration::from_millis(100);
@@ -182,7 +180,8 @@ impl Inner {
     /// Takes the head staged write plus following staged writes of the same kind to the
     /// same partition.
     pub(crate) fn take_batch(&self) -> Vec<Pending> {
-        let batch = lock(&self.staging).take_batch(self.cfg.max_batch_rows, MAX_BATCH_BYTES);
+        let batch =
+            lock(&self.staging).take_batch(self.cfg.max_batch_rows, self.cfg.max_batch_bytes);
         // in_flight first, then staged: a concurrent `stats()` may count a write twice for
         // a moment, never zero times (flush relies on that).
         Counters::add(&self.counters.in_flight, batch.len() as u64);
@@ -247,8 +246,11 @@ impl Inner {
     /// The next retry batch that is due, now in flight.
     fn take_due_retry(&self) -> Option<(Vec<Pending>, Instant)> {
         let mut waiting = lock(&self.waiting);
-        let (batch, since) =
-            waiting.take_due(Instant::now(), self.cfg.max_batch_rows, MAX_BATCH_BYTES)?;
+        let (batch, since) = waiting.take_due(
+            Instant::now(),
+            self.cfg.max_batch_rows,
+            self.cfg.max_batch_bytes,
+        )?;
         let n = batch.len() as u64;
         Counters::add(&self.counters.in_flight, n);
         self.retrying.fetch_add(n, Ordering::Relaxed);

@@ -3,7 +3,8 @@
 //! 1 alive). The writes wait instead of failing, the store says it is degraded, and they
 //! land once the keyspace is altered to RF 1; past `write_give_up_after` they are failed.
 //! Also: a batch is capped in bytes, so 40 one-megabyte binary payloads queued behind an
-//! outage are all stored.
+//! outage are all stored; and without the cap, the batch Cassandra refuses as too big is
+//! halved until every row is stored.
 
 mod common;
 
@@ -169,16 +170,15 @@ async fn a_write_waiting_longer_than_the_limit_is_counted_failed() {
     store.shutdown(Duration::ZERO).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn forty_one_megabyte_binary_payloads_queued_behind_an_outage_are_all_stored() {
-    // The old store cannot reach Cassandra: the 40 wait in its buffer, as in an outage...
+/// 40 non-UTF-8 1 MB payloads to `topic`, buffered by a store that cannot reach Cassandra
+/// (as in an outage), then handed to a store built from `cfg` before it connects: they
+/// reach it all at once, as after an outage. Returns the connected store and the payloads.
+async fn forty_megabytes_behind_an_outage(cfg: StoreConfig, topic: &str) -> (Store, Vec<Vec<u8>>) {
     let old = Store::start(StoreConfig {
         contact_points: vec!["127.0.0.1:1".into()],
         ..config()
     })
     .unwrap();
-    let topic = unique_topic("forty_mb");
-    let _cleanup = Cleanup::topics(&[&topic]);
     let mut seed = 0x5EED_u64;
     let payloads: Vec<Vec<u8>> = (0..40)
         .map(|_| {
@@ -188,26 +188,24 @@ async fn forty_one_megabyte_binary_payloads_queued_behind_an_outage_are_all_stor
         })
         .collect();
     for p in &payloads {
-        old.submit_store(message(&topic, p)).unwrap();
+        old.submit_store(message(topic, p)).unwrap();
     }
     let (_, handover) = old.shutdown_with_handover(Duration::ZERO).await;
     assert_eq!(handover.len(), 40);
-    // ...and reach a store that is still connecting all at once, as after an outage: the
-    // first batch could hold all 40 (53 MB, refused by Cassandra) but for the byte cap.
-    let store = Store::start(config()).unwrap();
+    let store = Store::start(cfg).unwrap();
     assert_eq!(store.adopt(handover), 0);
     store
         .wait_connected(scaled(Duration::from_secs(20)))
         .await
         .unwrap();
     store.flush(scaled(Duration::from_secs(60))).await.unwrap();
-    let s = store.stats();
-    assert_eq!((s.written, s.failed), (40, 0), "{s:?}");
-    assert!(s.batches >= 14, "batches of at most 3: {s:?}");
-    assert_eq!(rows_in("mqtt", &topic).await, 40);
+    (store, payloads)
+}
+
+async fn newest_three_are(store: &Store, topic: &str, payloads: &[Vec<u8>]) {
     let rows = store
         .fetch(
-            &topic,
+            topic,
             offline_store::FetchOptions {
                 limit: Some(3),
                 since_ms: None,
@@ -216,8 +214,44 @@ async fn forty_one_megabyte_binary_payloads_queued_behind_an_outage_are_all_stor
         .await
         .unwrap();
     assert_eq!(rows.len(), 3);
-    for (row, sent) in rows.iter().zip(&payloads[37..]) {
+    for (row, sent) in rows.iter().zip(&payloads[payloads.len() - 3..]) {
         assert!(row.payload == *sent, "payload changed on the way");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forty_one_megabyte_binary_payloads_queued_behind_an_outage_are_all_stored() {
+    let topic = unique_topic("forty_mb");
+    let _cleanup = Cleanup::topics(&[&topic]);
+    // The first batch could hold 32 of them (42 MB, which Cassandra refuses) but for the
+    // byte cap: 4 MiB, so 3 a batch.
+    let (store, payloads) = forty_megabytes_behind_an_outage(config(), &topic).await;
+    let s = store.stats();
+    assert_eq!((s.written, s.failed), (40, 0), "{s:?}");
+    assert!(s.batches >= 14, "batches of at most 3: {s:?}");
+    assert_eq!(rows_in("mqtt", &topic).await, 40);
+    newest_three_are(&store, &topic, &payloads).await;
+    store.shutdown(scaled(Duration::from_secs(5))).await;
+}
+
+/// Without the byte cap the batch of 32 goes out whole, 42 MB: Cassandra refuses it
+/// ("Request is too big", an `Invalid`), and so it is halved until the halves fit (8 rows,
+/// 10.7 MB): every row is stored and none failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_cassandra_refuses_as_too_big_is_halved_until_every_row_is_stored() {
+    let topic = unique_topic("halved");
+    let _cleanup = Cleanup::topics(&[&topic]);
+    let cfg = StoreConfig {
+        max_batch_bytes: 1 << 30,
+        ..config()
+    };
+    let (store, payloads) = forty_megabytes_behind_an_outage(cfg, &topic).await;
+    let s = store.stats();
+    assert_eq!((s.written, s.failed), (40, 0), "{s:?}");
+    assert_eq!((s.refused_invalid, s.refused_protocol), (0, 0), "{s:?}");
+    // 40 rows in batches of at most 32 are 2 requests; the refused ones were sent again.
+    assert!(s.batches > 2, "nothing was halved: {s:?}");
+    assert_eq!(rows_in("mqtt", &topic).await, 40);
+    newest_three_are(&store, &topic, &payloads).await;
     store.shutdown(scaled(Duration::from_secs(5))).await;
 }
