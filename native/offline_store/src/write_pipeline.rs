@@ -241,6 +241,8 @@ impl Inner {
             Counters::sub(&self.counters.in_flight, n);
             waiting.put_back(batch, since, refusal, backoff, Instant::now());
         });
+        // A parked writer learns when this topic is due.
+        self.work.notify_one();
     }
 
     /// The next retry batch that is due, now in flight.
@@ -335,6 +337,7 @@ pub(crate) async fn run_writer(inner: Arc<Inner>) {
     let mut shutdown = inner.shutdown.subscribe();
     let mut idle_since = Instant::now();
     let mut last_give_up_check = Instant::now();
+    let mut prefer_retry = true;
     loop {
         if inner.stopped() {
             return;
@@ -355,11 +358,12 @@ pub(crate) async fn run_writer(inner: Arc<Inner>) {
         }
         let next_due = lock(&inner.waiting).next_due();
         let retry_due = next_due.is_some_and(|at| at <= Instant::now());
-        if !retry_due && !inner.refill_staging() {
-            // Waiting writes wake the writer when their retry is due, or to give up.
-            let due = next_due
-                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))
-                .min(Instant::now() + GIVE_UP_CHECK.max(inner.cfg.reconnect_max_backoff));
+        let staged = inner.refill_staging();
+        if !retry_due && !staged {
+            // A parked writer wakes when the next waiting topic is due (at most
+            // `reconnect_max_backoff` away; the give-up check runs then too), or when a retry
+            // is answered (`wait`, `write_batch` notify).
+            let due = next_due.unwrap_or_else(Instant::now);
             if idle_since.elapsed() < PARK_AFTER {
                 tokio::select! {
                     _ = inner.work.notified() => {}
@@ -387,8 +391,16 @@ pub(crate) async fn run_writer(inner: Arc<Inner>) {
             p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
             _ = shutdown.changed() => return,
         };
-        // Due retries first; a batch of a waiting topic goes behind it, taking no slot.
-        let (batch, retry) = match inner.take_due_retry() {
+        // Due retries and staged batches take turns, so many waiting topics cannot crowd
+        // out healthy ones; a batch of a waiting topic goes behind it, taking no slot.
+        let from_retry = retry_due && (!staged || prefer_retry);
+        prefer_retry = !prefer_retry;
+        let due_retry = if from_retry {
+            inner.take_due_retry()
+        } else {
+            None
+        };
+        let (batch, retry) = match due_retry {
             Some((batch, since)) => (batch, Some(since)),
             None => match inner.behind_waiting(inner.take_batch()) {
                 Some(batch) if !batch.is_empty() => (batch, None),
@@ -461,6 +473,8 @@ async fn write_batch(
     if let (Some(_), Some(topic)) = (retry, topic) {
         inner.with_waiting(|w| w.retry_done(&topic));
         inner.retrying.fetch_sub(taken, Ordering::Relaxed);
+        // The rest of the topic may be due at once (it landed).
+        inner.work.notify_one();
     }
 }
 
