@@ -117,7 +117,8 @@ pub enum StoreEvent {
     /// A batch lost its connection and went back to the buffer.
     WritesRequeued { count: u64 },
     /// Cassandra answered but could not take a batch (too few replicas alive, overloaded,
-    /// timed out): its writes wait for a retry, `reason` says why.
+    /// timed out): its writes start waiting for a retry, `reason` says why (not repeated
+    /// when a retry is refused again).
     WritesWaiting { count: u64, reason: String },
 }
 

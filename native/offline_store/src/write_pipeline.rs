@@ -230,10 +230,14 @@ impl Inner {
         if let Refusal::Transient { reason } = &refusal {
             Counters::add(&self.counters.waited, n);
             reason.clone_into(&mut lock(&self.wait_reason));
-            self.emit(StoreEvent::WritesWaiting {
-                count: n,
-                reason: reason.clone(),
-            });
+            // Reported when writes start waiting, not at every retry (many waiting topics
+            // would flood the event process).
+            if since.is_none() {
+                self.emit(StoreEvent::WritesWaiting {
+                    count: n,
+                    reason: reason.clone(),
+                });
+            }
         }
         let backoff = self.backoff();
         self.with_waiting(|waiting| {
