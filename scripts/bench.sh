@@ -6,7 +6,8 @@
 #   NIF:  store/1 call times; end-to-end rate vs the core -> bench-results/nif.jsonl
 #   tombstones: replay beside 200,000 acked rows, floor vs slices -> tombstones.jsonl
 #   plugin (packaged, in the EMQX double): publish hook time vs a synchronous-insert hook,
-#     hook-path rate vs the core, replay latencies, RSS through an outage -> plugin.jsonl
+#     hook-path rate vs the core, replay latencies, RSS through an outage -> plugin.jsonl;
+#     memory through an outage with 1 MB payloads vs buffer_max_size -> outage_large.jsonl
 # Then one table of every figure with its baseline and target, appended as one JSON line to
 # bench-results/summary.jsonl (format: docs/benchmarks.md).
 # The benchmarks need the bench-only API (cargo feature bench_api): the plugin they install
@@ -61,6 +62,8 @@ step "the packaged plugin in the EMQX double"
 CORE_CEILING_MSG_S=$ceiling erl_bench emqx_offline_cassandra_plugin_bench:run
 step "the packaged plugin through a Cassandra outage of ${BENCH_OUTAGE_SECS:-600} s"
 erl_bench emqx_offline_cassandra_plugin_bench:run_outage
+step "the packaged plugin through a Cassandra outage of ${BENCH_OUTAGE_LARGE_SECS:-60} s with 1 MB payloads"
+erl_bench emqx_offline_cassandra_plugin_bench:run_outage_large
 step "summary"
 python3 scripts/bench-summary.py "$rounds" "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 echo "Erlang log lines of the run: $erlang_log"

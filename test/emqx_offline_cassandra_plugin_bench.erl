@@ -9,12 +9,17 @@
 %%   stored messages on one topic and 10 on each of 100 topics (wildcard);
 %% - run_outage/0, in a VM of its own (so that no earlier phase has grown
 %%   its allocators): resident memory through a Cassandra outage of
-%%   BENCH_OUTAGE_SECS (600) at 1,000 msg/s, against the buffer's cap.
-%% Each appends a JSON line to bench-results/plugin.jsonl or outage.jsonl.
+%%   BENCH_OUTAGE_SECS (600) at 1,000 msg/s, against the buffer's cap;
+%% - run_outage_large/0, in a VM of its own: 1 MB payloads at 20 msg/s
+%%   through an outage of BENCH_OUTAGE_LARGE_SECS (60): the memory the
+%%   buffer takes stays under buffer_max_size (256MB), whatever
+%%   buffer_capacity allows (100,000 writes: 100 GB of such payloads).
+%% Each appends a JSON line to bench-results/plugin.jsonl, outage.jsonl or
+%% outage_large.jsonl.
 %%--------------------------------------------------------------------
 -module(emqx_offline_cassandra_plugin_bench).
 
--export([run/0, run_outage/0]).
+-export([run/0, run_outage/0, run_outage_large/0]).
 %% The baseline hook callback (called through emqx_hooks).
 -export([sync_insert/1]).
 
@@ -169,6 +174,34 @@ run_outage() ->
     io:format("results appended to ~s~n", [File]),
     ok.
 
+run_outage_large() ->
+    ok = ?D:start(#{mode => '5.10'}),
+    [Tar] = filelib:wildcard(package_dir() ++ "/emqx_offline_cassandra-*.tar.gz"),
+    {ok, NV} = ?D:install_plugin(Tar),
+    Config = ?D:plugin_config(NV),
+    Secs = list_to_integer(os:getenv("BENCH_OUTAGE_LARGE_SECS", "60")),
+    #{mem_start := M0, mem_max := MMax, rss_start := R0, rss_max := RMax, max_bytes := MaxBytes,
+      buffered_bytes_max := BMax, full_after_s := FullAfter, dropped := Dropped, published := Published,
+      written_after := WAfter} = outage_large(NV, Config, Secs),
+    io:format("~nThe plugin in the EMQX double through a Cassandra outage, 1 MB payloads~n"),
+    io:format("| figure | value | target |~n|---|---|---|~n"),
+    io:format("| outage ~b s at 20 x 1 MB/s: erlang:memory(total) growth, max | ~.1f MiB | <= buffer_max_size (~b MiB) + 64 MiB |~n",
+              [Secs, (MMax - M0) / 1048576, MaxBytes div 1048576]),
+    io:format("| outage: VM RSS start / max | ~.1f / ~.1f MiB | |~n", [R0 / 1048576, RMax / 1048576]),
+    io:format("| outage: buffered_bytes max (full after ~b s) | ~.1f MiB | <= ~b MiB |~n",
+              [FullAfter, BMax / 1048576, MaxBytes div 1048576]),
+    io:format("| outage: published / dropped (counted) / written after | ~b / ~b / ~b | |~n", [Published, Dropped, WAfter]),
+    Line = io_lib:format(
+        "{\"bench\":\"outage_large\",\"unix_ms\":~b,\"outage_secs\":~b,\"payload_bytes\":1048576,\"max_bytes\":~b,"
+        "\"mem_start\":~b,\"mem_max\":~b,\"rss_start\":~b,\"rss_max\":~b,\"buffered_bytes_max\":~b,"
+        "\"full_after_s\":~b,\"published\":~b,\"dropped\":~b,\"written_after\":~b}~n",
+        [erlang:system_time(millisecond), Secs, MaxBytes, M0, MMax, R0, RMax, BMax, FullAfter, Published, Dropped, WAfter]),
+    File = "bench-results/outage_large.jsonl",
+    ok = filelib:ensure_dir(File),
+    ok = file:write_file(File, Line, [append]),
+    io:format("results appended to ~s~n", [File]),
+    ok.
+
 %% Stored messages/s through message.publish: N publishes as fast as one
 %% process can make them, until Cassandra confirmed them all.
 hook_rate(Topic, N) ->
@@ -255,6 +288,67 @@ outage_rss(NV, Config, Secs) ->
     after
         ?D:stop_plugin(NV),
         emqx_offline_cassandra_tcp_proxy:stop(Proxy)
+    end.
+
+%% Cassandra away for Secs while 20 one-megabyte messages a second are
+%% published through the hook, with the shipped buffer bounds: the byte
+%% bound fills long before buffer_capacity, and the memory stops growing
+%% there. What fit is written after, then the topic is purged (256 MB of
+%% rows would otherwise stay in the shared node).
+outage_large(NV, Config, Secs) ->
+    [Host, Port] = string:split(os:getenv("CASSANDRA_NODE", "127.0.0.1:9042"), ":"),
+    {ok, Proxy} = emqx_offline_cassandra_tcp_proxy:start(list_to_integer(Port)),
+    Addr = iolist_to_binary([Host, ":", integer_to_list(emqx_offline_cassandra_tcp_proxy:port(Proxy))]),
+    persistent_term:put({emqx_double, plugin_config, NV}, Config#{<<"servers">> => Addr}),
+    ok = ?D:start_plugin(NV),
+    Topic = iolist_to_binary(["t/bench/outage_large/", integer_to_list(erlang:system_time(millisecond))]),
+    try
+        ok = emqx_offline_cassandra_test_util:wait_until(fun() -> ?D:health(NV) =:= ok end, 30000),
+        {ok, #{written := W0, buffer_max_bytes := MaxBytes}} = emqx_offline_cassandra_nif:stats(),
+        erlang:garbage_collect(),
+        Rss0 = rss(),
+        Mem0 = erlang:memory(total),
+        ok = emqx_offline_cassandra_tcp_proxy:cut(Proxy),
+        %% Not valid UTF-8: stored as base64, 4/3 of it (the largest rows).
+        Payload = crypto:strong_rand_bytes(1048576),
+        Pub = spawn_link(fun() -> publish_large(Topic, Payload, 0) end),
+        Samples = [begin
+                       timer:sleep(1000),
+                       {ok, S} = emqx_offline_cassandra_nif:stats(),
+                       {rss(), maps:get(buffered_bytes, S), erlang:memory(total)}
+                   end
+                   || _ <- lists:seq(1, Secs)],
+        Pub ! {stop, self()},
+        Published = receive {published, P} -> P after 10000 -> error(publisher_stuck) end,
+        {ok, #{dropped := Dropped}} = emqx_offline_cassandra_nif:stats(),
+        ok = emqx_offline_cassandra_tcp_proxy:restore(Proxy),
+        ok = emqx_offline_cassandra_test_util:wait_until(fun() ->
+            {ok, S} = emqx_offline_cassandra_nif:stats(), maps:get(buffered, S) + maps:get(in_flight, S) =:= 0 end, 300000),
+        {ok, #{written := W1, failed := Failed}} = emqx_offline_cassandra_nif:stats(),
+        0 = Failed,
+        BMax = lists:max([B || {_, B, _} <- Samples]),
+        FullAfter =
+            case [I || {I, {_, B, _}} <- lists:enumerate(Samples), B + 2 * 1048576 > MaxBytes] of
+                [] -> Secs;
+                [F | _] -> F
+            end,
+        #{mem_start => Mem0, mem_max => lists:max([M || {_, _, M} <- Samples]),
+          rss_start => Rss0, rss_max => lists:max([R || {R, _, _} <- Samples]),
+          max_bytes => MaxBytes, buffered_bytes_max => BMax, full_after_s => FullAfter,
+          dropped => Dropped, published => Published, written_after => W1 - W0}
+    after
+        _ = (catch emqx_offline_cassandra_nif:purge(Topic, 60000)),
+        ?D:stop_plugin(NV),
+        emqx_offline_cassandra_tcp_proxy:stop(Proxy)
+    end.
+
+%% 20 publishes of Payload a second, one every 50 ms.
+publish_large(Topic, Payload, N) ->
+    receive
+        {stop, From} -> From ! {published, N}
+    after 50 ->
+        _ = emqx_hooks:run_fold('message.publish', [], emqx_message:make(<<"bench">>, 1, Topic, Payload)),
+        publish_large(Topic, Payload, N + 1)
     end.
 
 %% 1,000 publishes a second, in bursts of 10 every 10 ms.
