@@ -437,7 +437,30 @@ async fn write_batch(
         let sent = send(inner, conn, &part).await;
         (part, sent)
     };
-    isolating_refusals(batch, request, |part, sent| match sent {
+    // A retry's writes stop counting as `retrying` once each part is settled or back in
+    // `waiting` (after, so `degraded()` never counts them twice nor misses them).
+    let retrying = |n: usize| {
+        if retry.is_some() {
+            inner.retrying.fetch_sub(n as u64, Ordering::Relaxed);
+        }
+    };
+    retrying(taken as usize - batch.len());
+    isolating_refusals(batch, request, |part, sent| {
+        let n = part.len();
+        outcome(inner, part, sent, retry);
+        retrying(n);
+    })
+    .await;
+    if let (Some(_), Some(topic)) = (retry, topic) {
+        inner.with_waiting(|w| w.retry_done(&topic));
+        // The rest of the topic may be due at once (it landed).
+        inner.work.notify_one();
+    }
+}
+
+/// Settles one part of a batch by how its request ended (see `write_batch`).
+fn outcome(inner: &Arc<Inner>, part: Vec<Pending>, sent: Sent, retry: Option<Instant>) {
+    match sent {
         Sent::Written => {
             if retry.is_some() || inner.waiting_topics.load(Ordering::Relaxed) > 0 {
                 inner.with_waiting(|w| w.landed(part[0].op.topic(), Instant::now()));
@@ -472,13 +495,6 @@ async fn write_batch(
             settle(inner, part, Err(error));
         }
         Sent::Failed(e) => settle(inner, part, Err(e)),
-    })
-    .await;
-    if let (Some(_), Some(topic)) = (retry, topic) {
-        inner.with_waiting(|w| w.retry_done(&topic));
-        inner.retrying.fetch_sub(taken, Ordering::Relaxed);
-        // The rest of the topic may be due at once (it landed).
-        inner.work.notify_one();
     }
 }
 
