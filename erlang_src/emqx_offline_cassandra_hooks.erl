@@ -6,7 +6,7 @@
 %%--------------------------------------------------------------------
 -module(emqx_offline_cassandra_hooks).
 
--export([hook/0, unhook/0, set_settings/1, settings/0]).
+-export([hook/0, unhook/0, set_settings/1, settings/0, mark_replayed/1]).
 -export([on_message_publish/1, on_session_subscribed/3, on_session_unsubscribed/3, on_message_acked/2]).
 
 %% NOTE: message.publish runs late, at priority 10 (HP_LOWEST is 0). By then
@@ -20,6 +20,12 @@
 -define(PRIO_SUBSCRIBED, 1000).
 -define(PRIO_ACKED, 1000).
 -define(SETTINGS, {?MODULE, settings}).
+%% The publish hook's verdict, carried in the message's headers to every
+%% node the message reaches, so the node that gets an ack knows whether a
+%% row exists: stored | skipped (never stored) | replayed (read back from
+%% Cassandra). No header (a message from before this version, or one the
+%% plugin did not see): the ack deletes as it always did.
+-define(MARK, offline_cassandra).
 
 -define(HOOKS, [
     {'message.publish', on_message_publish, ?PRIO_PUBLISH},
@@ -56,9 +62,28 @@ settings() ->
 %%--------------------------------------------------------------------
 
 on_message_publish(Msg) ->
-    guarded(offline_cassandra_store_crashed, fun(Settings) -> maybe_store(Msg, Settings) end),
-    {ok, Msg}.
+    Verdict = guarded(offline_cassandra_store_crashed, fun(Settings) -> maybe_store(Msg, Settings) end, unknown),
+    {ok, mark(Verdict, Msg)}.
 
+%% A crash (or no settings) leaves the message unmarked: its acks delete.
+%% QoS 0 messages stay unmarked too (no copy of the record on the hot path
+%% of telemetry): only upgrade_qos gets them acked, and then the topic
+%% decides, as before.
+mark(unknown, Msg) ->
+    Msg;
+mark(Verdict, Msg) ->
+    case emqx_message:qos(Msg) of
+        0 -> Msg;
+        _ -> emqx_message:set_header(?MARK, Verdict, Msg)
+    end.
+
+%% @doc Headers of a message replayed from Cassandra: its row exists, so
+%% its ack always deletes.
+-spec mark_replayed(map()) -> map().
+mark_replayed(Headers) ->
+    Headers#{?MARK => replayed}.
+
+%% stored or skipped.
 maybe_store(Msg, #{topics := Filters} = Settings) ->
     Topic = emqx_message:topic(Msg),
     Store =
@@ -68,7 +93,7 @@ maybe_store(Msg, #{topics := Filters} = Settings) ->
             emqx_offline_cassandra_topic:matches_any(Topic, Filters),
     case Store of
         true -> store(Msg, Topic, Settings);
-        false -> ok
+        false -> skipped
     end.
 
 store(Msg, Topic, Settings) ->
@@ -84,12 +109,14 @@ store(Msg, Topic, Settings) ->
     },
     case emqx_offline_cassandra_nif:store(Entry) of
         ok ->
-            emqx_offline_cassandra_metrics:inc(stored);
+            emqx_offline_cassandra_metrics:inc(stored),
+            stored;
         {error, Reason} ->
             emqx_offline_cassandra_metrics:inc(store_refused),
             emqx_offline_cassandra_log:burst(offline_cassandra_store_refused, #{
                 reason => emqx_offline_cassandra_reason:describe(Reason), topic => Topic
-            })
+            }),
+            skipped
     end.
 
 %% The row lives as long as the shorter of the configured message_ttl and
@@ -160,30 +187,64 @@ first_of_group(Group, Filter) ->
 on_message_acked(_ClientInfo, Msg) ->
     guarded(offline_cassandra_delete_crashed, fun(Settings) -> maybe_delete(Msg, Settings) end).
 
+%% NOTE: a delete is sent only when a row can exist and this node has not
+%% just deleted it:
+%% - skipped (refused, too large, not on `topics' when published): no row;
+%% - stored: one delete per node, whatever the number of subscribers that
+%%   ack it (emqx_offline_cassandra_acked remembers recent deletes);
+%% - replayed: always (the row was read back, so it exists, even if an
+%%   earlier delete of it was sent and lost);
+%% - unmarked: as before, by the topic.
+%% Skips are counted (delete_skipped).
 maybe_delete(Msg, #{topics := Filters}) ->
     Topic = emqx_message:topic(Msg),
-    case emqx_message:qos(Msg) > 0 andalso emqx_offline_cassandra_topic:matches_any(Topic, Filters) of
-        true ->
-            case emqx_offline_cassandra_nif:delete(Topic, emqx_message:id(Msg)) of
-                ok ->
-                    emqx_offline_cassandra_metrics:inc(deleted);
-                {error, Reason} ->
-                    emqx_offline_cassandra_metrics:inc(delete_refused),
-                    emqx_offline_cassandra_log:burst(offline_cassandra_delete_refused, #{
-                        reason => emqx_offline_cassandra_reason:describe(Reason), topic => Topic
-                    })
-            end;
-        false ->
-            ok
+    Id = emqx_message:id(Msg),
+    Send =
+        emqx_message:qos(Msg) > 0 andalso
+            case emqx_message:get_header(?MARK, Msg, unmarked) of
+                skipped -> skip;
+                replayed ->
+                    _ = emqx_offline_cassandra_acked:first_delete(Id),
+                    true;
+                stored ->
+                    first_or_skip(Id);
+                unmarked -> emqx_offline_cassandra_topic:matches_any(Topic, Filters) andalso first_or_skip(Id)
+            end,
+    case Send of
+        true -> delete(Topic, Id);
+        skip -> emqx_offline_cassandra_metrics:inc(delete_skipped);
+        false -> ok
+    end.
+
+first_or_skip(Id) ->
+    emqx_offline_cassandra_acked:first_delete(Id) orelse skip.
+
+delete(Topic, Id) ->
+    case emqx_offline_cassandra_nif:delete(Topic, Id) of
+        ok ->
+            emqx_offline_cassandra_metrics:inc(deleted);
+        {error, Reason} ->
+            %% Not sent: the next ack of it must try again.
+            emqx_offline_cassandra_acked:forget(Id),
+            emqx_offline_cassandra_metrics:inc(delete_refused),
+            emqx_offline_cassandra_log:burst(offline_cassandra_delete_refused, #{
+                reason => emqx_offline_cassandra_reason:describe(Reason), topic => Topic
+            })
     end.
 
 %% Runs a callback's work with the current settings (none: the plugin is
 %% not configured, nothing to do). A crash is counted and logged once per
 %% burst; it never reaches the client's process.
 guarded(CrashKind, Work) ->
+    _ = guarded(CrashKind, Work, ok),
+    ok.
+
+%% The same, returning the work's result, or Default without settings or
+%% after a crash.
+guarded(CrashKind, Work, Default) ->
     case settings() of
         undefined ->
-            ok;
+            Default;
         Settings ->
             try
                 Work(Settings)
@@ -191,7 +252,7 @@ guarded(CrashKind, Work) ->
                 Class:Reason:Stack ->
                     emqx_offline_cassandra_log:burst(CrashKind, #{
                         class => Class, reason => Reason, stacktrace => Stack
-                    })
+                    }),
+                    Default
             end
-    end,
-    ok.
+    end.

@@ -84,7 +84,8 @@ to_message(#{msgid := Hex} = Row, Settings) ->
         {ok, Id} ->
             #{topic := Topic, sender := Sender, qos := QoS, retain := Retain, payload := Payload, arrived := Arrived} =
                 Row,
-            Headers = expiry_headers(Row, Settings),
+            %% Marked: the ack of a replayed message always deletes its row.
+            Headers = emqx_offline_cassandra_hooks:mark_replayed(expiry_headers(Row, Settings)),
             Extra = emqx_offline_cassandra_compat:message_extra(),
             {ok, {message, Id, QoS, Sender, #{retain => Retain}, Headers, Topic, Payload, Arrived, Extra}};
         error ->

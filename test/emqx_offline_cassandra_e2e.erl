@@ -46,6 +46,9 @@ scenario(Mode) ->
                 {"4a. t/# replays t/1 and t/2/x", fun wildcard_replay/1},
                 {"4b. a QoS 0 subscriber gets no redelivery loop", fun qos0_no_loop/1},
                 {"5. a second subscriber after the first acked gets nothing", fun consume_once/1},
+                {"3 online subscribers ack one message: one delete", fun one_delete_for_three_acks/1},
+                {"acks of messages never stored send no delete (other topic then, refused)", fun no_delete_when_never_stored/1},
+                {"a replayed message's ack deletes even after this node deleted it once", fun replayed_ack_always_deletes/1},
                 {"shared subscription: replayed once for the group", fun shared_once/1},
                 {"message keeps msgid, qos, retain, sender and timestamp", fun message_fields_kept/1},
                 {"not stored: QoS 0, $SYS, other topics, allow_publish = false", fun not_stored/1},
@@ -257,6 +260,73 @@ consume_once(Ctx) ->
     timer:sleep(500),
     ?assertEqual([], ?D:raw_delivered(B)),
     [?D:disconnect(C) || C <- [Pub, A, B]].
+
+%% The hooks' counters, read from the plugin itself.
+hooks() ->
+    emqx_offline_cassandra_metrics:all().
+
+%% How much each of Names grew while Fun ran.
+counted(Names, Fun) ->
+    Before = hooks(),
+    Fun(),
+    After = hooks(),
+    maps:from_list([{N, maps:get(N, After) - maps:get(N, Before)} || N <- Names]).
+
+one_delete_for_three_acks(Ctx) ->
+    T = topic(Ctx, <<"three">>),
+    Subs = [?D:connect(<<"online-", (integer_to_binary(I))/binary>>) || I <- [1, 2, 3]],
+    [ok = ?D:subscribe(S, T, 1) || S <- Subs],
+    Pub = ?D:connect(<<"publisher-3s">>),
+    Counted = counted([deleted, delete_skipped], fun() ->
+        ensure_routed(?D:publish(Pub, T, <<"to three">>, 1)),
+        [ok = wait(fun() -> length(?D:received(S)) =:= 1 end, 5000) || S <- Subs],
+        [{ok, 1} = ?D:ack_all(S) || S <- Subs]
+    end),
+    ?assertEqual(#{deleted => 1, delete_skipped => 2}, Counted),
+    ok = wait(fun() -> stored(T) =:= 0 end, 10000),
+    [?D:disconnect(C) || C <- [Pub | Subs]].
+
+no_delete_when_never_stored(#{name_vsn := NV} = Ctx) ->
+    Other = <<"o/", (topic(Ctx, <<"later">>))/binary>>,
+    Large = topic(Ctx, <<"large">>),
+    Sub = ?D:connect(<<"subscriber-never">>),
+    ok = ?D:subscribe(Sub, Other, 1),
+    ok = ?D:subscribe(Sub, Large, 1),
+    Pub = ?D:connect(<<"publisher-never">>),
+    %% Published while o/# is not stored; acked once it is.
+    ensure_routed(?D:publish(Pub, Other, <<"not stored">>, 1)),
+    ok = wait(fun() -> length(?D:received(Sub)) =:= 1 end, 5000),
+    with_config(NV, #{<<"topics">> => [<<"t/#">>, <<"o/#">>], <<"max_payload_size">> => <<"1KB">>}, fun() ->
+        ?assertEqual(#{deleted => 0, delete_skipped => 1}, counted([deleted, delete_skipped], fun() ->
+            {ok, 1} = ?D:ack_all(Sub)
+        end)),
+        %% Refused for its size: no row, no delete.
+        ?assertEqual(#{deleted => 0, delete_skipped => 1, store_refused => 1},
+            counted([deleted, delete_skipped, store_refused], fun() ->
+                ensure_routed(?D:publish(Pub, Large, binary:copy(<<"x">>, 2048), 1)),
+                ok = wait(fun() -> length(?D:received(Sub)) =:= 2 end, 5000),
+                {ok, 1} = ?D:ack_all(Sub)
+            end))
+    end),
+    [?D:disconnect(C) || C <- [Pub, Sub]].
+
+replayed_ack_always_deletes(Ctx) ->
+    T = topic(Ctx, <<"again">>),
+    Pub = ?D:connect(<<"publisher-again">>),
+    ensure_routed(?D:publish(Pub, T, <<"again">>, 1)),
+    ok = wait(fun() -> stored(T) =:= 1 end, 10000),
+    %% This node remembers deleting it, yet the row is there (that delete
+    %% was lost in Cassandra, say).
+    [Hex] = cql_msgids(binary_to_list(T)),
+    ?assert(emqx_offline_cassandra_acked:first_delete(binary:decode_hex(Hex))),
+    B = ?D:connect(<<"replayed-again">>),
+    ?assertEqual(#{deleted => 1, delete_skipped => 0}, counted([deleted, delete_skipped], fun() ->
+        ok = ?D:subscribe(B, T, 1),
+        ok = wait(fun() -> length(?D:received(B)) =:= 1 end, 5000),
+        {ok, 1} = ?D:ack_all(B)
+    end)),
+    ok = wait(fun() -> stored(T) =:= 0 end, 10000),
+    [?D:disconnect(C) || C <- [Pub, B]].
 
 shared_once(Ctx) ->
     T = topic(Ctx, <<"shared">>),
