@@ -2,7 +2,7 @@
 # Runs the project's tests on a fresh machine; installs what is missing.
 #   scripts/test.sh        every suite, against a real local Cassandra (make test; CI runs this)
 #   scripts/test.sh unit   what needs no Cassandra: Rust unit tests, the EUnit suites of pure
-#                          modules (config, topic, reason, cli, groups), config files
+#                          modules (config, topic, reason, cli, groups, replay, acked), config files
 #   scripts/test.sh lint   rustfmt and clippy
 # Every suite runs even when an earlier one failed; the run ends with a summary of all of
 # them and fails if any failed. Only set-up failures (tools, Cassandra) stop it at once.
@@ -98,7 +98,7 @@ if [ "$mode" = unit ]; then
     step "tools"
     scripts/ensure-deps.sh rust python erlang
     suite "Rust unit tests" cargo test -p offline_store --lib
-    for m in config topic reason cli groups replay; do
+    for m in config topic reason cli groups replay acked; do
         suite "EUnit: emqx_offline_cassandra_${m}_tests" rebar3 eunit --module="emqx_offline_cassandra_${m}_tests"
     done
     suite "plugin config files (config.hocon against config_schema.avsc, i18n)" config_files
