@@ -47,6 +47,19 @@ pub(crate) struct Connection {
     pub expiry_limit: ExpiryLimit,
 }
 
+impl Connection {
+    /// True while the driver holds a connection to at least one node. A request that met a
+    /// dead node's broken pool then says nothing about the cluster as a whole: the nodes
+    /// that are up keep taking writes (what they cannot take waits as degraded).
+    pub(crate) fn some_node_connected(&self) -> bool {
+        self.session
+            .get_cluster_state()
+            .get_nodes_info()
+            .iter()
+            .any(|node| node.is_connected())
+    }
+}
+
 pub(crate) struct FloorStatements {
     /// `msgid` of one topic's floor.
     pub read: PreparedStatement,

@@ -83,12 +83,7 @@ pub(crate) async fn supervise(inner: Arc<Inner>) {
             _ = shutdown.changed() => return,
         }
         let next = if connected {
-            match conn.session.execute_unpaged(&conn.probe, ()).await {
-                Ok(_) => ConnState::Connected,
-                Err(e) => ConnState::Disconnected {
-                    reason: StoreError::from_driver(e, cfg.request_timeout),
-                },
-            }
+            probe(&conn, cfg.request_timeout).await
         } else {
             // Not the old session: its requests can wait on the driver's pool refill, which
             // backs off up to 10 s. A fresh session notices a returning Cassandra at once,
@@ -109,6 +104,21 @@ pub(crate) async fn supervise(inner: Arc<Inner>) {
         if reconnected {
             inner.work.notify_one();
         }
+    }
+}
+
+/// Tries the probe on the live session. A probe that met a dead node's broken pool is not
+/// the cluster gone: while the driver still holds a connection to some node, the store
+/// stays connected, and what the surviving nodes cannot take waits and shows as degraded
+/// (`Store::degraded`). Without this, a cluster with two of three nodes down showed
+/// "unreachable" while the third node was taking, or queueing, its writes.
+async fn probe(conn: &connection::Connection, timeout: Duration) -> ConnState {
+    match conn.session.execute_unpaged(&conn.probe, ()).await {
+        Ok(_) => ConnState::Connected,
+        Err(e) => match StoreError::from_driver(e, timeout) {
+            StoreError::NotConnected { .. } if conn.some_node_connected() => ConnState::Connected,
+            reason => ConnState::Disconnected { reason },
+        },
     }
 }
 

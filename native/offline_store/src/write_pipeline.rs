@@ -575,6 +575,13 @@ async fn send(inner: &Arc<Inner>, conn: &Connection, batch: &[Pending]) -> Sent 
             WriteVerdict::Other => {}
         }
         if matches!(e, StoreError::NotConnected { .. }) {
+            // A replica's node is gone but others answer: this partition waits (degraded),
+            // the store stays connected for the partitions the live nodes can take.
+            if conn.some_node_connected() {
+                return Sent::Wait {
+                    reason: e.to_string(),
+                };
+            }
             return Sent::Disconnected(e);
         }
         if !e.is_transient() || attempt >= inner.cfg.write_attempts {
