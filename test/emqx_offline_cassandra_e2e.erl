@@ -537,13 +537,13 @@ alarm_and_health(#{name_vsn := NV}) ->
         ok = change_config(NV, Good#{<<"servers">> => ProxyAddr}),
         ok = wait(fun() -> ?D:health(NV) =:= ok end, 20000),
         ok = emqx_offline_cassandra_tcp_proxy:cut(Proxy),
-        ok = wait(fun() -> is_tuple(?D:health(NV)) end, 5000),
+        ok = wait(fun() -> is_tuple(?D:health(NV)) end, 15000),
         {error, Why} = ?D:health(NV),
         ?assertMatch({_, _}, binary:match(Why, <<"Cassandra unreachable">>)),
-        ok = wait(fun() -> [A || #{name := offline_cassandra_unreachable} = A <- emqx_alarm:get_alarms(activated)] =/= [] end, 5000),
+        ok = wait(fun() -> [A || #{name := offline_cassandra_unreachable} = A <- emqx_alarm:get_alarms(activated)] =/= [] end, 15000),
         ok = emqx_offline_cassandra_tcp_proxy:restore(Proxy),
-        ok = wait(fun() -> ?D:health(NV) =:= ok end, 10000),
-        ok = wait(fun() -> emqx_alarm:get_alarms(activated) =:= [] end, 5000),
+        ok = wait(fun() -> ?D:health(NV) =:= ok end, 30000),
+        ok = wait(fun() -> emqx_alarm:get_alarms(activated) =:= [] end, 15000),
         ?assertMatch([_ | _], logged(offline_cassandra_unreachable)),
         ?assertMatch([_ | _], logged(offline_cassandra_connected))
     after
