@@ -23,21 +23,11 @@ fault_test_() ->
 
 %%--------------------------------------------------------------------
 
-node_addr() -> list_to_binary(os:getenv("CASSANDRA_NODE", "127.0.0.1:9042")).
+node_addr() -> emqx_offline_cassandra_test_util:node_addr().
 
-config(Servers) ->
-    #{<<"servers">> => Servers, <<"username">> => <<"root">>, <<"password">> => <<"public">>}.
+config(Servers) -> emqx_offline_cassandra_test_util:node_config(Servers).
 
-with_proxy(Fun) ->
-    [Host, Port] = string:split(binary_to_list(node_addr()), ":"),
-    {ok, Proxy} = ?PROXY:start(list_to_integer(Port)),
-    Addr = iolist_to_binary([Host, ":", integer_to_list(?PROXY:port(Proxy))]),
-    try
-        Fun(Proxy, Addr)
-    after
-        catch ?NIF:stop(0),
-        ?PROXY:stop(Proxy)
-    end.
+with_proxy(Fun) -> emqx_offline_cassandra_test_util:with_proxy(Fun).
 
 stats() ->
     {ok, S} = ?NIF:stats(),

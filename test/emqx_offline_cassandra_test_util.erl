@@ -7,6 +7,7 @@
 -module(emqx_offline_cassandra_test_util).
 
 -export([wait_until/2, scaled/1, time_scale/0, stop_nif/0, log_to_file/1]).
+-export([node_addr/0, node_config/1, with_proxy/1]).
 
 %% @doc Polls Pred (which may crash: that counts as false) every 10 ms until
 %% it holds, or returns {timeout, What} after scaled(Ms), with the NIF's
@@ -65,3 +66,27 @@ log_to_file(File) ->
     ok = logger:remove_handler(default),
     ok = logger:add_handler(default, logger_std_h, #{config => #{file => File}}),
     ok.
+
+%% @doc The local Cassandra the tests use (CASSANDRA_NODE, default 127.0.0.1:9042).
+-spec node_addr() -> binary().
+node_addr() ->
+    list_to_binary(os:getenv("CASSANDRA_NODE", "127.0.0.1:9042")).
+
+%% @doc The NIF's config for Servers, logged in as the test cluster's root.
+-spec node_config(binary()) -> map().
+node_config(Servers) ->
+    #{<<"servers">> => Servers, <<"username">> => <<"root">>, <<"password">> => <<"public">>}.
+
+%% @doc Runs Fun(Proxy, Addr) with a TCP proxy in front of the local
+%% Cassandra (emqx_offline_cassandra_tcp_proxy, to cut or slow it); the NIF
+%% is stopped and the proxy closed afterwards, also when Fun fails.
+with_proxy(Fun) ->
+    [Host, Port] = string:split(binary_to_list(node_addr()), ":"),
+    {ok, Proxy} = emqx_offline_cassandra_tcp_proxy:start(list_to_integer(Port)),
+    Addr = iolist_to_binary([Host, ":", integer_to_list(emqx_offline_cassandra_tcp_proxy:port(Proxy))]),
+    try
+        Fun(Proxy, Addr)
+    after
+        catch emqx_offline_cassandra_nif:stop(0),
+        emqx_offline_cassandra_tcp_proxy:stop(Proxy)
+    end.

@@ -178,20 +178,7 @@ async fn admin() -> Session {
 /// Creates `name` afresh with `mqtt_msg` as test/cassandra/schema.cql has it.
 async fn fresh_keyspace(admin: &Session, name: &str, rf: usize) -> Keyspace {
     let guard = Keyspace(name.to_owned());
-    admin
-        .query_unpaged(format!("DROP KEYSPACE IF EXISTS {name}"), ())
-        .await
-        .unwrap();
-    admin
-        .query_unpaged(
-            format!(
-                "CREATE KEYSPACE {name} WITH replication = \
-                 {{'class': 'SimpleStrategy', 'replication_factor': {rf}}}"
-            ),
-            (),
-        )
-        .await
-        .unwrap();
+    common::recreate_keyspace(admin, name, rf).await;
     admin
         .query_unpaged(table_statement(name), ())
         .await

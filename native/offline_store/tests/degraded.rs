@@ -16,20 +16,7 @@ use scylla::statement::Consistency;
 
 /// A keyspace of its own with replication factor `rf` (the store creates its tables).
 async fn keyspace_with_rf(name: &str, rf: u32) {
-    let admin = admin().await;
-    admin
-        .query_unpaged(format!("DROP KEYSPACE IF EXISTS {name}"), ())
-        .await
-        .unwrap();
-    admin
-        .query_unpaged(
-            format!(
-                "CREATE KEYSPACE {name} WITH replication = {{'class': 'SimpleStrategy', 'replication_factor': '{rf}'}}"
-            ),
-            (),
-        )
-        .await
-        .unwrap();
+    common::recreate_keyspace(&admin().await, name, rf as usize).await;
 }
 
 async fn alter_rf(name: &str, rf: u32) {

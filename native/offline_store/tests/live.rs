@@ -346,20 +346,7 @@ async fn missing_keyspace_is_named() {
 }
 
 async fn fresh_keyspace(name: &str) {
-    let admin = admin().await;
-    admin
-        .query_unpaged(format!("DROP KEYSPACE IF EXISTS {name}"), ())
-        .await
-        .unwrap();
-    admin
-        .query_unpaged(
-            format!(
-                "CREATE KEYSPACE {name} WITH replication = {{'class': 'SimpleStrategy', 'replication_factor': '1'}}"
-            ),
-            (),
-        )
-        .await
-        .unwrap();
+    common::recreate_keyspace(&admin().await, name, 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

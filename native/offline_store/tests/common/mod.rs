@@ -215,3 +215,22 @@ impl Drop for Cleanup {
         let _ = cleaner.join();
     }
 }
+
+/// Drops `name` if it exists and creates it again, SimpleStrategy with replication factor
+/// `rf` and nothing in it. Test keyspaces only: the name comes from the test itself.
+pub async fn recreate_keyspace(admin: &Session, name: &str, rf: usize) {
+    admin
+        .query_unpaged(format!("DROP KEYSPACE IF EXISTS {name}"), ())
+        .await
+        .unwrap();
+    admin
+        .query_unpaged(
+            format!(
+                "CREATE KEYSPACE {name} WITH replication = \
+                 {{'class': 'SimpleStrategy', 'replication_factor': {rf}}}"
+            ),
+            (),
+        )
+        .await
+        .unwrap();
+}
