@@ -27,8 +27,9 @@ use std::time::Duration;
 use crate::connection::{Connection, FloorStatements, db_err};
 use crate::error::StoreError;
 use crate::msgid::MsgId;
-use crate::shared::{FloorScan, Inner, Op, Pending, lock};
+use crate::shared::{FloorScan, Inner, lock};
 use crate::stats::Counters;
+use crate::write::{Op, Pending};
 
 /// Greater than every msgid (32 hex digits): the open upper end of a slice.
 const ABOVE_ALL: &str = "G";

@@ -32,6 +32,7 @@ pub mod tls;
 pub mod topic;
 mod types;
 mod waiting;
+mod write;
 mod write_pipeline;
 
 pub use config::{OverflowPolicy, StoreConfig};

@@ -11,10 +11,11 @@ use tokio::time::{Instant, sleep, timeout};
 use crate::config::StoreConfig;
 use crate::error::StoreError;
 use crate::msgid::MsgId;
-use crate::shared::{Inner, Op, Pending, lock};
+use crate::shared::{Inner, lock};
 use crate::stats::{Counters, StatsSnapshot};
 use crate::supervisor;
 use crate::types::{ConnState, Degraded, EventSink, Message, ShutdownReport};
+use crate::write::{Op, Pending};
 use crate::write_pipeline::{self, Handover};
 
 /// Handle to the store. Cheap to clone; all clones share one session and one buffer.

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::error::StoreError;
-use crate::shared::Pending;
+use crate::write::Pending;
 
 /// The writes waiting for a retry, by topic.
 #[derive(Default)]
@@ -259,8 +259,8 @@ impl Waiting {
 mod tests {
     use super::*;
     use crate::msgid::MsgId;
-    use crate::shared::{Charge, Op};
     use crate::types::Message;
+    use crate::write::{Charge, Op};
 
     const BACKOFF: Backoff = Backoff {
         min: Duration::from_millis(100),

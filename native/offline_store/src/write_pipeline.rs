@@ -17,10 +17,11 @@ use crate::error::{StoreError, WriteVerdict, write_verdict};
 use crate::expiry::{self, RowTtl};
 use crate::msgid::MsgId;
 use crate::payload;
-use crate::shared::{Charge, Inner, Op, Pending, Staging, lock, set_state};
+use crate::shared::{Inner, Staging, lock, set_state};
 use crate::stats::Counters;
 use crate::types::{ConnState, Message, StoreEvent};
 use crate::waiting::{Backoff, Refusal, Waiting};
+use crate::write::{Charge, Op, Pending};
 
 /// Items the writer looks at when it gathers one partition's batch.
 const BATCH_SCAN: usize = 512;

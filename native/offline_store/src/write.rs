@@ -1,0 +1,103 @@
+//! One write as it travels through the pipeline (an insert, or the delete an ack becomes),
+//! with whoever waits for its outcome and its share of the buffer's byte bound. Below both
+//! the shared state and the waiting area, which hold writes.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::oneshot;
+
+use crate::error::StoreError;
+use crate::msgid::MsgId;
+use crate::types::Message;
+
+/// One write: an insert, or the delete an ack becomes.
+pub(crate) enum Op {
+    Insert(Message),
+    Delete { topic: String, msgid: MsgId },
+}
+
+impl Op {
+    pub(crate) fn topic(&self) -> &str {
+        match self {
+            Op::Insert(m) => &m.topic,
+            Op::Delete { topic, .. } => topic,
+        }
+    }
+    pub(crate) fn is_insert(&self) -> bool {
+        matches!(self, Op::Insert(_))
+    }
+
+    /// About the bytes this write takes in a request (payload as stored, keys, a margin
+    /// for the other columns and the framing), to keep batches under Cassandra's limits.
+    pub(crate) fn encoded_size(&self) -> usize {
+        match self {
+            Op::Insert(m) => {
+                crate::payload::encoded_len(&m.payload) + m.topic.len() + m.sender.len() + 96
+            }
+            Op::Delete { topic, .. } => topic.len() + 64,
+        }
+    }
+}
+
+/// What a write holds in memory besides its payload, topic and client id: the write's own
+/// structure, its queue slot, allocation headers. Part of what `buffer_max_bytes` counts.
+pub(crate) const WRITE_OVERHEAD_BYTES: usize = 256;
+
+impl Op {
+    /// The bytes this write holds while the store keeps it, as `buffer_max_bytes` counts
+    /// them: payload, topic and client id as given, plus `WRITE_OVERHEAD_BYTES`.
+    pub(crate) fn held_bytes(&self) -> usize {
+        WRITE_OVERHEAD_BYTES
+            + match self {
+                Op::Insert(m) => m.payload.len() + m.topic.len() + m.sender.len(),
+                Op::Delete { topic, .. } => topic.len(),
+            }
+    }
+}
+
+/// A write on its way through the pipeline, with whoever waits for its outcome.
+pub(crate) struct Pending {
+    pub(crate) op: Op,
+    pub(crate) done: Option<oneshot::Sender<Result<(), StoreError>>>,
+    /// Its share of `buffer_max_bytes`, given back when the write leaves the store, however
+    /// it leaves (written, failed, evicted, expired, handed over).
+    #[allow(dead_code, reason = "held for its Drop, which gives the bytes back")]
+    pub(crate) charge: Charge,
+}
+
+/// Bytes reserved on a store's `buffered_bytes` gauge until dropped. `Default` reserves
+/// nothing (tests that build writes by hand).
+#[derive(Default)]
+pub(crate) struct Charge {
+    gauge: Option<Arc<AtomicU64>>,
+    bytes: u64,
+}
+
+impl Charge {
+    /// Reserves `bytes` on `gauge`; returns the charge and the gauge's total with it.
+    pub(crate) fn reserve(gauge: &Arc<AtomicU64>, bytes: u64) -> (Charge, u64) {
+        let total = gauge.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        let charge = Charge {
+            gauge: Some(gauge.clone()),
+            bytes,
+        };
+        (charge, total)
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        if let Some(gauge) = &self.gauge {
+            gauge.fetch_sub(self.bytes, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Pending {
+    pub(crate) fn finish(self, outcome: Result<(), StoreError>) {
+        if let Some(tx) = self.done {
+            let _ = tx.send(outcome);
+        }
+    }
+}
