@@ -26,6 +26,8 @@ def main():
     (plug,) = last("bench-results/plugin.jsonl", 1)
     (out,) = last("bench-results/outage.jsonl", 1)
     (large,) = last("bench-results/outage_large.jsonl", 1)
+    (clus,) = last("bench-results/cluster.jsonl", 1)
+    clus_lost = clus["up_failed"] + clus["down_failed"] + clus["up_dropped"] + clus["down_dropped"]
     large_growth = max(0, large["mem_max"] - large["mem_start"])
     ceiling = med(core, "pipeline_msg_s")
     # Bounded: resident memory never more than 1 KiB per buffered message above the start;
@@ -78,6 +80,10 @@ def main():
          f"<= buffer_max_size + 64 MiB, buffered_bytes <= buffer_max_size ({large['outage_secs']} s outage, "
          f"20 x 1 MB/s; {large['dropped']} dropped and counted)",
          large_growth <= large["max_bytes"] + 64 * 2**20 and large["buffered_bytes_max"] <= large["max_bytes"]),
+        ("cluster_one_down_msg_s", clus["down_msg_s"], "msg/s", clus["up_msg_s"], "msg/s (all 3 nodes up)",
+         clus["ratio"],
+         f"no write failed or dropped with 1 of 3 nodes down (RF 3, LOCAL_QUORUM; failed "
+         f"{clus['up_failed']} up / {clus['down_failed']} down)", clus_lost == 0),
     ]
     print(f"\n=== summary ({rev}; medians of {rounds} alternating rounds for core/NIF figures)")
     print("| figure | value | baseline (same run) | ratio | target | met |")

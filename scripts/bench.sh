@@ -8,12 +8,14 @@
 #   plugin (packaged, in the EMQX double): publish hook time vs a synchronous-insert hook,
 #     hook-path rate vs the core, replay latencies, RSS through an outage -> plugin.jsonl;
 #     memory through an outage with 1 MB payloads vs buffer_max_size -> outage_large.jsonl
+#   cluster (the 3-node cluster of cassandra.sh, RF 3, LOCAL_QUORUM): stored msg/s with node 3
+#     SIGKILLed vs all three up, failed writes in both -> cluster.jsonl
 # Then one table of every figure with its baseline and target, appended as one JSON line to
 # bench-results/summary.jsonl (format: docs/benchmarks.md).
 # The benchmarks need the bench-only API (cargo feature bench_api): the plugin they install
 # is packaged into _build/plugin-bench/, never into _build/plugin/.
 # Erlang's log lines go to bench-results/erlang.log, so the tables stay clean.
-# A Cassandra this script started is stopped at the end; KEEP_CASSANDRA=1 keeps it.
+# A Cassandra (or cluster) this script started is stopped at the end; KEEP_CASSANDRA=1 keeps it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${BENCH_ROUNDS:-3}
@@ -22,9 +24,18 @@ step() { printf '\n=== %s\n' "$*"; }
 step "tools"
 scripts/ensure-deps.sh rust java maven python erlang
 step "local Cassandra"
-if ! test/cassandra/cassandra.sh status >/dev/null && [ -z "${KEEP_CASSANDRA:-}" ]; then
-    trap 'test/cassandra/cassandra.sh stop' EXIT
-fi
+started_here=
+if ! test/cassandra/cassandra.sh status >/dev/null && [ -z "${KEEP_CASSANDRA:-}" ]; then started_here=1; fi
+cluster_started_here=
+stop_cluster() {
+    [ -z "$cluster_started_here" ] || test/cassandra/cassandra.sh cluster stop || true
+    cluster_started_here=
+}
+stop_started() {
+    stop_cluster
+    [ -z "$started_here" ] || test/cassandra/cassandra.sh stop || true
+}
+trap stop_started EXIT
 test/cassandra/cassandra.sh start
 mkdir -p bench-results
 
@@ -35,6 +46,7 @@ rebar3 as test compile
 step "build: the core benchmarks"
 cargo bench -p offline_store --bench store_throughput --no-run
 cargo bench -p offline_store --bench tombstone_replay --no-run
+cargo bench -p offline_store --bench cluster_throughput --no-run
 step "build: the plugin package the plugin benchmark installs ($PLUGIN_PACKAGE_DIR)"
 PACKAGE_DIR=$PLUGIN_PACKAGE_DIR scripts/package.sh
 
@@ -64,6 +76,14 @@ step "the packaged plugin through a Cassandra outage of ${BENCH_OUTAGE_SECS:-600
 erl_bench emqx_offline_cassandra_plugin_bench:run_outage
 step "the packaged plugin through a Cassandra outage of ${BENCH_OUTAGE_LARGE_SECS:-60} s with 1 MB payloads"
 erl_bench emqx_offline_cassandra_plugin_bench:run_outage_large
+# The cluster last, and stopped as soon as its step ends: its three JVMs would take the
+# machine from the steps above.
+step "3-node cluster: stored msg/s with node 3 SIGKILLed vs all three up"
+if ! test/cassandra/cassandra.sh cluster status >/dev/null && [ -z "${KEEP_CASSANDRA:-}" ]; then cluster_started_here=1; fi
+export CASSANDRA_CLUSTER=${CASSANDRA_CLUSTER:-127.0.0.1:${CASSANDRA_CLUSTER_PORT:-9044}}
+test/cassandra/cassandra.sh cluster start
+cargo bench -p offline_store --bench cluster_throughput
+stop_cluster
 step "summary"
 python3 scripts/bench-summary.py "$rounds" "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 echo "Erlang log lines of the run: $erlang_log"
