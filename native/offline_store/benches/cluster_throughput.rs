@@ -53,8 +53,8 @@ fn contact_points() -> Vec<String> {
         .collect()
 }
 
-/// Runs `cassandra.sh cluster <args>`; panics with its output when it fails.
-fn cluster_script(args: &[&str]) {
+/// Runs `cassandra.sh cluster <args>`; its output when it fails.
+fn try_cluster_script(args: &[&str]) -> Result<(), String> {
     let script =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../test/cassandra/cassandra.sh");
     let out = Command::new(&script)
@@ -62,14 +62,21 @@ fn cluster_script(args: &[&str]) {
         .args(args)
         .env("CASSANDRA_CLUSTER_PORT", cluster_port().to_string())
         .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-    assert!(
-        out.status.success(),
-        "cassandra.sh cluster {} failed: {}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "cassandra.sh cluster {} failed: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+fn cluster_script(args: &[&str]) {
+    try_cluster_script(args).unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// Node `KILLED`, SIGKILLed while this lives; dropping it restarts the node and waits for the
@@ -86,10 +93,9 @@ impl NodeDown {
 
 impl Drop for NodeDown {
     fn drop(&mut self) {
-        let restarted = std::panic::catch_unwind(|| cluster_script(&["restart", KILLED]));
-        if let Err(e) = restarted {
-            // Not a panic while unwinding: the benchmark's own failure is the one to report.
-            eprintln!("could not restart node {KILLED}: {e:?}");
+        // Not a panic while unwinding: the benchmark's own failure is the one to report.
+        if let Err(e) = try_cluster_script(&["restart", KILLED]) {
+            eprintln!("could not restart node {KILLED}: {e}");
         }
     }
 }
