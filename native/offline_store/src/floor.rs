@@ -143,7 +143,10 @@ pub(crate) async fn advance(
 
 /// The oldest live msgid in `[lower, upper)`. One read if Cassandra allows it; otherwise
 /// slices upward from `lower`, one second wide at first, doubled after each read that
-/// passes, halved after each that is aborted.
+/// passes, halved after each that is aborted. A read that times out is treated like an
+/// aborted one: on a busy node, walking the tombstones of a wide range can outlast the
+/// request timeout before it reaches Cassandra's tombstone limit, and the same wide read
+/// would time out again on every retry.
 async fn first_live<F, Fut>(
     lower: &str,
     upper: &str,
@@ -153,8 +156,10 @@ where
     F: FnMut(String, String) -> Fut,
     Fut: Future<Output = Result<Option<String>, StoreError>>,
 {
+    let too_wide =
+        |e: &StoreError| e.is_tombstone_overflow() || matches!(e, StoreError::Timeout(_));
     match query(lower.to_owned(), upper.to_owned()).await {
-        Err(e) if e.is_tombstone_overflow() => {}
+        Err(e) if too_wide(&e) => {}
         other => return other,
     }
     let upper_us = time_of(upper);
@@ -175,7 +180,7 @@ where
                 (lo, lo_us) = (hi, hi_us);
                 width = width.saturating_mul(2);
             }
-            Err(e) if e.is_tombstone_overflow() && width > 1 => width /= 2,
+            Err(e) if too_wide(&e) && width > 1 => width /= 2,
             Err(e) => return Err(e),
         }
     }
@@ -236,6 +241,17 @@ const FLOOR_SCAN_AFTER_DELETES: u32 = 500;
 /// has seen yet get one: once acks stop, the floor catches up with them (fewer than
 /// `FLOOR_SCAN_AFTER_DELETES` acks would otherwise wait for more).
 const FLOOR_SETTLE_AFTER: Duration = Duration::from_secs(2);
+
+/// Longest wait before a failed scan is tried again.
+const FLOOR_RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// How long after its `failures`-th failure in a row a scan is tried again: the settle
+/// time, doubling, at most `FLOOR_RETRY_MAX`.
+fn retry_after(failures: u32) -> Duration {
+    FLOOR_SETTLE_AFTER
+        .saturating_mul(1 << failures.saturating_sub(1).min(8))
+        .min(FLOOR_RETRY_MAX)
+}
 
 impl FloorScan {
     /// The earliest time (µs) a scan is wanted at, if any.
@@ -359,28 +375,36 @@ pub(crate) async fn reset_floor_if_late(
 
 /// Moves `topic`'s floor up, again while enough deletes came in during the last scan (or
 /// a timer asked for it). Deletes that land during or after it get a settle scan when
-/// they stop. A failed scan is left for the next deletes to retry.
+/// they stop. A failed scan is tried again after a backoff (`retry_after`): with no more
+/// acks coming, nothing else would move a floor that a timeout left behind.
 async fn run_floor_scans(inner: Arc<Inner>, topic: String) {
     loop {
+        let mut failed = false;
         if let Ok(conn) = inner.connection()
             && let Some(f) = &conn.floor
         {
             let (lag, timeout) = (inner.cfg.replay_floor_lag, inner.cfg.request_timeout);
-            if let Ok(true) = advance(&conn, f, &topic, lag, timeout).await {
-                Counters::add(&inner.counters.floor_scans, 1);
+            match advance(&conn, f, &topic, lag, timeout).await {
+                Ok(true) => Counters::add(&inner.counters.floor_scans, 1),
+                Ok(false) => {}
+                Err(_) => failed = true,
             }
         }
         let mut scans = lock(&inner.floor_scans);
         let Some(scan) = scans.get_mut(&topic) else {
             return;
         };
+        scan.failures = if failed { scan.failures + 1 } else { 0 };
         if scan.deletes >= FLOOR_SCAN_AFTER_DELETES && !inner.stopped() {
             scan.deletes = 0;
             continue;
         }
         scan.running = false;
         let settled = std::mem::take(&mut scan.settling);
-        if scan.deletes > 0 {
+        if failed {
+            let at = now_us() + retry_after(scan.failures).as_micros() as u64;
+            scan.settle_at = Some(scan.settle_at.map_or(at, |s| s.max(at)));
+        } else if scan.deletes > 0 {
             scan.settle_at = Some(now_us() + FLOOR_SETTLE_AFTER.as_micros() as u64);
         } else if settled && !scan.timer {
             // Caught up with every ack: forget the topic until its next one.
@@ -557,6 +581,24 @@ mod tests {
         assert_eq!(none, None);
     }
 
+    /// A busy node times out on the wide read instead of reaching its tombstone limit: the
+    /// scan narrows as for an aborted read, and finds the same row.
+    #[tokio::test]
+    async fn first_live_narrows_a_read_that_times_out() {
+        let p = busy_topic();
+        let cap = bound_at(now_us());
+        let got = first_live("", &cap, |lo, hi| {
+            let r = p.oldest_live(&lo, &hi).map_err(|e| {
+                assert!(e.is_tombstone_overflow());
+                StoreError::Timeout(Duration::from_secs(5))
+            });
+            async move { r }
+        })
+        .await
+        .unwrap();
+        assert_eq!(got, Some(bound_at(p.rows[5_000].0)));
+    }
+
     #[test]
     fn a_scan_is_wanted_strictly_after_the_reset_and_when_acks_settle() {
         let mut s = FloorScan::default();
@@ -576,6 +618,14 @@ mod tests {
         assert!(!s.take_due(1_500));
         assert!(s.take_due(2_001));
         assert_eq!(s.next_wake(), None);
+    }
+
+    #[test]
+    fn a_failed_scan_is_retried_after_a_doubling_backoff() {
+        assert_eq!(retry_after(1), FLOOR_SETTLE_AFTER);
+        assert_eq!(retry_after(2), FLOOR_SETTLE_AFTER * 2);
+        assert_eq!(retry_after(3), FLOOR_SETTLE_AFTER * 4);
+        assert_eq!(retry_after(40), FLOOR_RETRY_MAX);
     }
 
     #[test]

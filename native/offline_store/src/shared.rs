@@ -77,6 +77,9 @@ pub(crate) struct FloorScan {
     pub(crate) timer: bool,
     /// The running scan was asked for by the timer (a settle or rebuild scan).
     pub(crate) settling: bool,
+    /// Scans in a row that failed (a timeout on a busy node, say): the next is retried
+    /// after a backoff that doubles with each.
+    pub(crate) failures: u32,
 }
 
 impl Inner {
