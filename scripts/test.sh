@@ -116,13 +116,15 @@ tls_started_here=
 if ! test/tls/cassandra-tls.sh status >/dev/null; then tls_started_here=1; fi
 cluster_started_here=
 stop_cluster() {
-    if [ -n "${KEEP_CASSANDRA:-}" ] || [ -z "$cluster_started_here" ]; then return; fi
+    # `return 0`, not `return`: called from the EXIT trap, a bare return would hand back the
+    # status the script failed with, and set -e would end the trap before the other stops.
+    if [ -n "${KEEP_CASSANDRA:-}" ] || [ -z "$cluster_started_here" ]; then return 0; fi
     test/cassandra/cassandra.sh cluster stop || true
     cluster_started_here=
 }
 stop_started() {
     stop_cluster
-    if [ -n "${KEEP_CASSANDRA:-}" ]; then return; fi
+    if [ -n "${KEEP_CASSANDRA:-}" ]; then return 0; fi
     [ -z "$tls_started_here" ] || test/tls/cassandra-tls.sh stop || true
     [ -z "$started_here" ] || test/cassandra/cassandra.sh stop || true
 }
