@@ -23,8 +23,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::env_num;
-use offline_store::{Message, MsgId, Store, StoreConfig};
+use common::{Ids, env_num, message};
+use offline_store::{Message, Store, StoreConfig};
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use scylla::statement::Consistency;
@@ -101,35 +101,6 @@ impl Drop for NodeDown {
         if let Err(e) = try_cluster_script(&["restart", &node]) {
             eprintln!("could not restart node {node}: {e}");
         }
-    }
-}
-
-struct Ids {
-    last_us: u64,
-}
-
-impl Ids {
-    fn next(&mut self) -> MsgId {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_micros() as u64;
-        self.last_us = now.max(self.last_us + 1);
-        MsgId::new(self.last_us, 0xBE_0C12, (self.last_us & 0xFFFF) as u16)
-    }
-}
-
-fn message(ids: &mut Ids, topic: &str, payload: &[u8]) -> Message {
-    let msgid = ids.next();
-    Message {
-        topic: topic.to_string(),
-        arrived_ms: (msgid.timestamp_us() / 1000) as i64,
-        msgid,
-        sender: "bench".into(),
-        qos: 1,
-        retain: false,
-        payload: payload.to_vec(),
-        ttl_secs: Some(3600),
     }
 }
 
@@ -272,7 +243,7 @@ async fn main() {
     let topics: Vec<String> = (0..topic_count)
         .map(|i| format!("bench/cluster/{run}/{i}"))
         .collect();
-    let mut ids = Ids { last_us: 0 };
+    let mut ids = Ids::new(0xBE_0C12);
 
     let (mut up, mut down) = (Vec::new(), Vec::new());
     for round in 1..=rounds {

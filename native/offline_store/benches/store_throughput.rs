@@ -13,37 +13,8 @@ mod common;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::env_num;
-use offline_store::{FetchOptions, Message, MsgId, Store, StoreConfig};
-
-struct Ids {
-    last_us: u64,
-}
-
-impl Ids {
-    fn next(&mut self) -> MsgId {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_micros() as u64;
-        self.last_us = now.max(self.last_us + 1);
-        MsgId::new(self.last_us, 0xBE_0C11, (self.last_us & 0xFFFF) as u16)
-    }
-}
-
-fn message(ids: &mut Ids, topic: &str, payload: &[u8]) -> Message {
-    let msgid = ids.next();
-    Message {
-        topic: topic.to_string(),
-        arrived_ms: (msgid.timestamp_us() / 1000) as i64,
-        msgid,
-        sender: "bench".into(),
-        qos: 1,
-        retain: false,
-        payload: payload.to_vec(),
-        ttl_secs: Some(3600),
-    }
-}
+use common::{Ids, env_num, message};
+use offline_store::{FetchOptions, Message, Store, StoreConfig};
 
 fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
@@ -73,7 +44,7 @@ async fn main() {
         .unwrap()
         .as_millis();
     let topic_names: Vec<String> = (0..topics).map(|i| format!("bench/{run}/{i}")).collect();
-    let mut ids = Ids { last_us: 0 };
+    let mut ids = Ids::new(0xBE_0C11);
 
     // Warm up connections and prepared statements.
     for t in topic_names.iter().take(10) {
