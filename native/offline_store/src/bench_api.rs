@@ -3,9 +3,9 @@
 
 use crate::error::StoreError;
 use crate::msgid::MsgId;
+use crate::statements::{delete_values, insert_values};
 use crate::store::Store;
 use crate::types::{Message, StoredMessage};
-use crate::write_pipeline::{delete_values, insert_values};
 
 impl Store {
     /// One awaited INSERT, bypassing the pipeline: the design of one-write-per-call

@@ -101,3 +101,59 @@ impl Pending {
         }
     }
 }
+
+/// Writes for the unit tests of the pipeline's parts.
+#[cfg(test)]
+pub(crate) mod test_writes {
+    use super::*;
+
+    pub(crate) fn insert(topic: &str, us: u64) -> Pending {
+        Pending {
+            op: Op::Insert(Message {
+                topic: topic.into(),
+                msgid: MsgId::new(us, 1, 0),
+                sender: "c".into(),
+                qos: 1,
+                retain: false,
+                payload: b"p".to_vec(),
+                arrived_ms: (us / 1000) as i64,
+                ttl_secs: None,
+            }),
+            done: None,
+            charge: Charge::default(),
+        }
+    }
+
+    pub(crate) fn delete(topic: &str, us: u64) -> Pending {
+        Pending {
+            op: Op::Delete {
+                topic: topic.into(),
+                msgid: MsgId::new(us, 1, 0),
+            },
+            done: None,
+            charge: Charge::default(),
+        }
+    }
+
+    /// (topic, is insert, µs) of each write, to compare batches and what stays staged.
+    pub(crate) fn shape(items: impl IntoIterator<Item = Pending>) -> Vec<(String, bool, u64)> {
+        items
+            .into_iter()
+            .map(|p| {
+                let us = match &p.op {
+                    Op::Insert(m) => m.msgid.timestamp_us(),
+                    Op::Delete { msgid, .. } => msgid.timestamp_us(),
+                };
+                (p.op.topic().to_owned(), p.op.is_insert(), us)
+            })
+            .collect()
+    }
+
+    pub(crate) fn with_payload(topic: &str, us: u64, payload: Vec<u8>) -> Pending {
+        let mut p = insert(topic, us);
+        if let Op::Insert(m) = &mut p.op {
+            m.payload = payload;
+        }
+        p
+    }
+}

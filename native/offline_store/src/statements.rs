@@ -1,0 +1,126 @@
+//! The statements a batch becomes: one prepared statement for a single write, an unlogged
+//! batch of them otherwise, with the write timestamps that let a delete win over its insert.
+
+use scylla::statement::batch::{Batch, BatchType};
+use scylla::value::CqlTimestamp;
+
+use crate::connection::Connection;
+use crate::expiry::{self, RowTtl};
+use crate::msgid::MsgId;
+use crate::payload;
+use crate::types::Message;
+use crate::write::{Op, Pending};
+
+pub(crate) async fn execute(
+    conn: &Connection,
+    batch: &[Pending],
+    consistency: scylla::statement::Consistency,
+) -> Result<(), scylla::errors::ExecutionError> {
+    let session = &conn.session;
+    let now = expiry::now_ms();
+    let ttl = |m: &Message| expiry::row_ttl(m.ttl_secs, m.arrived_ms, now, conn.expiry_limit);
+    if let [single] = batch {
+        return match &single.op {
+            Op::Insert(m) => {
+                session
+                    .execute_unpaged(&conn.insert, insert_values(m, ttl(m)))
+                    .await
+            }
+            Op::Delete { topic, msgid } => {
+                session
+                    .execute_unpaged(&conn.delete, delete_values(topic, msgid))
+                    .await
+            }
+        }
+        .map(|_| ());
+    }
+    // One partition, so the batch is applied as one mutation and is exempt from
+    // Cassandra's multi-partition batch warnings.
+    let mut b = Batch::new(BatchType::Unlogged);
+    b.set_consistency(consistency);
+    b.set_is_idempotent(true);
+    if batch[0].op.is_insert() {
+        let mut values = Vec::with_capacity(batch.len());
+        for p in batch {
+            if let Op::Insert(m) = &p.op {
+                b.append_statement(conn.insert.clone());
+                values.push(insert_values(m, ttl(m)));
+            }
+        }
+        session.batch(&b, values).await.map(|_| ())
+    } else {
+        let mut values = Vec::with_capacity(batch.len());
+        for p in batch {
+            if let Op::Delete { topic, msgid } = &p.op {
+                b.append_statement(conn.delete.clone());
+                values.push(delete_values(topic, msgid));
+            }
+        }
+        session.batch(&b, values).await.map(|_| ())
+    }
+}
+
+type InsertValues<'a> = (
+    &'a str,
+    &'a str,
+    CqlTimestamp,
+    String,
+    i32,
+    i32,
+    &'a str,
+    i32,
+    i64,
+);
+
+/// The write timestamp of a message is its publish time in µs, taken from its GUID, so
+/// the insert and its delete agree on it without sharing any state. `ttl` is the row's
+/// TTL at the moment it is sent (see `expiry::row_ttl`).
+pub(crate) fn insert_values(m: &Message, ttl: RowTtl) -> InsertValues<'_> {
+    (
+        &m.topic,
+        m.msgid.as_str(),
+        CqlTimestamp(m.arrived_ms),
+        payload::encode(&m.payload),
+        m.qos as i32,
+        m.retain as i32,
+        &m.sender,
+        ttl.bound(),
+        m.msgid.timestamp_us() as i64,
+    )
+}
+
+/// The tombstone's timestamp is one microsecond after its insert's, so the delete wins
+/// even when it reaches Cassandra first.
+pub(crate) fn delete_values<'a>(topic: &'a str, msgid: &'a MsgId) -> (i64, &'a str, &'a str) {
+    (msgid.timestamp_us() as i64 + 1, topic, msgid.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(topic: &str, us: u64) -> Message {
+        Message {
+            topic: topic.into(),
+            msgid: MsgId::new(us, 1, 0),
+            sender: "c".into(),
+            qos: 1,
+            retain: false,
+            payload: b"p".to_vec(),
+            arrived_ms: (us / 1000) as i64,
+            ttl_secs: None,
+        }
+    }
+
+    #[test]
+    fn a_delete_is_written_one_microsecond_after_its_insert() {
+        let mut m = message("t", 1_700_000_000_123_456);
+        m.ttl_secs = Some(60);
+        let ins = insert_values(&m, RowTtl::Secs(60));
+        let del = delete_values(&m.topic, &m.msgid);
+        assert_eq!(ins.8, 1_700_000_000_123_456, "insert at the publish time");
+        assert_eq!(del.0, ins.8 + 1);
+        assert_eq!((del.1, del.2), (ins.0, ins.1), "same row");
+        assert_eq!(ins.7, 60);
+    }
+}
