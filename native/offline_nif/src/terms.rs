@@ -118,6 +118,7 @@ pub fn stats_term<'a>(env: Env<'a>, store: &Store) -> Term<'a> {
         (atoms::in_flight(), s.in_flight),
         (atoms::buffered(), s.buffered),
         (atoms::batches(), s.batches),
+        (atoms::requests_split(), s.requests_split),
         (atoms::retries(), s.retries),
         (atoms::fetches(), s.fetches),
         (atoms::fetch_failures(), s.fetch_failures),

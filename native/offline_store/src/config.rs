@@ -78,6 +78,18 @@ pub struct StoreConfig {
     /// under both, also with smaller segments, and 1 MB binary payloads (1.33 MB stored)
     /// still go by 3.
     pub max_batch_bytes: usize,
+    /// Most partitions in one request (an unlogged batch across partitions that one
+    /// replica owns); 1 sends one partition per request. Cassandra warns about unlogged
+    /// batches across more than `unlogged_batch_across_partitions_warn_threshold` (10).
+    pub max_batch_partitions: usize,
+    /// Most bytes in one request across partitions. Cassandra logs a warning for every
+    /// such batch over `batch_size_warn_threshold` (5 KiB by default) and refuses one over
+    /// `batch_size_fail_threshold` (50 KiB); a refused one is sent again per partition.
+    pub max_multi_partition_batch_bytes: usize,
+    /// How long staged writes wait for more to join their request before it goes out
+    /// unfilled. Requests cost far more than rows (CPU of the broker and of Cassandra);
+    /// this is added to the time a stored message takes to land. 0: no wait.
+    pub batch_linger: Duration,
     /// Batches sent to Cassandra at the same time.
     pub max_in_flight: usize,
     /// Attempts per batch, for errors that are neither "no connection" nor a
@@ -125,6 +137,9 @@ impl Default for StoreConfig {
             overflow_policy: OverflowPolicy::DropNew,
             max_batch_rows: 32,
             max_batch_bytes: 4 * 1024 * 1024,
+            max_batch_partitions: 10,
+            max_multi_partition_batch_bytes: 5 * 1024,
+            batch_linger: Duration::from_millis(10),
             max_in_flight: 64,
             write_attempts: 3,
             write_give_up_after: Duration::from_secs(86_400),
@@ -162,6 +177,12 @@ impl fmt::Debug for StoreConfig {
             .field("overflow_policy", &self.overflow_policy)
             .field("max_batch_rows", &self.max_batch_rows)
             .field("max_batch_bytes", &self.max_batch_bytes)
+            .field("max_batch_partitions", &self.max_batch_partitions)
+            .field(
+                "max_multi_partition_batch_bytes",
+                &self.max_multi_partition_batch_bytes,
+            )
+            .field("batch_linger", &self.batch_linger)
             .field("max_in_flight", &self.max_in_flight)
             .field("write_attempts", &self.write_attempts)
             .field("write_give_up_after", &self.write_give_up_after)
@@ -203,6 +224,9 @@ pub const CONFIG_KEYS: &[&str] = &[
     "overflow_policy",
     "max_batch_rows",
     "max_batch_bytes",
+    "max_batch_partitions",
+    "max_multi_partition_batch_bytes",
+    "batch_linger",
     "max_in_flight",
     "write_attempts",
     "write_give_up_after",
@@ -274,6 +298,11 @@ impl StoreConfig {
                 "overflow_policy" => cfg.overflow_policy = policy(key, value)?,
                 "max_batch_rows" => cfg.max_batch_rows = whole(key, value)?,
                 "max_batch_bytes" => cfg.max_batch_bytes = whole(key, value)?,
+                "max_batch_partitions" => cfg.max_batch_partitions = whole(key, value)?,
+                "max_multi_partition_batch_bytes" => {
+                    cfg.max_multi_partition_batch_bytes = whole(key, value)?
+                }
+                "batch_linger" => cfg.batch_linger = millis(key, value)?,
                 "max_in_flight" => cfg.max_in_flight = whole(key, value)?,
                 "write_attempts" => cfg.write_attempts = whole(key, value)?,
                 "write_give_up_after" => cfg.write_give_up_after = millis(key, value)?,
@@ -349,6 +378,12 @@ impl StoreConfig {
             ),
             ("max_batch_rows", n(self.max_batch_rows)),
             ("max_batch_bytes", n(self.max_batch_bytes)),
+            ("max_batch_partitions", n(self.max_batch_partitions)),
+            (
+                "max_multi_partition_batch_bytes",
+                n(self.max_multi_partition_batch_bytes),
+            ),
+            ("batch_linger", ms(self.batch_linger)),
             ("max_in_flight", n(self.max_in_flight)),
             ("write_attempts", Int(i64::from(self.write_attempts))),
             ("write_give_up_after", ms(self.write_give_up_after)),
@@ -409,6 +444,9 @@ impl StoreConfig {
                 return Err(invalid(field, "must be greater than 0"));
             }
         }
+        if self.batch_linger > Duration::from_secs(1) {
+            return Err(invalid("batch_linger", "must be at most 1s"));
+        }
         if self.reconnect_max_backoff < self.reconnect_min_backoff {
             return Err(invalid(
                 "reconnect_max_backoff",
@@ -455,6 +493,12 @@ impl StoreConfig {
             ("max_wildcard_topics", self.max_wildcard_topics, 1_000_000),
             ("max_batch_rows", self.max_batch_rows, 1_000),
             ("max_batch_bytes", self.max_batch_bytes, 1 << 30),
+            ("max_batch_partitions", self.max_batch_partitions, 1_000),
+            (
+                "max_multi_partition_batch_bytes",
+                self.max_multi_partition_batch_bytes,
+                1 << 30,
+            ),
             ("max_in_flight", self.max_in_flight, 10_000),
             ("write_attempts", self.write_attempts as usize, 100),
             ("max_fetch_rows", self.max_fetch_rows as usize, 1_000_000),

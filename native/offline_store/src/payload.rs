@@ -12,6 +12,8 @@
 //!   is never ambiguous and every payload round-trips byte for byte.
 
 use base64::Engine;
+use std::borrow::Cow;
+
 use base64::engine::general_purpose::STANDARD;
 
 use crate::error::StoreError;
@@ -19,16 +21,16 @@ use crate::error::StoreError;
 /// Prefix of a base64-encoded (non-UTF-8) payload in the `payload` column.
 pub const BINARY_MARKER: &str = "\u{FDD0}b64:";
 
-/// The text to store for `payload`.
-pub fn encode(payload: &[u8]) -> String {
+/// The text to store for `payload`: the payload itself when it is text (no copy).
+pub fn encode(payload: &[u8]) -> Cow<'_, str> {
     match std::str::from_utf8(payload) {
-        Ok(text) if !text.starts_with('\u{FDD0}') => text.to_owned(),
+        Ok(text) if !text.starts_with('\u{FDD0}') => Cow::Borrowed(text),
         _ => {
             let mut out =
                 String::with_capacity(BINARY_MARKER.len() + payload.len().div_ceil(3) * 4);
             out.push_str(BINARY_MARKER);
             STANDARD.encode_string(payload, &mut out);
-            out
+            Cow::Owned(out)
         }
     }
 }

@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 
 use tokio::time::Instant;
 
+use crate::requests::Request;
 use crate::shared::{Inner, lock};
 use crate::stats::Counters;
 use crate::types::StoreEvent;
@@ -31,19 +32,27 @@ impl Inner {
         out
     }
 
-    /// Sends a batch of a topic that waits behind it instead (`None`); otherwise hands the
-    /// batch back to be sent.
-    pub(crate) fn behind_waiting(&self, batch: Vec<Pending>) -> Option<Vec<Pending>> {
-        let topic = batch.first()?.op.topic();
-        let mut waiting = lock(&self.waiting);
-        if !waiting.holds(topic) {
-            return Some(batch);
+    /// Sends the parts of a request whose topic waits behind their topic instead, and
+    /// hands back the rest to be sent.
+    pub(crate) fn behind_waiting(&self, mut request: Request) -> Request {
+        if request.is_empty() {
+            return request;
         }
-        let n = batch.len() as u64;
-        Counters::add(&self.counters.waiting, n);
-        Counters::sub(&self.counters.in_flight, n);
-        waiting.append(batch, Instant::now());
-        None
+        let mut waiting = lock(&self.waiting);
+        request.retain_mut(|part| {
+            let Some(first) = part.first() else {
+                return false;
+            };
+            if !waiting.holds(first.op.topic()) {
+                return true;
+            }
+            let n = part.len() as u64;
+            Counters::add(&self.counters.waiting, n);
+            Counters::sub(&self.counters.in_flight, n);
+            waiting.append(std::mem::take(part), Instant::now());
+            false
+        });
+        request
     }
 
     /// A batch Cassandra could not take goes to wait for its topic's retry.

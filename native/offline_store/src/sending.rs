@@ -10,12 +10,72 @@ use crate::connection::Connection;
 use crate::error::{StoreError, WriteVerdict, write_verdict};
 use crate::expiry::{self, RowTtl};
 use crate::index_writes::ensure_indexed;
+use crate::requests::Request;
 use crate::shared::{Inner, set_state};
 use crate::statements::execute;
 use crate::stats::Counters;
 use crate::types::{ConnState, StoreEvent};
 use crate::waiting::Refusal;
 use crate::write::{Op, Pending};
+
+/// Sends a request and settles its writes. A request across partitions that Cassandra
+/// takes is settled at once; one it does not take is sent again one partition at a time
+/// (`write_batch`), so each partition gets its own verdict: a refusal, a transient or a
+/// lost connection is then handled exactly as for a single partition.
+pub(crate) async fn write_request(
+    inner: &Arc<Inner>,
+    conn: &Connection,
+    mut request: Request,
+    retry: Option<Instant>,
+) {
+    if request.len() == 1 {
+        let part = request.pop().unwrap_or_default();
+        return write_batch(inner, conn, part, retry).await;
+    }
+    let mut parts: Request = request
+        .into_iter()
+        .map(|part| drop_expired(inner, part))
+        .filter(|part| !part.is_empty())
+        .collect();
+    if parts.len() <= 1 {
+        let part = parts.pop().unwrap_or_default();
+        return write_batch(inner, conn, part, None).await;
+    }
+    let c = &inner.counters;
+    Counters::add(&c.batches, 1);
+    let started = std::time::Instant::now();
+    let result = send_parts(inner, conn, &parts).await;
+    c.write_latency.record(started.elapsed());
+    match result {
+        Ok(()) => {
+            for part in parts {
+                outcome(inner, part, Sent::Written, None);
+            }
+        }
+        Err(_) => {
+            Counters::add(&c.requests_split, 1);
+            for part in parts {
+                write_batch(inner, conn, part, None).await;
+            }
+        }
+    }
+}
+
+/// Indexes the parts' topics, resets the floors a late write passes, and writes every part
+/// in one request.
+async fn send_parts(
+    inner: &Arc<Inner>,
+    conn: &Connection,
+    parts: &[Vec<Pending>],
+) -> Result<(), scylla::errors::ExecutionError> {
+    for part in parts {
+        // The topic is indexed before its messages land (see `send`).
+        ensure_indexed(inner, conn, part).await?;
+        crate::floor::reset_floor_if_late(inner, conn, part).await?;
+    }
+    let parts: Vec<&[Pending]> = parts.iter().map(Vec::as_slice).collect();
+    execute(conn, &parts, inner.cfg.write_consistency).await
+}
 
 /// Sends one batch and settles each of its writes: written; waiting for its partition
 /// (Cassandra answered but could not take it); back to the buffer (connection lost); or
@@ -153,7 +213,7 @@ async fn send(inner: &Arc<Inner>, conn: &Connection, batch: &[Pending]) -> Sent 
         let started = std::time::Instant::now();
         let result = match ensure_indexed(inner, conn, batch).await {
             Ok(()) => match crate::floor::reset_floor_if_late(inner, conn, batch).await {
-                Ok(()) => execute(conn, batch, inner.cfg.write_consistency).await,
+                Ok(()) => execute(conn, &[batch], inner.cfg.write_consistency).await,
                 Err(e) => Err(e),
             },
             Err(e) => Err(e),
@@ -196,10 +256,11 @@ fn settle(inner: &Arc<Inner>, batch: Vec<Pending>, outcome: Result<(), StoreErro
     let c = &inner.counters;
     let n = batch.len() as u64;
     Counters::sub(&c.in_flight, n);
+    let deletes = batch.iter().filter(|p| !p.op.is_insert()).count();
     if let (Ok(()), Some(first)) = (&outcome, batch.first())
-        && !first.op.is_insert()
+        && deletes > 0
     {
-        inner.note_deletes(first.op.topic(), n as u32);
+        inner.note_deletes(first.op.topic(), deletes as u32);
     }
     if let Err(e) = &outcome {
         inner.emit(StoreEvent::WritesFailed {

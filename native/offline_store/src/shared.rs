@@ -16,12 +16,14 @@ use crate::types::{ConnState, EventSink, StoreEvent};
 use crate::waiting::Waiting;
 use crate::write::Pending;
 
-/// Writes taken from the buffer, being grouped by partition. `spare` is the second half of
-/// a double buffer that lets `take_batch` regroup without allocating.
+/// Writes taken from the buffer, being grouped into requests. `spare` is the second half of
+/// a double buffer that lets `take_request` regroup without allocating. `since`: when the
+/// oldest staged write was staged (`None` when nothing is), for the writer's linger.
 #[derive(Default)]
 pub(crate) struct Staging {
     pub(crate) items: VecDeque<Pending>,
     pub(crate) spare: VecDeque<Pending>,
+    pub(crate) since: Option<Instant>,
 }
 
 /// Everything a store's clones and background tasks share.

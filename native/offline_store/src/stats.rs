@@ -62,6 +62,7 @@ pub(crate) struct Counters {
     pub staged: AtomicU64,
     pub handed_over: AtomicU64,
     pub batches: AtomicU64,
+    pub requests_split: AtomicU64,
     pub retries: AtomicU64,
     pub requeued: AtomicU64,
     /// Writes waiting for a retry after Cassandra could not take them (see `waiting`).
@@ -103,6 +104,7 @@ impl Counters {
             in_flight: self.in_flight.load(Relaxed),
             buffered: buffered as u64,
             batches: self.batches.load(Relaxed),
+            requests_split: self.requests_split.load(Relaxed),
             retries: self.retries.load(Relaxed),
             requeued: self.requeued.load(Relaxed),
             waiting: self.waiting.load(Relaxed),
@@ -153,6 +155,9 @@ pub struct StatsSnapshot {
     pub buffered: u64,
     /// Requests (batches or single statements) sent.
     pub batches: u64,
+    /// Requests across partitions Cassandra did not take, sent again one partition at a
+    /// time (see `requests`).
+    pub requests_split: u64,
     /// Requests sent again after a transient failure.
     pub retries: u64,
     /// Writes put back into the buffer because Cassandra went away while they were sent.
