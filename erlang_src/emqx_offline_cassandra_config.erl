@@ -54,6 +54,7 @@ defaults() ->
         <<"request_timeout">> => <<"5s">>,
         <<"write_consistency">> => <<"local_quorum">>,
         <<"read_consistency">> => <<"local_quorum">>,
+        <<"local_datacenter">> => <<"">>,
         <<"ssl">> => #{
             <<"enable">> => false,
             <<"cafile">> => <<"">>,
@@ -90,6 +91,7 @@ fields() ->
         {<<"request_timeout">>, <<"request_timeout">>, duration},
         {<<"write_consistency">>, <<"write_consistency">>, string},
         {<<"read_consistency">>, <<"read_consistency">>, string},
+        {<<"local_datacenter">>, <<"local_datacenter">>, optional_string},
         {<<"ssl.enable">>, <<"tls_enable">>, boolean},
         {<<"ssl.cafile">>, <<"tls_ca_file">>, optional_string},
         {<<"ssl.certfile">>, <<"tls_cert_file">>, optional_string},

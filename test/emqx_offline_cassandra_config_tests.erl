@@ -153,6 +153,26 @@ core_reasons_use_the_form_names_test() ->
     %% TLS off: its fields are not checked.
     ?assertMatch({ok, _}, ?C:parse(#{<<"ssl">> => #{<<"enable">> => false, <<"verify">> => true}})).
 
+%% The replay floor needs reads that see every write (docs/tombstones.md):
+%% the core refuses other pairs, naming the keys to change; local_datacenter
+%% makes LOCAL_QUORUM on both sides one of them.
+floor_needs_overlapping_consistency_test() ->
+    Levels = fun(W, R, Dc) ->
+        ?C:parse(#{<<"write_consistency">> => W, <<"read_consistency">> => R, <<"local_datacenter">> => Dc})
+    end,
+    ?assertMatch({error, <<"read_consistency: one with write_consistency one does not see", _/binary>>},
+                 Levels(<<"one">>, <<"one">>, <<"">>)),
+    ?assertMatch({ok, #{nif := #{<<"read_consistency">> := <<"local_quorum">>}}},
+                 Levels(<<"local_quorum">>, <<"local_quorum">>, <<"">>)),
+    {error, Several} = Levels(<<"local_quorum">>, <<"local_quorum">>, <<"dc1">>),
+    ?assertMatch({match, _}, re:run(Several, <<"every datacenter.*replay_floor">>)),
+    ?assertMatch({ok, #{nif := #{<<"local_datacenter">> := <<"dc1">>}}},
+                 Levels(<<"each_quorum">>, <<"local_quorum">>, <<"dc1">>)),
+    ?assertMatch({ok, _}, ?C:parse(#{<<"write_consistency">> => <<"one">>, <<"read_consistency">> => <<"one">>,
+                                     <<"replay_floor">> => false})),
+    ?assertMatch({error, <<"read_consistency: any is for writes only", _/binary>>},
+                 ?C:parse(#{<<"read_consistency">> => <<"any">>, <<"replay_floor">> => false})).
+
 %% What the form accepts is what one replay can return: the core's
 %% max_fetch_rows bounds max_returned_count in the plugin and in the form.
 max_returned_count_is_what_a_replay_returns_test() ->

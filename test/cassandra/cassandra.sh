@@ -27,6 +27,10 @@
 #   cassandra.sh cluster log I [N]    the tail of node I's log
 #   cassandra.sh cluster reset        stop and wipe every node's data
 #
+# Two datacenters on loopback (node 1 = 127.0.0.1 in dc1, node 2 = 127.0.0.2 in dc2), for the
+# multi-datacenter tests: `cassandra.sh dc start|stop|status|wait|kill I|restart I|cqlsh I ...|
+# log I [N]|reset`, the same commands as `cluster` (GossipingPropertyFileSnitch, no hints).
+#
 # Environment (all optional):
 #   CASSANDRA_VERSION        cassandra-all version (default: pinned newest 5.0.x, see below)
 #   CASSANDRA_PORT           CQL port (default 9042)
@@ -41,6 +45,8 @@
 #   CASSANDRA_CLUSTER_PORT   the cluster's CQL port, on every node's address (default 9044)
 #   CASSANDRA_CLUSTER_STORAGE_PORT  its inter-node port (default 7004)
 #   CASSANDRA_CLUSTER_HEAP   JVM heap of each cluster node (default 640M)
+#   CASSANDRA_DC_PORT        the two-datacenter cluster's CQL port (default 9046)
+#   CASSANDRA_DC_STORAGE_PORT  its inter-node port (default 7006)
 set -euo pipefail
 
 # Newest 5.0 patch on Maven Central when this was written (checked against
@@ -375,6 +381,9 @@ CLUSTER_DIR=$CACHE/cluster-$CLUSTER_PORT
 # system_auth and the liveness check keyspace get this replication factor: every node holds
 # every login, so one node down (or two, for reads at ONE) still lets clients log in.
 CLUSTER_AUTH_RF=$((CLUSTER_NODES < 3 ? CLUSTER_NODES : 3))
+# Set by `dc`: node i is the only node of datacenter dc<i>.
+CLUSTER_DCS=
+CLUSTER_SNITCH=SimpleSnitch
 
 # Points RUN, PIDFILE, LOG, CONSOLE, ADDR, PORT, STORAGE_PORT and HEAP at node $1, so that the
 # single-node helpers (running_pid, jvm_flags, cql_as, cql_port_open, fail_start) serve it.
@@ -407,11 +416,11 @@ cluster_write_config() {
     mkdir -p "$RUN/conf" "$RUN/data" "$RUN/logs" "$RUN/tmp"
     cat >"$RUN/conf/cassandra.yaml" <<YAML
 # Written by test/cassandra/cassandra.sh: node $i of a $CLUSTER_NODES-node cluster on loopback.
-cluster_name: 'emqx_offline_cassandra_cluster'
+cluster_name: 'emqx_offline_cassandra_cluster${CLUSTER_DCS:+_dc}'
 num_tokens: 1
 initial_token: $(cluster_token "$i")
 partitioner: org.apache.cassandra.dht.Murmur3Partitioner
-endpoint_snitch: SimpleSnitch
+endpoint_snitch: $CLUSTER_SNITCH
 # Cassandra's default on purpose: the cluster tests show that replication, not the commit log,
 # keeps what a SIGKILLed node had acknowledged (README, "Surviving a node crash").
 commitlog_sync: periodic
@@ -442,6 +451,13 @@ auth_read_consistency_level: ONE
 auto_snapshot: false
 concurrent_compactors: 1
 YAML
+    if [ -n "$CLUSTER_DCS" ]; then
+        # The snitch reads this file from the class path ($RUN/conf is on it).
+        printf 'dc=dc%s\nrack=rack1\n' "$i" >"$RUN/conf/cassandra-rackdc.properties"
+        # No hints: a datacenter that was cut off gets nothing it missed until a repair, as
+        # after an outage longer than max_hint_window (3 h). The tests rely on it.
+        echo "hinted_handoff_enabled: false" >>"$RUN/conf/cassandra.yaml"
+    fi
     write_logback
 }
 
@@ -605,6 +621,21 @@ cluster() {
     esac
 }
 
+# ---------------------------------------------------------------- two datacenters
+# The cluster helpers above, pointed at two nodes in two datacenters: node 1 (127.0.0.1) in
+# dc1, node 2 (127.0.0.2) in dc2, CQL 9046 / storage 7006 on each, run dirs under
+# $CACHE/dc-<port>. A keyspace for them uses NetworkTopologyStrategy {'dc1': 1, 'dc2': 1}.
+dc() {
+    CLUSTER_NODES=2
+    CLUSTER_PORT=${CASSANDRA_DC_PORT:-9046}
+    CLUSTER_STORAGE_PORT=${CASSANDRA_DC_STORAGE_PORT:-7006}
+    CLUSTER_DIR=$CACHE/dc-$CLUSTER_PORT
+    CLUSTER_AUTH_RF=2
+    CLUSTER_DCS=1
+    CLUSTER_SNITCH=GossipingPropertyFileSnitch
+    cluster "$@"
+}
+
 cmd=${1:-}
 [ $# -gt 0 ] && shift
 case "$cmd" in
@@ -618,5 +649,6 @@ cqlsh) ensure_cqlsh; cql_as "${CQL_USER:-root}" "${CQL_PASSWORD:-public}" "$@" ;
 reset) stop; rm -rf "$RUN"; say "wiped $RUN" ;;
 log) tail -n "${1:-60}" "$LOG" ;;
 cluster) cluster "$@" ;;
-*) sed -n '2,43p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+dc) dc "$@" ;;
+*) sed -n '2,/^[^#]/{/^#/p}' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use scylla::statement::Consistency;
 
+use crate::consistency::{self, Scope};
 use crate::error::StoreError;
 use crate::tls::TlsConfig;
 
@@ -36,6 +37,9 @@ pub struct StoreConfig {
     pub password: Option<String>,
     pub write_consistency: Consistency,
     pub read_consistency: Consistency,
+    /// The datacenter of this broker: requests go to its nodes only (token-aware), so that
+    /// LOCAL_* levels count its replicas. `None`: every node, as the cluster has one.
+    pub local_datacenter: Option<String>,
     /// Client-side timeout of one CQL request.
     pub request_timeout: Duration,
     /// Timeout of one TCP/CQL connection attempt.
@@ -120,6 +124,7 @@ impl Default for StoreConfig {
             password: None,
             write_consistency: Consistency::LocalQuorum,
             read_consistency: Consistency::LocalQuorum,
+            local_datacenter: None,
             request_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
             reconnect_min_backoff: Duration::from_millis(100),
@@ -160,6 +165,7 @@ impl fmt::Debug for StoreConfig {
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("write_consistency", &self.write_consistency)
             .field("read_consistency", &self.read_consistency)
+            .field("local_datacenter", &self.local_datacenter)
             .field("request_timeout", &self.request_timeout)
             .field("connect_timeout", &self.connect_timeout)
             .field("reconnect_min_backoff", &self.reconnect_min_backoff)
@@ -202,6 +208,7 @@ pub const CONFIG_KEYS: &[&str] = &[
     "password",
     "write_consistency",
     "read_consistency",
+    "local_datacenter",
     "request_timeout",
     "connect_timeout",
     "reconnect_min_backoff",
@@ -276,6 +283,7 @@ impl StoreConfig {
                 "password" => cfg.password = optional_text(key, value)?,
                 "write_consistency" => cfg.write_consistency = consistency(key, value)?,
                 "read_consistency" => cfg.read_consistency = consistency(key, value)?,
+                "local_datacenter" => cfg.local_datacenter = optional_text(key, value)?,
                 "request_timeout" => cfg.request_timeout = millis(key, value)?,
                 "connect_timeout" => cfg.connect_timeout = millis(key, value)?,
                 "reconnect_min_backoff" => cfg.reconnect_min_backoff = millis(key, value)?,
@@ -344,6 +352,7 @@ impl StoreConfig {
                 "read_consistency",
                 Text(consistency_name(self.read_consistency)),
             ),
+            ("local_datacenter", path(&self.local_datacenter)),
             ("request_timeout", ms(self.request_timeout)),
             ("connect_timeout", ms(self.connect_timeout)),
             ("reconnect_min_backoff", ms(self.reconnect_min_backoff)),
@@ -431,6 +440,7 @@ impl StoreConfig {
                 ));
             }
         }
+        self.check_consistency()?;
         if self.topic_index_ttl.as_secs() > i32::MAX as u64 {
             return Err(invalid("topic_index_ttl", "must be at most 68 years"));
         }
@@ -509,6 +519,72 @@ impl StoreConfig {
             }
         }
         Ok(())
+    }
+}
+
+impl StoreConfig {
+    /// Where requests are coordinated, as far as the config tells: a broker that names its
+    /// datacenter is in a cluster of several (the connection checks the cluster itself too).
+    pub fn scope(&self) -> Scope {
+        if self.local_datacenter.is_some() {
+            Scope::SeveralDatacenters
+        } else {
+            Scope::OneDatacenter
+        }
+    }
+
+    /// Cassandra refuses reads at ANY; and the replay floor is only safe when its scans see
+    /// every stored row (docs/tombstones.md, "Consistency and datacenters").
+    fn check_consistency(&self) -> Result<(), StoreError> {
+        if self.read_consistency == Consistency::Any {
+            return Err(invalid(
+                "read_consistency",
+                "any is for writes only (Cassandra refuses reads at ANY)",
+            ));
+        }
+        if let Some(dc) = &self.local_datacenter
+            && dc.chars().any(char::is_control)
+        {
+            return Err(invalid("local_datacenter", format!("{dc:?} is not a name")));
+        }
+        if self.replay_floor {
+            self.check_floor_consistency(self.scope())?;
+        }
+        Ok(())
+    }
+
+    /// The replay floor with these levels in `scope`: an error naming the keys to change
+    /// when a floor scan could miss a stored row and move the floor past it.
+    pub fn check_floor_consistency(&self, scope: Scope) -> Result<(), StoreError> {
+        let (w, r) = (self.write_consistency, self.read_consistency);
+        if consistency::reads_see_writes(w, r, scope) {
+            return Ok(());
+        }
+        let field = if w == Consistency::Any {
+            "write_consistency"
+        } else {
+            "read_consistency"
+        };
+        let (where_, safe) = match scope {
+            Scope::OneDatacenter => (
+                "",
+                "quorum, local_quorum or each_quorum for both, or all for one of them",
+            ),
+            Scope::SeveralDatacenters => (
+                " in every datacenter",
+                "each_quorum or all for one of them (the other local_quorum, quorum or \
+                 each_quorum), or quorum for both",
+            ),
+        };
+        Err(invalid(
+            field,
+            format!(
+                "{} with write_consistency {} does not see every stored message{where_}, so \
+                 replay_floor could skip one for good; use {safe}, or set replay_floor to false",
+                consistency_name(r),
+                consistency_name(w),
+            ),
+        ))
     }
 }
 
@@ -830,6 +906,104 @@ mod tests {
         assert!(cfg.tls.is_none());
     }
 
+    fn levels(write: &str, read: &str, dc: &str, floor: bool) -> Result<StoreConfig, StoreError> {
+        StoreConfig::from_map(&map(&[
+            ("write_consistency", t(write)),
+            ("read_consistency", t(read)),
+            ("local_datacenter", t(dc)),
+            ("replay_floor", Bool(floor)),
+        ]))
+    }
+
+    #[test]
+    fn local_datacenter_is_optional_text() {
+        assert_eq!(levels("local_quorum", "local_quorum", "", true).unwrap().local_datacenter, None);
+        let cfg = levels("each_quorum", "local_quorum", " dc-east ", true).unwrap();
+        assert_eq!(cfg.local_datacenter.as_deref(), Some("dc-east"));
+        let err = StoreConfig::from_map(&map(&[("local_datacenter", Bool(true))])).unwrap_err();
+        assert_eq!(field_of(err), "local_datacenter");
+    }
+
+    #[test]
+    fn reads_at_any_are_refused_floor_or_not() {
+        for floor in [true, false] {
+            let err = levels("all", "any", "", floor).unwrap_err();
+            assert_eq!(field_of(err), "read_consistency", "floor {floor}");
+        }
+    }
+
+    /// Every pair the floor is refused with in one datacenter, and every one it is allowed
+    /// with; the message names the keys to change.
+    #[test]
+    fn floor_needs_overlapping_levels_in_one_datacenter() {
+        for (w, r) in [
+            ("one", "one"),
+            ("local_one", "local_one"),
+            ("one", "local_quorum"),
+            ("local_quorum", "one"),
+            ("quorum", "one"),
+            ("two", "two"),
+            ("three", "quorum"),
+            ("any", "all"),
+            ("any", "local_quorum"),
+            ("each_quorum", "local_one"),
+        ] {
+            let err = levels(w, r, "", true).unwrap_err();
+            let text = err.to_string();
+            for key in ["write_consistency", "replay_floor"] {
+                assert!(text.contains(key), "{w}/{r}: {text}");
+            }
+            let expected = if w == "any" { "write_consistency" } else { "read_consistency" };
+            assert_eq!(field_of(err), expected, "{w}/{r}");
+            // Without the floor a missed row only shows later: allowed (but ANY reads).
+            levels(w, r, "", false).unwrap();
+        }
+        for (w, r) in [
+            ("local_quorum", "local_quorum"),
+            ("quorum", "quorum"),
+            ("local_quorum", "quorum"),
+            ("quorum", "local_quorum"),
+            ("each_quorum", "local_quorum"),
+            ("local_quorum", "each_quorum"),
+            ("all", "one"),
+            ("one", "all"),
+            ("local_one", "all"),
+            ("all", "all"),
+        ] {
+            levels(w, r, "", true).unwrap_or_else(|e| panic!("{w}/{r}: {e}"));
+        }
+    }
+
+    /// With local_datacenter set (several datacenters), LOCAL_QUORUM on both sides, or with
+    /// QUORUM, no longer overlaps: a write in one datacenter, a scan in another.
+    #[test]
+    fn floor_needs_levels_that_overlap_across_datacenters() {
+        for (w, r) in [
+            ("local_quorum", "local_quorum"),
+            ("local_quorum", "quorum"),
+            ("quorum", "local_quorum"),
+            ("local_one", "each_quorum"),
+            ("one", "one"),
+        ] {
+            let err = levels(w, r, "dc1", true).unwrap_err();
+            assert!(err.to_string().contains("every datacenter"), "{w}/{r}: {err}");
+            assert_eq!(field_of(err), "read_consistency", "{w}/{r}");
+            levels(w, r, "dc1", false).unwrap();
+        }
+        for (w, r) in [
+            ("each_quorum", "local_quorum"),
+            ("local_quorum", "each_quorum"),
+            ("each_quorum", "each_quorum"),
+            ("quorum", "quorum"),
+            ("quorum", "each_quorum"),
+            ("each_quorum", "quorum"),
+            ("all", "local_one"),
+            ("local_one", "all"),
+        ] {
+            levels(w, r, "dc1", true).unwrap_or_else(|e| panic!("{w}/{r}: {e}"));
+        }
+    }
+
     #[test]
     fn to_values_covers_every_key_and_round_trips() {
         let values = StoreConfig::default().to_values();
@@ -849,6 +1023,7 @@ mod tests {
             pool_size: 3,
             reconnect_max_backoff: Duration::from_secs(7),
             write_consistency: Consistency::EachQuorum,
+            local_datacenter: Some("dc2".into()),
             ..StoreConfig::default()
         };
         let map: HashMap<String, ConfigValue> = cfg

@@ -9,9 +9,11 @@ use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use scylla::client::{Compression, PoolSize};
+use scylla::policies::load_balancing::DefaultPolicy;
 use scylla::statement::prepared::PreparedStatement;
 
 use crate::config::StoreConfig;
+use crate::consistency::{self, Scope};
 use crate::error::StoreError;
 use crate::expiry::ExpiryLimit;
 use crate::schema::{self, ColumnInfo};
@@ -84,6 +86,7 @@ pub(crate) async fn connect_once(cfg: &StoreConfig) -> Result<Connection, StoreE
     let profile = ExecutionProfile::builder()
         .consistency(cfg.write_consistency)
         .request_timeout(Some(cfg.request_timeout))
+        .load_balancing_policy(load_balancing(cfg))
         .build()
         .into_handle();
     let mut builder = SessionBuilder::new()
@@ -94,8 +97,11 @@ pub(crate) async fn connect_once(cfg: &StoreConfig) -> Result<Connection, StoreE
             NonZeroUsize::new(cfg.pool_size).unwrap_or(NonZeroUsize::MIN),
         ))
         .default_execution_profile_handle(profile)
-        // The schema check below reads exactly what it needs; skip the driver's full fetch.
-        .fetch_schema_metadata(false)
+        // Token-aware routing needs the keyspace's replication; the schema check below
+        // reads the rest, so the driver fetches no tables.
+        .fetch_schema_metadata(true)
+        .fetch_full_schema_metadata(false)
+        .keyspaces_to_fetch([cfg.keyspace.to_ascii_lowercase()])
         .keepalive_interval(Duration::from_secs(5))
         .keepalive_timeout(Duration::from_secs(10));
     if let (Some(user), Some(password)) = (&cfg.username, &cfg.password) {
@@ -119,11 +125,71 @@ pub(crate) async fn connect_once(cfg: &StoreConfig) -> Result<Connection, StoreE
             other => other,
         })?;
 
+    check_datacenters(&session, cfg)?;
     check_or_create_table(&session, cfg).await?;
     let expiry_limit = read_expiry_limit(&session).await;
     let mut conn = prepare_all(session, cfg).await?;
     conn.expiry_limit = expiry_limit;
     Ok(conn)
+}
+
+/// Token-aware, and with `local_datacenter` that datacenter's nodes only. Requests leave it
+/// only when no level is LOCAL_*: a LOCAL_QUORUM request coordinated in another datacenter
+/// would count that datacenter's replicas, not the ones users meant (the DataStax drivers
+/// refuse it too); such requests wait for a local node instead.
+fn load_balancing(
+    cfg: &StoreConfig,
+) -> std::sync::Arc<dyn scylla::policies::load_balancing::LoadBalancingPolicy> {
+    let builder = DefaultPolicy::builder().token_aware(true);
+    match &cfg.local_datacenter {
+        Some(dc) => builder
+            .prefer_datacenter(dc.clone())
+            .permit_dc_failover(
+                !consistency::is_local(cfg.write_consistency)
+                    && !consistency::is_local(cfg.read_consistency),
+            )
+            .build(),
+        None => builder.build(),
+    }
+}
+
+/// What only the cluster can tell: `local_datacenter` must be one of its datacenters (or
+/// no request would have a node to go to), and a cluster of several datacenters needs
+/// `local_datacenter` set, or levels the replay floor is safe with across them.
+fn check_datacenters(session: &Session, cfg: &StoreConfig) -> Result<(), StoreError> {
+    let mut dcs: Vec<String> = session
+        .get_cluster_state()
+        .get_nodes_info()
+        .iter()
+        .filter_map(|node| node.datacenter.clone())
+        .collect();
+    dcs.sort();
+    dcs.dedup();
+    match &cfg.local_datacenter {
+        Some(dc) if !dcs.is_empty() && !dcs.contains(dc) => Err(StoreError::InvalidConfig {
+            field: "local_datacenter".into(),
+            reason: format!(
+                "{dc:?} is not a datacenter of this cluster (it has {})",
+                dcs.join(", ")
+            ),
+        }),
+        None if dcs.len() > 1 && cfg.replay_floor => cfg
+            .check_floor_consistency(Scope::SeveralDatacenters)
+            .map_err(|e| {
+                let why = match e {
+                    StoreError::InvalidConfig { reason, .. } => reason,
+                    other => other.to_string(),
+                };
+                StoreError::InvalidConfig {
+                    field: "local_datacenter".into(),
+                    reason: format!(
+                        "must be set: the cluster has several datacenters ({}); read_consistency {why}",
+                        dcs.join(", ")
+                    ),
+                }
+            }),
+        _ => Ok(()),
+    }
 }
 
 /// The expiry limit of the cluster, from every node's `release_version` (`system.local`

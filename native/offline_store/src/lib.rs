@@ -17,6 +17,7 @@
 mod bench_api;
 pub mod config;
 mod connection;
+pub mod consistency;
 pub mod error;
 mod expiry;
 mod floor;
