@@ -233,7 +233,7 @@ async fn text_column(session: &Session, cql: &str) -> Option<Vec<String>> {
 }
 
 async fn check_or_create_table(session: &Session, cfg: &StoreConfig) -> Result<(), StoreError> {
-    let ks = cfg.keyspace.to_ascii_lowercase();
+    let ks = schema::keyspace_name(&cfg.keyspace);
     let timeout = cfg.request_timeout;
     let db = |e| StoreError::from_driver(e, timeout);
 
@@ -362,7 +362,7 @@ async fn read_columns(
 }
 
 async fn prepare_all(session: Session, cfg: &StoreConfig) -> Result<Connection, StoreError> {
-    let ks = &cfg.keyspace;
+    let ks = &schema::keyspace_cql(&cfg.keyspace);
     let t = schema::TABLE;
     let timeout = cfg.request_timeout;
     let prepare = |cql: String, read: bool| {

@@ -89,11 +89,26 @@ pub fn check_columns(columns: &[ColumnInfo]) -> Result<(), String> {
     }
 }
 
+/// The keyspace Cassandra stores for the configured name: like an unquoted CQL name, the
+/// configured one is case-insensitive (`MQTT` is `mqtt`), so every statement, schema check
+/// and side table agrees on one keyspace. Case-sensitive (quoted) keyspace names are not
+/// supported. `configured` must be a validated CQL identifier.
+pub fn keyspace_name(configured: &str) -> String {
+    configured.to_ascii_lowercase()
+}
+
+/// The keyspace as it is written in CQL: [`keyspace_name`], quoted, so that a name that is
+/// also a CQL keyword (`select`, `table`) still parses.
+pub fn keyspace_cql(configured: &str) -> String {
+    format!("\"{}\"", keyspace_name(configured))
+}
+
 /// `CREATE TABLE IF NOT EXISTS` for the product's table, as schema.cql has it for
 /// Cassandra 4.0+. `keyspace` must already be a validated CQL identifier.
 pub fn create_table_cql(keyspace: &str) -> String {
+    let keyspace = keyspace_cql(keyspace);
     format!(
-        "CREATE TABLE IF NOT EXISTS \"{keyspace}\".{TABLE} (\
+        "CREATE TABLE IF NOT EXISTS {keyspace}.{TABLE} (\
          topic text, msgid text, arrived timestamp, payload text, qos int, retain int, sender text, \
          PRIMARY KEY (topic, msgid)) WITH CLUSTERING ORDER BY (msgid DESC) \
          AND bloom_filter_fp_chance = 0.01 \
@@ -109,6 +124,7 @@ pub fn create_table_cql(keyspace: &str) -> String {
 
 /// `CREATE TABLE IF NOT EXISTS` for the topic index. `keyspace` is a validated identifier.
 pub fn create_index_table_cql(keyspace: &str) -> String {
+    let keyspace = keyspace_cql(keyspace);
     format!(
         "CREATE TABLE IF NOT EXISTS {keyspace}.{INDEX_TABLE} (root text, topic text, \
          PRIMARY KEY (root, topic)) \
@@ -118,6 +134,7 @@ pub fn create_index_table_cql(keyspace: &str) -> String {
 
 /// `CREATE TABLE IF NOT EXISTS` for the replay floor. `keyspace` is a validated identifier.
 pub fn create_floor_table_cql(keyspace: &str) -> String {
+    let keyspace = keyspace_cql(keyspace);
     format!(
         "CREATE TABLE IF NOT EXISTS {keyspace}.{FLOOR_TABLE} (topic text PRIMARY KEY, msgid text) \
          WITH comment = 'emqx_offline_cassandra: per topic, every mqtt_msg row below msgid is deleted'"
@@ -156,6 +173,23 @@ mod tests {
         assert!(err.contains("`qos` has type bigint, expected int"), "{err}");
         assert!(err.contains("`msgid` has clustering order asc"), "{err}");
         assert!(err.contains("`sender` is missing"), "{err}");
+    }
+
+    #[test]
+    fn the_keyspace_is_one_case_insensitive_name_quoted_everywhere() {
+        assert_eq!(keyspace_name("MQTT_Offline"), "mqtt_offline");
+        assert_eq!(keyspace_cql("MQTT_Offline"), "\"mqtt_offline\"");
+        assert_eq!(keyspace_cql("select"), "\"select\"");
+        for cql in [
+            create_table_cql("MQTT_Offline"),
+            create_index_table_cql("MQTT_Offline"),
+            create_floor_table_cql("MQTT_Offline"),
+        ] {
+            assert!(
+                cql.starts_with("CREATE TABLE IF NOT EXISTS \"mqtt_offline\"."),
+                "{cql}"
+            );
+        }
     }
 
     #[test]

@@ -193,3 +193,118 @@ async fn without_the_side_tables_and_create_permission_the_error_says_what_to_do
         assert!(text.contains(advice), "{text}");
     }
 }
+
+/// A keyspace name is case-insensitive like an unquoted CQL name: `Offline_Test_KS_Case` is
+/// the keyspace `offline_test_ks_case` for the schema check, the created table and side
+/// tables, writes, replay (plain and wildcard), the floor, count and purge alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyspace_name_in_upper_case_is_the_same_keyspace_everywhere() {
+    let ks = "offline_test_ks_case";
+    let _cleanup = Cleanup::keyspace(ks);
+    let admin = admin().await;
+    recreate_keyspace(&admin, ks, 1).await;
+    let cfg = StoreConfig {
+        keyspace: "Offline_Test_KS_Case".into(),
+        create_table_if_missing: true,
+        topic_index: true,
+        replay_floor: true,
+        ..config()
+    };
+    // Creates the tables (with the default request timeout: a CREATE takes a while).
+    connect_with(cfg.clone())
+        .await
+        .shutdown(scaled(Duration::from_secs(5)))
+        .await;
+    let tables = admin
+        .query_unpaged(
+            "SELECT table_name FROM system_schema.tables WHERE keyspace_name = ?",
+            (ks,),
+        )
+        .await
+        .unwrap()
+        .into_rows_result()
+        .unwrap()
+        .rows::<(String,)>()
+        .unwrap()
+        .map(|r| r.unwrap().0)
+        .collect::<Vec<_>>();
+    for t in [schema::TABLE, schema::INDEX_TABLE, schema::FLOOR_TABLE] {
+        assert!(tables.iter().any(|x| x == t), "{t} not in {ks}: {tables:?}");
+    }
+    // A short lag: the late writes below drop the floor for half of it.
+    let store = connect_with(StoreConfig {
+        request_timeout: Duration::from_secs(1),
+        replay_floor_lag: Duration::from_secs(3),
+        ..cfg
+    })
+    .await;
+
+    let topic = unique_topic("ks_case");
+    let old: Vec<_> = (0..510u64)
+        .map(|i| {
+            let us = (now_ms() as u64 - 3_600_000) * 1000 + i * 1_000_000;
+            let mut m = message(&topic, format!("old{i}").as_bytes());
+            m.msgid = MsgId::new(us, 0x00AB_CDEF_0123, i as u16);
+            m.arrived_ms = (us / 1000) as i64;
+            m
+        })
+        .collect();
+    for m in &old {
+        store.submit_store(m.clone()).unwrap();
+    }
+    store.flush(scaled(Duration::from_secs(60))).await.unwrap();
+    let stored = admin
+        .query_unpaged(
+            format!("SELECT count(*) FROM {ks}.mqtt_msg WHERE topic = ?"),
+            (&topic,),
+        )
+        .await
+        .unwrap()
+        .into_rows_result()
+        .unwrap()
+        .single_row::<(i64,)>()
+        .unwrap()
+        .0;
+    assert_eq!(stored, 510);
+    let base = topic.rsplit_once('/').unwrap().0;
+    let wildcard = store
+        .fetch_matching(&format!("{base}/#"), FetchOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(wildcard.len(), 510, "wildcard replay through the index");
+
+    // 500 acks move the floor, in the same keyspace.
+    for m in &old[..500] {
+        store.submit_delete(&m.topic, m.msgid).unwrap();
+    }
+    store.flush(scaled(Duration::from_secs(60))).await.unwrap();
+    let floor = || async {
+        admin
+            .query_unpaged(
+                format!("SELECT msgid FROM {ks}.mqtt_msg_floor WHERE topic = ?"),
+                (&topic,),
+            )
+            .await
+            .unwrap()
+            .into_rows_result()
+            .unwrap()
+            .maybe_first_row::<(String,)>()
+            .unwrap()
+            .map(|(f,)| f)
+    };
+    let deadline = Instant::now() + scaled(Duration::from_secs(60));
+    while floor().await.as_deref() != Some(old[500].msgid.as_str()) {
+        assert!(Instant::now() < deadline, "floor: {:?}", floor().await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(store.count(&topic).await.unwrap(), 10);
+    assert_eq!(store.purge(&topic).await.unwrap(), 10);
+    assert!(
+        store
+            .fetch(&topic, FetchOptions::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    store.shutdown(scaled(Duration::from_secs(5))).await;
+}
