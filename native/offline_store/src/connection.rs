@@ -38,8 +38,8 @@ pub(crate) struct Connection {
     pub purge: PreparedStatement,
     /// Live rows of a topic (admin count).
     pub count: PreparedStatement,
-    /// Topic index (`None` when `topic_index` is off): insert `(root, topic)` with a TTL,
-    /// and read one root's topics.
+    /// Topic index (`None` when `topic_index` is off): write a topic's rows, read ranges of
+    /// topics (`index_reads`).
     pub index: Option<IndexStatements>,
     /// Newest first within `[lower, upper)`: replay in bounded slices.
     pub select_range: PreparedStatement,
@@ -74,9 +74,29 @@ pub(crate) struct FloorStatements {
 }
 
 pub(crate) struct IndexStatements {
+    /// A topic's row: (root, bucket, topic, ttl).
     pub insert: PreparedStatement,
-    pub select: PreparedStatement,
+    /// A bucket in use, added to its first level's row in the roots list:
+    /// (ttl, {bucket}, ROOTS_PARTITION, bucket of the root, root).
+    pub add_root_bucket: PreparedStatement,
+    /// `topic, buckets` of one partition within `[lo, hi)`: (root, bucket, lo, hi).
+    pub select_range: PreparedStatement,
+    /// The same from `lo` on, for a range without an upper end: (root, bucket, lo).
+    pub select_from: PreparedStatement,
+    /// Reads of the index before buckets, while that table exists (see
+    /// `schema::LEGACY_INDEX_TABLE`).
+    pub legacy: Option<LegacyIndexStatements>,
 }
+
+/// `topic` of one partition of the old index: `[lo, hi)` (root, lo, hi) and from `lo` on.
+pub(crate) struct LegacyIndexStatements {
+    pub select_range: PreparedStatement,
+    pub select_from: PreparedStatement,
+}
+
+/// Rows per page of an index read: they are small (a topic), and a lookup over 100,000
+/// topics should not take 100 round trips.
+const INDEX_PAGE_ROWS: i32 = 5_000;
 
 /// `TTL(payload)`: seconds left before Cassandra expires the row, null without a TTL.
 const COLUMNS: &str = "msgid, arrived, payload, qos, retain, sender, TTL(payload)";
@@ -475,23 +495,72 @@ async fn prepare_all(session: Session, cfg: &StoreConfig) -> Result<Connection, 
         None
     };
     let index = if cfg.topic_index {
+        let table = schema::INDEX_TABLE;
         let insert = prepare(
+            format!("INSERT INTO {ks}.{table} (root, bucket, topic) VALUES (?, ?, ?) USING TTL ?"),
+            false,
+        )
+        .await?;
+        let add_root_bucket = prepare(
             format!(
-                "INSERT INTO {ks}.{} (root, topic) VALUES (?, ?) USING TTL ?",
-                schema::INDEX_TABLE
+                "UPDATE {ks}.{table} USING TTL ? SET buckets = buckets + ? \
+                 WHERE root = ? AND bucket = ? AND topic = ?"
             ),
             false,
         )
         .await?;
-        let select = prepare(
-            format!(
-                "SELECT topic FROM {ks}.{} WHERE root = ? LIMIT ?",
-                schema::INDEX_TABLE
-            ),
-            true,
-        )
+        let select = |cql: String| async {
+            let mut stmt = prepare(cql, true).await?;
+            stmt.set_page_size(INDEX_PAGE_ROWS);
+            Ok::<_, StoreError>(stmt)
+        };
+        let where_ = "WHERE root = ? AND bucket = ? AND topic >= ?";
+        let select_range = select(format!(
+            "SELECT topic, buckets FROM {ks}.{table} {where_} AND topic < ?"
+        ))
         .await?;
-        Some(IndexStatements { insert, select })
+        let select_from =
+            select(format!("SELECT topic, buckets FROM {ks}.{table} {where_}")).await?;
+        let legacy_table = schema::LEGACY_INDEX_TABLE;
+        let name = schema::keyspace_name(&cfg.keyspace);
+        let legacy = if table_exists(&session, &name, legacy_table, timeout).await? {
+            let where_ = "WHERE root = ? AND topic >= ?";
+            let unreadable = |e: StoreError| match e {
+                StoreError::Db(e) => StoreError::IndexUnavailable(format!(
+                    "{e}; {legacy_table} (the topic index of earlier versions) is read until \
+                     its rows expire: grant SELECT on it, or drop it if wildcard replay may \
+                     miss topics stored before the upgrade"
+                )),
+                other => other,
+            };
+            let select_range = select(format!(
+                "SELECT topic FROM {ks}.{legacy_table} {where_} AND topic < ?"
+            ))
+            .await
+            .map_err(unreadable)?;
+            let select_from = select(format!("SELECT topic FROM {ks}.{legacy_table} {where_}"))
+                .await
+                .map_err(unreadable)?;
+            // Cassandra checks SELECT when a statement runs, not when it is prepared: one
+            // read of nothing (an empty range) shows the permission now.
+            session
+                .execute_unpaged(&select_range, (schema::ROOTS_PARTITION, "", ""))
+                .await
+                .map_err(|e| unreadable(StoreError::from_driver(e, timeout)))?;
+            Some(LegacyIndexStatements {
+                select_range,
+                select_from,
+            })
+        } else {
+            None
+        };
+        Some(IndexStatements {
+            insert,
+            add_root_bucket,
+            select_range,
+            select_from,
+            legacy,
+        })
     } else {
         None
     };

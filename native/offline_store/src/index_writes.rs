@@ -1,6 +1,6 @@
-//! The topic index's upkeep on the write path: a topic is indexed (with its first level)
-//! before its messages land, so a wildcard replay that finds a message can always find
-//! its topic.
+//! The topic index's upkeep on the write path: a topic is indexed (with its first level
+//! and bucket in the roots list) before its messages land, so a wildcard replay that finds
+//! a message can always find its topic. Layout: `index_keys`.
 
 use std::time::Duration;
 
@@ -54,19 +54,25 @@ pub(crate) async fn ensure_indexed(
         0 => 0,
         t => expiry::clamp_secs(i64::from(t), now, limit),
     };
-    let root = crate::topic::root(topic);
+    let (root, bucket) = crate::index_keys::partition_of(topic);
+    let roots_bucket = crate::index_keys::bucket_of(root);
     let session = &conn.session;
     let (a, b) = tokio::join!(
-        session.execute_unpaged(&ix.insert, (crate::schema::ROOTS_PARTITION, root, ttl)),
-        session.execute_unpaged(&ix.insert, (root, topic, ttl)),
+        session.execute_unpaged(
+            &ix.add_root_bucket,
+            (
+                ttl,
+                vec![bucket],
+                crate::schema::ROOTS_PARTITION,
+                roots_bucket,
+                root
+            )
+        ),
+        session.execute_unpaged(&ix.insert, (root, bucket, topic, ttl)),
     );
     a?;
     b?;
-    let mut indexed = lock(&inner.indexed);
-    if indexed.len() >= 100_000 {
-        indexed.clear();
-    }
-    indexed.insert(topic.to_owned(), Instant::now());
+    lock(&inner.indexed).insert(topic, Instant::now());
     Ok(())
 }
 

@@ -15,13 +15,18 @@
 
 #[cfg(feature = "bench_api")]
 mod bench_api;
+#[cfg(feature = "bench_api")]
+mod bench_index;
 pub mod config;
 mod connection;
 pub mod consistency;
 pub mod error;
 mod expiry;
 mod floor;
+pub mod index_keys;
+mod index_reads;
 mod index_writes;
+mod lru;
 pub mod msgid;
 pub mod payload;
 mod reads;

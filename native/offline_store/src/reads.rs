@@ -75,40 +75,22 @@ impl Store {
         Ok(newest)
     }
 
-    /// Topics in the index that match `filter` (at most `max_wildcard_topics`).
+    /// Topics in the index that match `filter` (at most `max_wildcard_topics`), sorted.
+    /// Only the index range of the filter's literal prefix is read (see `index_reads`).
     pub async fn topics_matching(&self, filter: &str) -> Result<Vec<String>, StoreError> {
         let conn = self.inner.connection()?;
         let Some(ix) = &conn.index else {
             return Err(StoreError::IndexUnavailable("topic_index is off".into()));
         };
-        let max = self.inner.cfg.max_wildcard_topics;
-        let timeout = self.inner.cfg.request_timeout;
-        let root = crate::topic::root(filter);
-        let roots = if root == "+" || root == "#" {
-            read_index(
-                &conn,
-                &ix.select,
-                crate::schema::ROOTS_PARTITION,
-                max,
-                timeout,
-            )
-            .await?
-        } else {
-            vec![root.to_owned()]
+        let lookup = crate::index_reads::Lookup {
+            conn: &conn,
+            ix,
+            counters: &self.inner.counters,
+            timeout: self.inner.cfg.request_timeout,
         };
-        let mut topics = Vec::new();
-        for r in roots {
-            if topics.len() >= max {
-                break;
-            }
-            let found = read_index(&conn, &ix.select, &r, max - topics.len(), timeout).await?;
-            topics.extend(
-                found
-                    .into_iter()
-                    .filter(|t| crate::topic::matches(t, filter)),
-            );
-        }
-        Ok(topics)
+        lookup
+            .topics_matching(filter, self.inner.cfg.max_wildcard_topics)
+            .await
     }
 
     /// Live rows stored for one topic (a `count(*)` over its partition; for operators).
@@ -243,36 +225,6 @@ fn keep_newest(rows: &mut Vec<StoredMessage>, limit: usize) {
     if rows.len() > limit {
         rows.drain(..rows.len() - limit);
     }
-}
-
-/// One partition of the topic index, page by page, at most `max` entries.
-async fn read_index(
-    conn: &Connection,
-    stmt: &scylla::statement::prepared::PreparedStatement,
-    root: &str,
-    max: usize,
-    request_timeout: Duration,
-) -> Result<Vec<String>, StoreError> {
-    let mut out = Vec::new();
-    let mut paging = PagingState::start();
-    let limit = max.min(i32::MAX as usize) as i32;
-    loop {
-        let (result, next) = conn
-            .session
-            .execute_single_page(stmt, (root, limit), paging)
-            .await
-            .map_err(|e| StoreError::from_driver(e, request_timeout))?;
-        let rows = result.into_rows_result().map_err(db_err)?;
-        for row in rows.rows::<(String,)>().map_err(db_err)? {
-            out.push(row.map_err(db_err)?.0);
-        }
-        match next {
-            PagingStateResponse::HasMorePages { state } if out.len() < max => paging = state,
-            _ => break,
-        }
-    }
-    out.truncate(max);
-    Ok(out)
 }
 
 /// Rows of one topic, page by page, at most `limit`; also whether Cassandra warned (it

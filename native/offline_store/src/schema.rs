@@ -4,14 +4,21 @@
 /// Name of the table; fixed, like its structure.
 pub const TABLE: &str = "mqtt_msg";
 
-/// The product's own side table: which topics have stored messages, partitioned by their
-/// first level, so a wildcard subscription finds its topics without scanning `mqtt_msg`.
-/// Partition [`ROOTS_PARTITION`] lists the first levels themselves (for filters that start
-/// with a wildcard). `mqtt_msg` itself is never changed.
-pub const INDEX_TABLE: &str = "mqtt_msg_topics";
+/// The product's own side table: which topics have stored messages, so that a wildcard
+/// subscription finds its topics without scanning `mqtt_msg`. Partition (first level, bucket
+/// of the second level) holds the topics, sorted, so a filter reads the range of its
+/// literal prefix (`index_keys`); partitions ([`ROOTS_PARTITION`], bucket of the first level)
+/// list the first levels with the buckets they use (for filters that start with a
+/// wildcard). `mqtt_msg` itself is never changed.
+pub const INDEX_TABLE: &str = "mqtt_msg_topic_index";
 
-/// The index partition that lists first levels. MQTT forbids U+0000 in topic names, so no
-/// real first level can collide with it.
+/// The topic index before buckets: (first level, topic), one partition per first level.
+/// No longer written; read (when it exists) until its rows expire, so that an upgrade
+/// finds the topics indexed before it. Drop it `topic_index_ttl` after upgrading.
+pub const LEGACY_INDEX_TABLE: &str = "mqtt_msg_topics";
+
+/// The first level of the index partitions that list first levels. MQTT forbids U+0000 in
+/// topic names, so no real first level can collide with it.
 pub const ROOTS_PARTITION: &str = "\u{0}";
 
 /// The product's second side table: per topic, a msgid below which every `mqtt_msg` row is
@@ -123,12 +130,16 @@ pub fn create_table_cql(keyspace: &str) -> String {
 }
 
 /// `CREATE TABLE IF NOT EXISTS` for the topic index. `keyspace` is a validated identifier.
+/// Its rows are never deleted, only expire (every replica expires them alike), so their
+/// tombstones need not outlive Cassandra's hint window (3 h): a short `gc_grace_seconds`
+/// lets compaction drop them early.
 pub fn create_index_table_cql(keyspace: &str) -> String {
     let keyspace = keyspace_cql(keyspace);
     format!(
-        "CREATE TABLE IF NOT EXISTS {keyspace}.{INDEX_TABLE} (root text, topic text, \
-         PRIMARY KEY (root, topic)) \
-         WITH comment = 'emqx_offline_cassandra: topics with stored messages, for wildcard replay'"
+        "CREATE TABLE IF NOT EXISTS {keyspace}.{INDEX_TABLE} (root text, bucket int, topic text, \
+         buckets set<int>, PRIMARY KEY ((root, bucket), topic)) \
+         WITH gc_grace_seconds = 10800 \
+         AND comment = 'emqx_offline_cassandra: topics with stored messages, for wildcard replay'"
     )
 }
 

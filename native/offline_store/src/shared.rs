@@ -11,6 +11,7 @@ use tokio::time::Instant;
 use crate::config::StoreConfig;
 use crate::connection::Connection;
 use crate::error::StoreError;
+use crate::lru::Lru;
 use crate::stats::Counters;
 use crate::types::{ConnState, EventSink, StoreEvent};
 use crate::waiting::Waiting;
@@ -25,6 +26,9 @@ pub(crate) struct Staging {
     pub(crate) spare: VecDeque<Pending>,
     pub(crate) since: Option<Instant>,
 }
+
+/// Topics a node remembers having indexed (about 100 bytes each).
+const INDEXED_TOPICS_REMEMBERED: usize = 100_000;
 
 /// Everything a store's clones and background tasks share.
 pub(crate) struct Inner {
@@ -56,8 +60,9 @@ pub(crate) struct Inner {
     pub(crate) writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Where `StoreEvent`s go (the NIF forwards them to Erlang's logger).
     pub(crate) events: Mutex<Option<EventSink>>,
-    /// Topics whose index rows were written recently (by the writer tasks only).
-    pub(crate) indexed: Mutex<HashMap<String, Instant>>,
+    /// Topics whose index rows were written recently, and when (by the writer tasks only);
+    /// the least recently written is forgotten first (see `lru`).
+    pub(crate) indexed: Mutex<Lru<Instant>>,
     /// Deletes per topic since its floor was last moved, and whether a scan runs.
     pub(crate) floor_scans: Mutex<HashMap<String, FloorScan>>,
     pub(crate) counters: Counters,
@@ -109,7 +114,7 @@ impl Inner {
             stopped: AtomicBool::new(false),
             shutdown,
             writer: Mutex::new(None),
-            indexed: Mutex::new(HashMap::new()),
+            indexed: Mutex::new(Lru::new(INDEXED_TOPICS_REMEMBERED)),
             floor_scans: Mutex::new(HashMap::new()),
             events: Mutex::new(None),
             counters: Counters::default(),

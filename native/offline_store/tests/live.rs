@@ -600,8 +600,8 @@ async fn wildcard_filters_find_their_topics_through_the_index() {
     let index_rows = admin()
         .await
         .query_unpaged(
-            "SELECT topic FROM mqtt.mqtt_msg_topics WHERE root = 'test'",
-            (),
+            "SELECT topic FROM mqtt.mqtt_msg_topic_index WHERE root = 'test' AND bucket = ?",
+            (offline_store::index_keys::bucket_of("wild"),),
         )
         .await
         .unwrap()

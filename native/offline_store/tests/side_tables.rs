@@ -1,4 +1,4 @@
-//! The side tables (`mqtt_msg_topics`, `mqtt_msg_floor`) for a role that may not create
+//! The side tables (`mqtt_msg_topic_index`, `mqtt_msg_floor`) for a role that may not create
 //! tables: a DBA creates them once, and the store must use them without ever sending a
 //! CREATE (Cassandra checks the permission before `IF NOT EXISTS`). Needs the local
 //! Cassandra (test/cassandra/cassandra.sh start), with its authorizer on.
@@ -170,7 +170,11 @@ async fn without_the_side_tables_and_create_permission_the_error_says_what_to_do
         other => panic!("expected IndexUnavailable, got {other:?}"),
     }
     let text = err.to_string();
-    for advice in ["mqtt_msg_topics", "grant CREATE", "topic_index = false"] {
+    for advice in [
+        "mqtt_msg_topic_index",
+        "grant CREATE",
+        "topic_index = false",
+    ] {
         assert!(text.contains(advice), "{text}");
     }
 

@@ -186,7 +186,7 @@ impl Drop for Cleanup {
                     return;
                 };
                 for t in &topics {
-                    let root = offline_store::topic::root(t);
+                    let (root, bucket) = offline_store::index_keys::partition_of(t);
                     let _ = admin
                         .query_unpaged("DELETE FROM mqtt.mqtt_msg WHERE topic = ?", (t,))
                         .await;
@@ -195,8 +195,9 @@ impl Drop for Cleanup {
                         .await;
                     let _ = admin
                         .query_unpaged(
-                            "DELETE FROM mqtt.mqtt_msg_topics WHERE root = ? AND topic = ?",
-                            (root, t),
+                            "DELETE FROM mqtt.mqtt_msg_topic_index \
+                             WHERE root = ? AND bucket = ? AND topic = ?",
+                            (root, bucket, t),
                         )
                         .await;
                 }
