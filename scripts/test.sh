@@ -122,8 +122,16 @@ stop_cluster() {
     test/cassandra/cassandra.sh cluster stop || true
     cluster_started_here=
 }
+# The two datacenters (127.0.0.1 in dc1, 127.0.0.2 in dc2, CQL 9046), like the cluster.
+dc_started_here=
+stop_dc() {
+    if [ -n "${KEEP_CASSANDRA:-}" ] || [ -z "$dc_started_here" ]; then return 0; fi
+    test/cassandra/cassandra.sh dc stop || true
+    dc_started_here=
+}
 stop_started() {
     stop_cluster
+    stop_dc
     if [ -n "${KEEP_CASSANDRA:-}" ]; then return 0; fi
     [ -z "$tls_started_here" ] || test/tls/cassandra-tls.sh stop || true
     [ -z "$started_here" ] || test/cassandra/cassandra.sh stop || true
@@ -141,6 +149,8 @@ suite "Rust unit tests" cargo test -p offline_store --lib
 for t in native/offline_store/tests/*.rs; do
     # cluster.rs needs the 3-node cluster: its own step below.
     [ "$(basename "$t" .rs)" != cluster ] || continue
+    # multi_dc.rs needs the two datacenters: their own step below.
+    [ "$(basename "$t" .rs)" != multi_dc ] || continue
     suite "Rust against Cassandra: $(basename "$t" .rs)" cargo test -p offline_store --test "$(basename "$t" .rs)"
 done
 # A 3-node cluster of its own (127.0.0.1-3, CQL 9044), started here and stopped as soon as
@@ -158,6 +168,18 @@ else
     not_run "Rust against the 3-node cluster: cluster" "the cluster did not start"
 fi
 stop_cluster
+# Two datacenters of one node each, started here and stopped right after their suite.
+step "two datacenters (dc1: 127.0.0.1, dc2: 127.0.0.2), for the multi-datacenter tests"
+if ! test/cassandra/cassandra.sh dc status >/dev/null; then dc_started_here=1; fi
+export CASSANDRA_DC=${CASSANDRA_DC:-127.0.0.1:${CASSANDRA_DC_PORT:-9046}}
+suite "start the two datacenters" test/cassandra/cassandra.sh dc start
+if [ "$last_rc" = 0 ]; then
+    suite "Rust against two datacenters: multi_dc (dc1 cut off, the floor, the checks)" \
+        cargo test -p offline_store --test multi_dc
+else
+    not_run "Rust against two datacenters: multi_dc" "the two datacenters did not start"
+fi
+stop_dc
 # The Erlang suites load the fault-injection build (NIFs that panic on purpose).
 for m in $(eunit_modules); do
     suite "EUnit: $m" env FAULT_INJECTION=1 rebar3 eunit --module="$m"

@@ -241,7 +241,9 @@ async fn msgids(session: &Session, ks: &str, topic: &str, cl: Consistency) -> Ve
 
 /// The topic's replay floor, read at ALL (both datacenters answer).
 async fn floor_of(admin: &Session, ks: &str, topic: &str) -> Option<String> {
-    let mut stmt = Statement::new(format!("SELECT msgid FROM {ks}.mqtt_msg_floor WHERE topic = ?"));
+    let mut stmt = Statement::new(format!(
+        "SELECT msgid FROM {ks}.mqtt_msg_floor WHERE topic = ?"
+    ));
     stmt.set_consistency(Consistency::All);
     admin
         .query_unpaged(stmt, (topic,))
@@ -296,7 +298,9 @@ async fn a_message_written_in_dc2_while_dc1_was_cut_off_is_not_hidden_by_a_floor
         read_consistency: Consistency::LocalQuorum,
         ..store_config(&ks, 1)
     };
-    let err = Store::start(refused).err().expect("LOCAL_QUORUM on both sides was accepted");
+    let err = Store::start(refused)
+        .err()
+        .expect("LOCAL_QUORUM on both sides was accepted");
     assert_eq!(invalid_field(&err), "read_consistency", "{err}");
     assert!(err.to_string().contains("replay_floor"), "{err}");
 
