@@ -5,6 +5,8 @@
 #   core: pipeline vs one awaited INSERT at a time        -> bench-results/core.jsonl
 #   NIF:  store/1 call times; end-to-end rate vs the core -> bench-results/nif.jsonl
 #   tombstones: replay beside 200,000 acked rows, floor vs slices -> tombstones.jsonl
+#   wildcards: topic index lookup of one device among 100,000 topics vs reading them all
+#     -> wildcards.jsonl
 #   plugin (packaged, in the EMQX double): publish hook time vs a synchronous-insert hook,
 #     hook-path rate vs the core, replay latencies, RSS through an outage -> plugin.jsonl;
 #     memory through an outage with 1 MB payloads vs buffer_max_size -> outage_large.jsonl
@@ -46,6 +48,7 @@ rebar3 as test compile
 step "build: the core benchmarks"
 cargo bench -p offline_store --bench store_throughput --no-run
 cargo bench -p offline_store --bench tombstone_replay --no-run
+cargo bench -p offline_store --bench wildcard_lookup --no-run
 cargo bench -p offline_store --bench cluster_throughput --no-run
 step "build: the plugin package the plugin benchmark installs ($PLUGIN_PACKAGE_DIR)"
 PACKAGE_DIR=$PLUGIN_PACKAGE_DIR scripts/package.sh
@@ -66,6 +69,8 @@ for round in $(seq "$rounds"); do
 done
 step "tombstones: replay beside acked rows"
 cargo bench -p offline_store --bench tombstone_replay 2>/dev/null
+step "wildcards: lookup in the topic index over 100,000 topics"
+cargo bench -p offline_store --bench wildcard_lookup 2>/dev/null
 ceiling=$(python3 -c '
 import json, statistics, sys
 rows = [json.loads(l) for l in open("bench-results/core.jsonl").read().splitlines()[-int(sys.argv[1]):]]
