@@ -83,7 +83,7 @@ kind(tls_failed) -> <<"TLS to Cassandra failed (certificate, server name, or a p
 kind(keyspace_missing) -> <<"the configured keyspace does not exist">>;
 kind(table_missing) -> <<"the table mqtt_msg does not exist in the keyspace">>;
 kind(schema_mismatch) -> <<"the table mqtt_msg does not match the expected schema">>;
-kind(index_unavailable) -> <<"the topic index table mqtt_msg_topics is unavailable (needed for wildcard replay)">>;
+kind(index_unavailable) -> <<"the topic index table mqtt_msg_topic_index is unavailable (needed for wildcard replay)">>;
 kind(floor_unavailable) -> <<"the replay floor table mqtt_msg_floor is unavailable">>;
 kind(payload_too_large) -> <<"the payload is larger than max_payload_size">>;
 kind(invalid_msgid) -> <<"a message id is not 32 hexadecimal characters">>;

@@ -43,7 +43,7 @@ pub enum StoreError {
 
     /// The topic index table could not be created or used.
     #[error(
-        "topic index table mqtt_msg_topics unavailable: {0} (needed for wildcard replay; create it as a superuser (README, Prepare Cassandra), grant CREATE on the keyspace, or set topic_index = false)"
+        "topic index table mqtt_msg_topic_index unavailable: {0} (needed for wildcard replay; create it as a superuser (README, Prepare Cassandra), grant CREATE on the keyspace, or set topic_index = false)"
     )]
     IndexUnavailable(String),
 
