@@ -18,6 +18,68 @@ def med(rows, key):
     return statistics.median(r[key] for r in rows)
 
 
+def last_run(path):
+    """The lines of the newest run in a file several lines per run share (same unix_ms)."""
+    try:
+        with open(path) as f:
+            rows = [json.loads(line) for line in f.read().splitlines()]
+    except FileNotFoundError:
+        return []
+    return [r for r in rows if rows and r["unix_ms"] == rows[-1]["unix_ms"]]
+
+
+def cpu_figures():
+    """Issue 17: CPU per stored + acked message, this tree against the baseline commit's build
+    in the same run (scripts/bench-cpu.sh), and the callgrind instruction counts."""
+    runs = last_run("bench-results/cpu.jsonl")
+    figures = []
+
+    def med_of(baseline, rate, key):
+        vals = [r[key] for r in runs if r["baseline"] == baseline and r["rate"] == rate]
+        return statistics.median(vals) if vals else None
+
+    for rate, plugin_target in ((5000, 15), (500, 30)):
+        now, before = med_of(False, rate, "plugin_us"), med_of(True, rate, "plugin_us")
+        if now is None:
+            continue
+        figures.append((f"cpu_plugin_us_{rate}", now, "us/msg", before, "us/msg (baseline commit)",
+                        before / now if before else None,
+                        f"<= {plugin_target} us per stored + acked message at {rate} msg/s, 100 topics",
+                        now <= plugin_target))
+        now, before = med_of(False, rate, "cassandra_us"), med_of(True, rate, "cassandra_us")
+        figures.append((f"cpu_cassandra_us_{rate}", now, "us/msg", before, "us/msg (baseline commit)",
+                        before / now if before else None, "<= 0.5x the baseline commit's",
+                        None if before is None else now <= 0.5 * before))
+        now, before = med_of(False, rate, "rows_per_request"), med_of(True, rate, "rows_per_request")
+        figures.append((f"rows_per_request_{rate}", now, "rows", before, "rows (baseline commit)",
+                        now / before if before else None,
+                        ">= 10 at 5,000 msg/s over 100 topics" if rate == 5000 else "",
+                        now >= 10 if rate == 5000 else None))
+        now, before = med_of(False, rate, "submit_ns_p50"), med_of(True, rate, "submit_ns_p50")
+        figures.append((f"submit_p50_ns_{rate}", now, "ns", before, "ns (baseline commit)",
+                        before / now if before else None, "no worse than the baseline commit's (+20 % noise)",
+                        None if before is None else now <= 1.2 * before))
+    for r in sorted(last_run("bench-results/plugin_cpu.jsonl"), key=lambda r: -r["rate"]):
+        target = 15 if r["rate"] == 5000 else 30
+        figures.append((f"plugin_vm_cpu_us_{r['rate']}", r["vm_us"], "us/msg", r["nothing_vm_us"],
+                        "us/msg (the VM per message with hooks storing nothing)", None,
+                        f"<= {target} us more than hooks storing nothing, {r['rate']} msg/s, 100 topics "
+                        f"(schedulers {r['schedulers_us']:.1f}, NIF threads {r['nif_us']:.1f}; "
+                        f"Cassandra {r['cassandra_us']:.0f} us/msg)",
+                        r["vm_us"] <= target))
+    # bench-cpu.sh callgrind appends the baseline's line, then this tree's.
+    try:
+        grind = {r["tree"]: r for r in last("bench-results/callgrind.jsonl", 2)}
+    except FileNotFoundError:
+        grind = {}
+    if "current" in grind:
+        now, before = grind["current"]["ir_per_msg"], grind.get("baseline", {}).get("ir_per_msg")
+        figures.append(("callgrind_ir_per_msg", now, "Ir/msg", before, "Ir/msg (baseline commit)",
+                        before / now if before else None, "<= 0.5x the baseline commit's",
+                        None if before is None else now <= 0.5 * before))
+    return figures
+
+
 def main():
     rounds, rev = int(sys.argv[1]), sys.argv[2]
     core = last("bench-results/core.jsonl", rounds)
@@ -90,6 +152,7 @@ def main():
          f"no write failed or dropped with 1 of 3 nodes down (RF 3, LOCAL_QUORUM; failed "
          f"{clus['up_failed']} up / {clus['down_failed']} down)", clus_lost == 0),
     ]
+    figures += cpu_figures()
     print(f"\n=== summary ({rev}; medians of {rounds} alternating rounds for core/NIF figures)")
     print("| figure | value | baseline (same run) | ratio | target | met |")
     print("|---|---|---|---|---|---|")

@@ -9,7 +9,12 @@
 #     -> wildcards.jsonl
 #   plugin (packaged, in the EMQX double): publish hook time vs a synchronous-insert hook,
 #     hook-path rate vs the core, replay latencies, RSS through an outage -> plugin.jsonl;
-#     memory through an outage with 1 MB payloads vs buffer_max_size -> outage_large.jsonl
+#     memory through an outage with 1 MB payloads vs buffer_max_size -> outage_large.jsonl;
+#     CPU per stored + acked message (VM threads by group, Cassandra) vs hooks storing nothing
+#     -> plugin_cpu.jsonl
+#   CPU (issue 17): CPU per stored + acked message at 500 and 5,000 msg/s, rows per request,
+#     Cassandra's CPU, on this tree and on BENCH_BASELINE_REV's build alternately -> cpu.jsonl;
+#     callgrind instructions per message, both trees -> callgrind.jsonl (scripts/bench-cpu.sh)
 #   cluster (the 3-node cluster of cassandra.sh, RF 3, LOCAL_QUORUM): stored msg/s with node 3
 #     SIGKILLed vs all three up, failed writes in both -> cluster.jsonl
 # Then one table of every figure with its baseline and target, appended as one JSON line to
@@ -75,8 +80,16 @@ ceiling=$(python3 -c '
 import json, statistics, sys
 rows = [json.loads(l) for l in open("bench-results/core.jsonl").read().splitlines()[-int(sys.argv[1]):]]
 print(round(statistics.median(r["pipeline_msg_s"] for r in rows)))' "$rounds")
+step "CPU per stored + acked message: this tree vs ${BENCH_BASELINE_REV-33a7b75} (issue 17; builds the baseline once)"
+scripts/bench-cpu.sh cpu
+if command -v valgrind >/dev/null; then
+    step "instructions per stored + acked message under callgrind, this tree vs the baseline"
+    scripts/bench-cpu.sh callgrind
+fi
 step "the packaged plugin in the EMQX double"
 CORE_CEILING_MSG_S=$ceiling erl_bench emqx_offline_cassandra_plugin_bench:run
+step "the packaged plugin: CPU per stored + acked message at 500 and 5,000 msg/s vs hooks storing nothing"
+erl_bench emqx_offline_cassandra_plugin_bench:run_cpu
 step "the packaged plugin through a Cassandra outage of ${BENCH_OUTAGE_SECS:-600} s"
 erl_bench emqx_offline_cassandra_plugin_bench:run_outage
 step "the packaged plugin through a Cassandra outage of ${BENCH_OUTAGE_LARGE_SECS:-60} s with 1 MB payloads"

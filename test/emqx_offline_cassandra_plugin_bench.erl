@@ -15,28 +15,23 @@
 %%   buffer takes stays under buffer_max_size (BENCH_BUFFER_MAX_SIZE,
 %%   64MB), whatever buffer_capacity allows (100,000 writes: 100 GB of
 %%   such payloads).
-%% Each appends a JSON line to bench-results/plugin.jsonl, outage.jsonl or
-%% outage_large.jsonl.
+%% - run_cpu/0, in a VM of its own: CPU per stored + acked message of the
+%%   whole VM (BEAM schedulers, the NIF's runtime threads, the rest) and of
+%%   the Cassandra process, at fixed 500 and 5,000 msg/s over 100 topics,
+%%   against the same run with hooks that store nothing (issue 17).
+%% Each appends a JSON line to bench-results/plugin.jsonl, outage.jsonl,
+%% outage_large.jsonl or plugin_cpu.jsonl.
 %%--------------------------------------------------------------------
 -module(emqx_offline_cassandra_plugin_bench).
 
--export([run/0, run_outage/0, run_outage_large/0]).
+-export([run/0, run_outage/0, run_outage_large/0, run_cpu/0]).
 %% The baseline hook callback (called through emqx_hooks).
 -export([sync_insert/1]).
 
 -define(D, emqx_double).
 
 run() ->
-    ok = ?D:start(#{mode => '5.10'}),
-    [Tar] = filelib:wildcard(package_dir() ++ "/emqx_offline_cassandra-*.tar.gz"),
-    {ok, NV} = ?D:install_plugin(Tar),
-    Config = (?D:plugin_config(NV))#{
-        <<"servers">> => list_to_binary(os:getenv("CASSANDRA_NODE", "127.0.0.1:9042")),
-        <<"max_returned_count">> => 0
-    },
-    persistent_term:put({emqx_double, plugin_config, NV}, Config),
-    ok = ?D:start_plugin(NV),
-    ok = emqx_offline_cassandra_test_util:wait_until(fun() -> ?D:health(NV) =:= ok end, 30000),
+    NV = start_bench_plugin(),
     Run = integer_to_binary(erlang:system_time(millisecond)),
     {P50, P99, Max, N} = hook_times(<<"t/bench/", Run/binary, "/hook">>, 10000),
     {PP50, PP99, PMax, PN} = hook_times(<<"t/bench/", Run/binary, "/paced">>, 10000, 5),
@@ -73,6 +68,20 @@ run() ->
     ok = file:write_file(File, Line, [append]),
     io:format("results appended to ~s~n", [File]),
     ok.
+
+%% The packaged plugin installed and started in a fresh double, healthy.
+start_bench_plugin() ->
+    ok = ?D:start(#{mode => '5.10'}),
+    [Tar] = filelib:wildcard(package_dir() ++ "/emqx_offline_cassandra-*.tar.gz"),
+    {ok, NV} = ?D:install_plugin(Tar),
+    Config = (?D:plugin_config(NV))#{
+        <<"servers">> => list_to_binary(os:getenv("CASSANDRA_NODE", "127.0.0.1:9042")),
+        <<"max_returned_count">> => 0
+    },
+    persistent_term:put({emqx_double, plugin_config, NV}, Config),
+    ok = ?D:start_plugin(NV),
+    ok = emqx_offline_cassandra_test_util:wait_until(fun() -> ?D:health(NV) =:= ok end, 30000),
+    NV.
 
 %% The fold EMQX runs for every publish, timed around the whole chain, in a
 %% process with a large heap so that the benchmark's own garbage collection
@@ -370,3 +379,229 @@ rss() ->
     {ok, Status} = file:read_file("/proc/self/status"),
     {match, [Kb]} = re:run(Status, "VmRSS:\\s+(\\d+) kB", [{capture, all_but_first, binary}]),
     binary_to_integer(Kb) * 1024.
+
+%%--------------------------------------------------------------------
+%% CPU per stored + acked message (issue 17)
+%%--------------------------------------------------------------------
+
+%% For each rate of BENCH_CPU_RATES (500,5000): BENCH_CPU_IDLE_SECS (10) of
+%% publishes on topics outside `topics' (t/#), which the hooks see and store
+%% nothing of, then BENCH_CPU_SECS (25) on stored topics; every message is
+%% acked (message.acked) 50 ms after its publish, as a subscriber would. The
+%% figures per message are the stored run's CPU minus the other's per second
+%% (so the publisher's own work and an idle Cassandra cancel out).
+run_cpu() ->
+    NV = start_bench_plugin(),
+    Rates = [list_to_integer(R) || R <- string:lexemes(os:getenv("BENCH_CPU_RATES", "500,5000"), ",")],
+    Secs = list_to_integer(os:getenv("BENCH_CPU_SECS", "25")),
+    IdleSecs = list_to_integer(os:getenv("BENCH_CPU_IDLE_SECS", "10")),
+    Cassandra = cassandra_pid(os:getenv("CASSANDRA_NODE", "127.0.0.1:9042")),
+    Run = integer_to_binary(erlang:system_time(millisecond)),
+    Results = [cpu_at(Rate, Secs, IdleSecs, Cassandra, Run) || Rate <- Rates],
+    ok = ?D:stop_plugin(NV),
+    io:format("~nCPU per stored + acked message of the plugin in the EMQX double (storing minus storing nothing)~n"),
+    io:format("| msg/s | VM us/msg | BEAM schedulers | dirty schedulers | NIF runtime threads | other threads "
+              "| Cassandra us/msg | hooks us/msg (nothing: us) | rows/request | target |~n"
+              "|---|---|---|---|---|---|---|---|---|---|~n"),
+    [io:format("| ~b | ~.1f | ~.1f | ~.1f | ~.1f | ~.1f | ~.1f | ~.1f (~.1f) | ~.1f | <= ~b us |~n",
+               [maps:get(rate, R), maps:get(vm_us, R), maps:get(schedulers_us, R), maps:get(dirty_us, R),
+                maps:get(nif_us, R), maps:get(other_us, R), maps:get(cassandra_us, R), maps:get(hook_us, R),
+                maps:get(nothing_hook_us, R), maps:get(rows_per_request, R), target_us(maps:get(rate, R))])
+     || R <- Results],
+    File = "bench-results/plugin_cpu.jsonl",
+    ok = filelib:ensure_dir(File),
+    [ok = file:write_file(File, [json_line(R#{bench => plugin_cpu, unix_ms => binary_to_integer(Run)}), "\n"], [append])
+     || R <- Results],
+    io:format("results appended to ~s~n", [File]),
+    ok.
+
+target_us(5000) -> 15;
+target_us(_) -> 30.
+
+cpu_at(Rate, Secs, IdleSecs, Cassandra, Run) ->
+    Base = <<"bench/cpu/", Run/binary, "/", (integer_to_binary(Rate))/binary, "/">>,
+    Stored = list_to_tuple([<<"t/", Base/binary, (integer_to_binary(I))/binary>> || I <- lists:seq(0, 99)]),
+    Skipped = list_to_tuple([<<"n/", Base/binary, (integer_to_binary(I))/binary>> || I <- lists:seq(0, 99)]),
+    %% Warm-up: every stored topic indexed before the window.
+    _ = paced(Stored, 100, 1, Cassandra),
+    Idle = paced(Skipped, Rate, IdleSecs, Cassandra),
+    Busy = paced(Stored, Rate, Secs, Cassandra),
+    #{n := N, wall := Wall} = Busy,
+    Net = fun(K) -> (maps:get(K, Busy) - maps:get(K, Idle) / maps:get(wall, Idle) * Wall) * 1.0e6 / N end,
+    #{rate => Rate, messages => N, secs => Wall,
+      vm_us => Net(process), schedulers_us => Net(schedulers), dirty_us => Net(dirty), nif_us => Net(nif),
+      other_us => Net(other), cassandra_us => Net(cassandra),
+      hook_us => maps:get(hook_s, Busy) * 1.0e6 / N,
+      nothing_hook_us => maps:get(hook_s, Idle) * 1.0e6 / maps:get(n, Idle),
+      nothing_vm_us => maps:get(process, Idle) * 1.0e6 / maps:get(n, Idle),
+      idle_nif_pct => 100 * maps:get(nif, Idle) / maps:get(wall, Idle),
+      rows_per_request => maps:get(written, Busy) / max(1, maps:get(batches, Busy)),
+      cassandra_found => Cassandra =/= undefined}.
+
+%% Publishes Rate msg/s on Topics for Secs from one process, acks each 50 ms
+%% later, waits until the store has written what it took, and returns the CPU
+%% (seconds) used meanwhile by thread group, the time inside the hooks, and
+%% the store's written / batches.
+paced(Topics, Rate, Secs, Cassandra) ->
+    Total = Rate * Secs,
+    {ok, #{written := W0, batches := B0}} = emqx_offline_cassandra_nif:stats(),
+    Before = cpu_sample(Cassandra),
+    Parent = self(),
+    Pid = spawn_opt(
+        fun() -> Parent ! {self(), publish_loop(Topics, Rate, Total)} end,
+        [{min_heap_size, 1024 * 1024}]
+    ),
+    HookNs = receive {Pid, H} -> H end,
+    ok = emqx_offline_cassandra_test_util:wait_until(
+        fun() ->
+            {ok, #{buffered := Buf, in_flight := InFlight}} = emqx_offline_cassandra_nif:stats(),
+            Buf + InFlight =:= 0
+        end,
+        300000
+    ),
+    After = cpu_sample(Cassandra),
+    {ok, #{written := W1, batches := B1}} = emqx_offline_cassandra_nif:stats(),
+    Delta = maps:map(fun(K, V) -> V - maps:get(K, Before) end, After),
+    Delta#{n => Total, hook_s => HookNs / 1.0e9, written => W1 - W0, batches => B1 - B0}.
+
+publish_loop(Topics, Rate, Total) ->
+    Payload = binary:copy(<<"x">>, 128),
+    T0 = erlang:monotonic_time(microsecond),
+    publish_loop(Topics, Rate, Total, Payload, T0, 0, queue:new(), 0).
+
+publish_loop(Topics, Rate, Total, Payload, T0, Sent, Acks, HookNs) ->
+    Now = erlang:monotonic_time(microsecond),
+    Due = min(Total, (Now - T0) * Rate div 1000000),
+    {Sent1, Acks1, HookNs1} = publish_due(Topics, Payload, Now, Sent, Due, Acks, HookNs),
+    {Acks2, HookNs2} = ack_due(Now, Acks1, HookNs1),
+    case Sent1 >= Total andalso queue:is_empty(Acks2) of
+        true ->
+            HookNs2;
+        false ->
+            timer:sleep(1),
+            publish_loop(Topics, Rate, Total, Payload, T0, Sent1, Acks2, HookNs2)
+    end.
+
+publish_due(_Topics, _Payload, _Now, Sent, Due, Acks, HookNs) when Sent >= Due ->
+    {Sent, Acks, HookNs};
+publish_due(Topics, Payload, Now, Sent, Due, Acks, HookNs) ->
+    Topic = element(Sent rem tuple_size(Topics) + 1, Topics),
+    Msg = emqx_message:make(<<"bench">>, 1, Topic, Payload),
+    T = erlang:monotonic_time(nanosecond),
+    Published = emqx_hooks:run_fold('message.publish', [], Msg),
+    Ns = erlang:monotonic_time(nanosecond) - T,
+    publish_due(Topics, Payload, Now, Sent + 1, Due, queue:in({Now + 50000, Published}, Acks), HookNs + Ns).
+
+ack_due(Now, Acks, HookNs) ->
+    case queue:peek(Acks) of
+        {value, {At, Msg}} when At =< Now ->
+            T = erlang:monotonic_time(nanosecond),
+            ok = emqx_hooks:run('message.acked', [#{clientid => <<"bench-subscriber">>}, Msg]),
+            ack_due(Now, queue:drop(Acks), HookNs + erlang:monotonic_time(nanosecond) - T);
+        _ ->
+            {Acks, HookNs}
+    end.
+
+%% The clock and the CPU seconds so far: the whole VM (finished threads included), this VM's
+%% threads by group, and the Cassandra process.
+cpu_sample(Cassandra) ->
+    Groups = lists:foldl(
+        fun({Name, Cpu}, Acc) -> maps:update_with(thread_group(Name), fun(C) -> C + Cpu end, Cpu, Acc) end,
+        #{schedulers => 0.0, dirty => 0.0, nif => 0.0, other => 0.0},
+        threads()
+    ),
+    Groups#{wall => erlang:monotonic_time(microsecond) / 1.0e6,
+            process => process_cpu("self"),
+            cassandra => case Cassandra of undefined -> 0.0; Pid -> process_cpu(Pid) end}.
+
+%% BEAM threads are named 1_scheduler, 2_dirty_cpu_sch(eduler), 3_dirty_io_sche(duler)
+%% (15 characters at most), the NIF's runtime offline_cassandra.
+thread_group(<<"offline_cassand", _/binary>>) -> nif;
+thread_group(Name) ->
+    case re:run(Name, "^[0-9]+_(scheduler|dirty)", [{capture, all_but_first, binary}]) of
+        {match, [<<"scheduler">>]} -> schedulers;
+        {match, [<<"dirty">>]} -> dirty;
+        nomatch -> other
+    end.
+
+threads() ->
+    {ok, Tids} = file:list_dir("/proc/self/task"),
+    lists:filtermap(
+        fun(Tid) ->
+            Dir = "/proc/self/task/" ++ Tid,
+            case {file:read_file(Dir ++ "/comm"), file:read_file(Dir ++ "/schedstat")} of
+                {{ok, Comm}, {ok, Sched}} ->
+                    [Ns | _] = binary:split(Sched, <<" ">>),
+                    {true, {string:trim(Comm), binary_to_integer(Ns) / 1.0e9}};
+                _ ->
+                    false
+            end
+        end,
+        Tids
+    ).
+
+%% utime + stime of /proc/PID/stat, in seconds (USER_HZ 100).
+process_cpu(Pid) ->
+    case file:read_file("/proc/" ++ Pid ++ "/stat") of
+        {ok, Stat} ->
+            [_, Rest] = string:split(Stat, ")", trailing),
+            Fields = string:lexemes(Rest, " "),
+            (binary_to_integer(lists:nth(12, Fields)) + binary_to_integer(lists:nth(13, Fields))) / 100;
+        _ ->
+            0.0
+    end.
+
+%% The process listening on the CQL port (BENCH_CASSANDRA_PID if set): the
+%% socket's inode from /proc/net/tcp, then the process holding it.
+cassandra_pid(Node) ->
+    case os:getenv("BENCH_CASSANDRA_PID") of
+        false ->
+            [_, PortS] = string:split(Node, ":", trailing),
+            Port = list_to_integer(PortS),
+            Inodes = [Inode || Table <- ["/proc/net/tcp", "/proc/net/tcp6"], Inode <- listening(Table, Port)],
+            {ok, Pids} = file:list_dir("/proc"),
+            Found = [P || P <- Pids, lists:all(fun(C) -> C >= $0 andalso C =< $9 end, P), holds(P, Inodes)],
+            case Found of
+                [Pid | _] -> Pid;
+                [] -> io:format("no Cassandra process found for ~s: its CPU is not measured~n", [Node]), undefined
+            end;
+        Pid ->
+            Pid
+    end.
+
+listening(Table, Port) ->
+    case file:read_file(Table) of
+        {ok, Text} ->
+            [Inode || Line <- tl(string:lexemes(Text, "\n")),
+                      [_, Local, _, "0A" | Rest] <- [string:lexemes(binary_to_list(Line), " ")],
+                      length(Rest) >= 6,
+                      list_to_integer(lists:last(string:split(Local, ":", trailing)), 16) =:= Port,
+                      Inode <- [lists:nth(6, Rest)]];
+        _ ->
+            []
+    end.
+
+holds(Pid, Inodes) ->
+    case file:list_dir("/proc/" ++ Pid ++ "/fd") of
+        {ok, Fds} ->
+            lists:any(
+                fun(Fd) ->
+                    case file:read_link("/proc/" ++ Pid ++ "/fd/" ++ Fd) of
+                        {ok, "socket:[" ++ Rest} -> lists:member(lists:droplast(Rest), Inodes);
+                        _ -> false
+                    end
+                end,
+                Fds
+            );
+        _ ->
+            false
+    end.
+
+json_line(Map) ->
+    Fields = [io_lib:format("\"~s\":~s", [K, json_value(V)]) || {K, V} <- lists:sort(maps:to_list(Map))],
+    ["{", lists:join(",", Fields), "}"].
+
+json_value(V) when is_float(V) -> io_lib:format("~.3f", [V]);
+json_value(V) when is_integer(V) -> integer_to_list(V);
+json_value(V) when is_boolean(V) -> atom_to_list(V);
+json_value(V) when is_atom(V) -> ["\"", atom_to_list(V), "\""].
