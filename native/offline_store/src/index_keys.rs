@@ -36,16 +36,18 @@ const END: u32 = 0x11_0000;
 pub enum KeyRange {
     /// The topic `prefix` itself.
     Exact(String),
-    /// Topics `prefix` + c + anything, for characters `from <= c < to` (code points).
+    /// Topics `prefix` + c + anything, for characters `from <= c < to` (code points); `from`
+    /// 0 also holds `prefix` itself (U+0000 never occurs in a topic, so 0 stands for "no
+    /// more characters").
     Under { prefix: String, from: u32, to: u32 },
 }
 
 impl KeyRange {
-    /// Every topic that starts with `prefix` and is longer.
+    /// Every topic that starts with `prefix`, `prefix` itself included.
     pub fn under(prefix: impl Into<String>) -> KeyRange {
         KeyRange::Under {
             prefix: prefix.into(),
-            from: 1,
+            from: 0,
             to: END,
         }
     }
@@ -56,7 +58,10 @@ impl KeyRange {
         match self {
             KeyRange::Exact(t) => (t.clone(), Some(format!("{t}\u{1}"))),
             KeyRange::Under { prefix, from, to } => {
-                let lo = format!("{prefix}{}", char_at_or_after(*from));
+                let lo = match from {
+                    0 => prefix.clone(),
+                    c => format!("{prefix}{}", char_at_or_after(*c)),
+                };
                 let hi = if *to >= END {
                     successor(prefix)
                 } else {
@@ -69,19 +74,18 @@ impl KeyRange {
 
     /// Narrower ranges covering the same topics, in key order, for a read Cassandra
     /// aborted (tombstones of expired topics): halves of the next character's span, and a
-    /// single character becomes that longer prefix. `None` for one topic.
+    /// single character becomes that longer prefix (the prefix alone: one topic). `None`
+    /// for one topic.
     pub fn split(&self) -> Option<Vec<KeyRange>> {
         let KeyRange::Under { prefix, from, to } = self else {
             return None;
         };
         let (from, to) = (*from, *to);
         if to - from <= 1 {
-            let c = char_at_or_after(from);
-            let longer = format!("{prefix}{c}");
-            return Some(vec![
-                KeyRange::Exact(longer.clone()),
-                KeyRange::under(longer),
-            ]);
+            return Some(vec![match from {
+                0 => KeyRange::Exact(prefix.clone()),
+                c => KeyRange::under(format!("{prefix}{}", char_at_or_after(c))),
+            }]);
         }
         // ASCII first: most topics are ASCII, so its span is where tombstones pile up.
         let mid = if from < 0x80 && to > 0x80 {
@@ -145,8 +149,9 @@ pub struct Reads {
 }
 
 /// The index reads of `filter`, whose first level is literal: the range of its literal
-/// prefix (plus the prefix itself when `#` follows it, since `a/#` matches `a`). Topics in
-/// the ranges still have to be matched against the filter.
+/// prefix and `/` (which holds `a/` itself: `a/+` and `a/#` match it), plus the prefix
+/// itself when `#` follows it (`a/#` matches `a`). Topics in the ranges still have to be
+/// matched against the filter.
 pub fn reads_for(filter: &str) -> Reads {
     let levels: Vec<&str> = filter.split('/').collect();
     let literal = levels
@@ -255,7 +260,7 @@ mod tests {
     #[test]
     fn bounds_hold_exactly_the_range() {
         let (lo, hi) = under("devices/d1/").bounds();
-        assert_eq!(lo, "devices/d1/\u{1}");
+        assert_eq!(lo, "devices/d1/");
         assert_eq!(hi.as_deref(), Some("devices/d10"));
         let (lo, hi) = KeyRange::Exact("a/b".into()).bounds();
         assert_eq!((lo.as_str(), hi.as_deref()), ("a/b", Some("a/b\u{1}")));
@@ -268,7 +273,12 @@ mod tests {
             t >= lo.as_str() && hi.is_none_or(|h| t < h.as_str())
         };
         let r = under("devices/d1/");
-        for t in ["devices/d1/x", "devices/d1/\u{10FFFF}", "devices/d1//"] {
+        for t in [
+            "devices/d1/x",
+            "devices/d1/\u{10FFFF}",
+            "devices/d1//",
+            "devices/d1/",
+        ] {
             assert!(inside(t, &r), "{t}");
         }
         for t in [
@@ -286,10 +296,20 @@ mod tests {
     /// exactly once, in key order.
     #[test]
     fn splits_cover_the_range_once_and_narrow_down() {
-        let topics: Vec<String> = ["a", "a/b", "a/c", "z", "é", "\u{E000}x", "\u{10FFFF}", "~~"]
-            .iter()
-            .map(|s| format!("p/{s}"))
-            .collect();
+        let topics: Vec<String> = [
+            "",
+            "a",
+            "a/b",
+            "a/c",
+            "z",
+            "é",
+            "\u{E000}x",
+            "\u{10FFFF}",
+            "~~",
+        ]
+        .iter()
+        .map(|s| format!("p/{s}"))
+        .collect();
         let holds = |r: &KeyRange, t: &str| {
             let (lo, hi) = r.bounds();
             t >= lo.as_str() && hi.is_none_or(|h| t < h.as_str())
@@ -315,7 +335,18 @@ mod tests {
                 .collect();
         }
         assert!(ranges.iter().all(|r| held(r) <= 1), "{ranges:?}");
-        assert!(ranges.iter().any(|r| *r == KeyRange::Exact("p/a".into())));
+        let one_char = KeyRange::Under {
+            prefix: "p/".into(),
+            from: 'a' as u32,
+            to: 'b' as u32,
+        };
+        assert_eq!(one_char.split(), Some(vec![under("p/a")]));
+        let no_more = KeyRange::Under {
+            prefix: "p/".into(),
+            from: 0,
+            to: 1,
+        };
+        assert_eq!(no_more.split(), Some(vec![KeyRange::Exact("p/".into())]));
         assert_eq!(KeyRange::Exact("x".into()).split(), None);
     }
 }

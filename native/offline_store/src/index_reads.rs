@@ -102,13 +102,10 @@ impl Lookup<'_> {
     /// Every first level in the roots list, with the buckets its topics use.
     async fn roots(&self) -> Result<Vec<(String, Vec<i32>)>, StoreError> {
         let found = AtomicUsize::new(0);
-        let whole = [KeyRange::Exact(String::new()), KeyRange::under("")];
         let reads: Vec<_> = (0..BUCKETS)
-            .flat_map(|bucket| {
-                whole.iter().map(move |range| {
-                    let root = ROOTS_PARTITION.to_owned();
-                    (Partition::Bucketed { root, bucket }, range.clone())
-                })
+            .map(|bucket| {
+                let root = ROOTS_PARTITION.to_owned();
+                (Partition::Bucketed { root, bucket }, KeyRange::under(""))
             })
             .collect();
         let mut results = stream::iter(reads)
@@ -128,16 +125,14 @@ impl Lookup<'_> {
     /// Every first level in the old index's roots partition.
     async fn legacy_roots(&self) -> Result<Vec<String>, StoreError> {
         let found = AtomicUsize::new(0);
-        let mut roots = Vec::new();
-        for range in [KeyRange::Exact(String::new()), KeyRange::under("")] {
-            let root = ROOTS_PARTITION.to_owned();
-            let partition = Partition::Legacy { root };
-            let rows = self
-                .scan(partition, range, &|_| true, &found, usize::MAX)
-                .await?;
-            roots.extend(rows.into_iter().map(|(r, _)| r));
-        }
-        Ok(roots)
+        let partition = Partition::Legacy {
+            root: ROOTS_PARTITION.to_owned(),
+        };
+        let all = KeyRange::under("");
+        let rows = self
+            .scan(partition, all, &|_| true, &found, usize::MAX)
+            .await?;
+        Ok(rows.into_iter().map(|(root, _)| root).collect())
     }
 
     /// The rows of `range` in `partition` that `keep` accepts, page by page, until the

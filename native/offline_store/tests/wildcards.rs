@@ -44,10 +44,11 @@ async fn timed_lookup(store: &Store, filter: &str, n: usize) -> (Duration, Vec<S
 }
 
 /// The case: 100,000 devices under `devices/`; the subscriber of one of them
-/// (whose topics sort last) gets the messages of its 3 topics. Before, the lookup read the
+/// (whose topics sort last) gets the messages of its topics (3, and one with an empty last
+/// level). Before, the lookup read the
 /// first 10,000 topics of `devices` and found nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_device_among_100000_finds_its_3_topics() {
+async fn a_device_among_100000_finds_its_topics() {
     let ks = "offline_test_wild_fleet";
     let _cleanup = Cleanup::keyspace(ks);
     let store = store_in(ks).await;
@@ -58,10 +59,12 @@ async fn a_device_among_100000_finds_its_3_topics() {
     store.index_topics_directly(&fleet, 0, 32).await.unwrap();
     let filled = started.elapsed();
     // Through the write path: the device's 3 topics, and neighbours that must not match.
+    // `devices/d99999/` (an empty last level) matches `devices/d99999/+` and `/#` too.
     let mine = [
         "devices/d99999/cmd",
         "devices/d99999/cfg/a",
         "devices/d99999",
+        "devices/d99999/",
     ];
     for (i, t) in mine.iter().enumerate() {
         store
@@ -82,13 +85,13 @@ async fn a_device_among_100000_finds_its_3_topics() {
         .fetch_matching("devices/d99999/#", FetchOptions::default())
         .await
         .unwrap();
-    assert_eq!(payloads(rows), ["m0", "m1", "m2"], "oldest first");
+    assert_eq!(payloads(rows), ["m0", "m1", "m2", "m3"], "oldest first");
     let (exact, found) = timed_lookup(&store, "devices/d99999/#", 5).await;
     let mut want: Vec<String> = mine.iter().map(|t| t.to_string()).collect();
     want.sort();
     assert_eq!(found, want);
     let (one_level, found) = timed_lookup(&store, "devices/d99999/+", 5).await;
-    assert_eq!(found, ["devices/d99999/cmd"]);
+    assert_eq!(found, ["devices/d99999/", "devices/d99999/cmd"]);
     // A wildcard second level reads every bucket of `devices`: 100,000 topics.
     let (every_device, found) = timed_lookup(&store, "devices/+/cfg/a", 3).await;
     assert_eq!(found, ["devices/d99999/cfg/a"]);
@@ -219,5 +222,81 @@ async fn topics_in_the_index_of_earlier_versions_are_found() {
             "{filter}"
         );
     }
+    store.shutdown(scaled(Duration::from_secs(5))).await;
+}
+
+/// A role that may use the new index but not read the former one (a DBA granted table by
+/// table) is told so when the store connects, not by every wildcard replay failing later:
+/// Cassandra checks SELECT when a statement runs, not when it is prepared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_former_index_the_role_cannot_read_is_named_at_connect() {
+    let (ks, role) = (
+        "offline_test_wild_legacy_role",
+        "offline_test_wild_no_select",
+    );
+    let password = "wild-legacy-pw";
+    let _cleanup = Cleanup::keyspace(ks).and_role(role);
+    let admin = admin().await;
+    recreate_keyspace(&admin, ks, 1).await;
+    let run = |cql: String| {
+        let admin = &admin;
+        async move {
+            admin
+                .query_unpaged(cql.clone(), ())
+                .await
+                .unwrap_or_else(|e| panic!("{cql}: {e}"))
+        }
+    };
+    run(offline_store::schema::create_table_cql(ks)).await;
+    run(offline_store::schema::create_index_table_cql(ks)).await;
+    run(format!(
+        "CREATE TABLE {ks}.mqtt_msg_topics (root text, topic text, PRIMARY KEY (root, topic))"
+    ))
+    .await;
+    run(format!("DROP ROLE IF EXISTS {role}")).await;
+    run(format!(
+        "CREATE ROLE {role} WITH PASSWORD = '{password}' AND LOGIN = true"
+    ))
+    .await;
+    for table in ["mqtt_msg", "mqtt_msg_topic_index"] {
+        run(format!("GRANT SELECT ON TABLE {ks}.{table} TO {role}")).await;
+        run(format!("GRANT MODIFY ON TABLE {ks}.{table} TO {role}")).await;
+    }
+    let cfg = StoreConfig {
+        keyspace: ks.into(),
+        username: Some(role.into()),
+        password: Some(password.into()),
+        topic_index: true,
+        replay_floor: false,
+        ..config()
+    };
+    let err = Store::connect(cfg.clone(), scaled(Duration::from_secs(20)))
+        .await
+        .err()
+        .expect("connected without SELECT on mqtt_msg_topics");
+    assert_eq!(err.kind(), "index_unavailable", "{err}");
+    let text = err.to_string();
+    for advice in ["mqtt_msg_topics", "grant SELECT", "drop it"] {
+        assert!(text.contains(advice), "{advice} not in: {text}");
+    }
+    run(format!(
+        "GRANT SELECT ON TABLE {ks}.mqtt_msg_topics TO {role}"
+    ))
+    .await;
+    // Cassandra caches permissions (2 s by default): the grant is seen within a few seconds.
+    let deadline = Instant::now() + scaled(Duration::from_secs(30));
+    let store = loop {
+        match Store::connect(cfg.clone(), scaled(Duration::from_secs(20))).await {
+            Ok(store) => break store,
+            Err(e) if Instant::now() < deadline && e.kind() == "index_unavailable" => {
+                tokio::time::sleep(Duration::from_millis(500)).await
+            }
+            Err(e) => panic!("still refused after the grant: {e}"),
+        }
+    };
+    assert_eq!(
+        store.topics_matching("a/#").await.unwrap(),
+        Vec::<String>::new()
+    );
     store.shutdown(scaled(Duration::from_secs(5))).await;
 }
