@@ -249,7 +249,7 @@ impl Lookup<'_> {
     }
 }
 
-/// Reads of `ranges` in each of `buckets` of `root`.
+/// Reads of `ranges` in each of `buckets` of `root`; a single topic only in its own bucket.
 fn push_reads(
     reads: &mut Vec<(Partition, KeyRange)>,
     root: &str,
@@ -258,6 +258,11 @@ fn push_reads(
 ) {
     for &bucket in buckets {
         for range in ranges {
+            if let KeyRange::Exact(topic) = range
+                && index_keys::partition_of(topic).1 != bucket
+            {
+                continue;
+            }
             let root = root.to_owned();
             reads.push((Partition::Bucketed { root, bucket }, range.clone()));
         }
