@@ -144,7 +144,7 @@ impl Default for StoreConfig {
             max_batch_bytes: 4 * 1024 * 1024,
             max_batch_partitions: 10,
             max_multi_partition_batch_bytes: 5 * 1024,
-            batch_linger: Duration::from_millis(10),
+            batch_linger: Duration::from_millis(20),
             max_in_flight: 64,
             write_attempts: 3,
             write_give_up_after: Duration::from_secs(86_400),

@@ -30,6 +30,7 @@ mod lru;
 pub mod msgid;
 pub mod payload;
 mod reads;
+mod requests;
 mod retries;
 pub mod schema;
 mod sending;

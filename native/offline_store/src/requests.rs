@@ -102,6 +102,8 @@ impl Staging {
         std::mem::swap(&mut self.items, &mut self.spare);
         if self.items.is_empty() {
             self.since = None;
+            self.awaited = false;
+            self.empty_at = Some(Instant::now());
         }
         parts
     }

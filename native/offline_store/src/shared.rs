@@ -18,13 +18,18 @@ use crate::waiting::Waiting;
 use crate::write::Pending;
 
 /// Writes taken from the buffer, being grouped into requests. `spare` is the second half of
-/// a double buffer that lets `take_request` regroup without allocating. `since`: when the
-/// oldest staged write was staged (`None` when nothing is), for the writer's linger.
+/// a double buffer that lets `take_request` regroup without allocating. `since`: from when
+/// the oldest staged write may have waited (`None` when nothing is staged), for the writer's
+/// linger; `empty_at`: when the writer last found nothing to stage or took the last staged
+/// write (a write staged later may have been in the buffer since); `awaited`: a caller
+/// waits for a staged write (it does not linger).
 #[derive(Default)]
 pub(crate) struct Staging {
     pub(crate) items: VecDeque<Pending>,
     pub(crate) spare: VecDeque<Pending>,
     pub(crate) since: Option<Instant>,
+    pub(crate) empty_at: Option<Instant>,
+    pub(crate) awaited: bool,
 }
 
 /// Topics a node remembers having indexed (about 100 bytes each).

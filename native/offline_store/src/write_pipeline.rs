@@ -11,8 +11,9 @@ use tokio::time::{Instant, sleep, sleep_until};
 
 use crate::config::OverflowPolicy;
 use crate::error::StoreError;
-use crate::sending::write_batch;
-use crate::shared::{Inner, Staging, lock};
+use crate::requests::{ReplicaGroups, Request, RequestLimits};
+use crate::sending::write_request;
+use crate::shared::{Inner, lock};
 use crate::stats::Counters;
 use crate::types::ConnState;
 use crate::write::{Charge, Op, Pending};
@@ -20,15 +21,11 @@ use crate::write::{Charge, Op, Pending};
 /// Items the writer looks at when it gathers one partition's batch.
 const BATCH_SCAN: usize = 512;
 
-/// How often an idle writer looks at the buffer before it parks.
+/// How often an idle writer looks at the buffer before it parks, at least.
 const IDLE_POLL: Duration = Duration::from_millis(1);
 
 /// Idle time after which the writer parks and submitters wake it again.
 const PARK_AFTER: Duration = Duration::from_secs(1);
-
-/// The default of `max_batch_bytes` (see `StoreConfig`), here for the unit tests.
-#[cfg(test)]
-const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 
 /// How often the writer looks for waiting writes older than `write_give_up_after`.
 const GIVE_UP_CHECK: Duration = Duration::from_millis(100);
@@ -143,19 +140,48 @@ impl Inner {
     /// Moves writes from the buffer into the staging area, up to `BATCH_SCAN`. Returns
     /// whether anything is staged.
     pub(crate) fn refill_staging(&self) -> bool {
-        let staging = &mut lock(&self.staging).items;
-        while staging.len() < BATCH_SCAN {
+        let mut staging = lock(&self.staging);
+        while staging.items.len() < BATCH_SCAN {
             // Counted as staged before it leaves the buffer, so `stats()` never misses it.
             Counters::add(&self.counters.staged, 1);
             match self.rx.try_recv() {
-                Ok(p) => staging.push_back(p),
+                Ok(p) => {
+                    staging.awaited |= p.done.is_some();
+                    staging.items.push_back(p);
+                }
                 Err(_) => {
                     Counters::sub(&self.counters.staged, 1);
                     break;
                 }
             }
         }
-        !staging.is_empty()
+        if staging.items.is_empty() {
+            staging.empty_at = Some(Instant::now());
+        } else if staging.since.is_none() {
+            // They came in after the writer last found nothing: they may have waited since.
+            staging.since = Some(staging.empty_at.unwrap_or_else(Instant::now));
+        }
+        !staging.items.is_empty()
+    }
+
+    /// Whether the staged writes should go out now rather than linger for more to join
+    /// them: a request's worth is staged, more wait in the buffer, a caller waits for one,
+    /// or the oldest has lingered `batch_linger`. `Err`: when the oldest's linger ends.
+    fn ready_to_send(&self) -> Result<(), Instant> {
+        let staging = lock(&self.staging);
+        let Some(since) = staging.since else {
+            return Ok(());
+        };
+        let linger_ends = since + self.cfg.batch_linger;
+        if staging.items.len() >= self.cfg.max_batch_rows
+            || staging.awaited
+            || !self.rx.is_empty()
+            || Instant::now() >= linger_ends
+        {
+            Ok(())
+        } else {
+            Err(linger_ends)
+        }
     }
 
     /// Puts a batch back at the front of the staging area, in order (staged before it
@@ -168,57 +194,32 @@ impl Inner {
         for p in batch.into_iter().rev() {
             staging.items.push_front(p);
         }
+        // They lingered before they were sent.
+        staging.since = Some(Instant::now() - self.cfg.batch_linger);
         drop(staging);
         self.work.notify_one();
     }
 
-    /// Takes the head staged write plus following staged writes of the same kind to the
-    /// same partition.
-    pub(crate) fn take_batch(&self) -> Vec<Pending> {
-        let batch =
-            lock(&self.staging).take_batch(self.cfg.max_batch_rows, self.cfg.max_batch_bytes);
+    /// Takes the next request's writes from the staging area (see `take_request`).
+    pub(crate) fn take_request(&self, group_of: impl FnMut(&str) -> u64) -> Request {
+        let limits = RequestLimits {
+            max_rows: self.cfg.max_batch_rows,
+            max_bytes: self.cfg.max_batch_bytes,
+            max_partitions: self.cfg.max_batch_partitions,
+            max_multi_partition_bytes: self.cfg.max_multi_partition_batch_bytes,
+        };
+        let request = lock(&self.staging).take_request(&limits, group_of);
+        let n = request.iter().map(Vec::len).sum::<usize>() as u64;
         // in_flight first, then staged: a concurrent `stats()` may count a write twice for
         // a moment, never zero times (flush relies on that).
-        Counters::add(&self.counters.in_flight, batch.len() as u64);
-        Counters::sub(&self.counters.staged, batch.len() as u64);
-        batch
+        Counters::add(&self.counters.in_flight, n);
+        Counters::sub(&self.counters.staged, n);
+        request
     }
 }
 
-impl Staging {
-    /// Takes the head write plus the following writes of the same kind to the same
-    /// partition, at most `max` rows and `max_bytes` encoded (the head goes even when it is
-    /// larger); the rest stays in order.
-    fn take_batch(&mut self, max: usize, max_bytes: usize) -> Vec<Pending> {
-        let Some(head) = self.items.pop_front() else {
-            return Vec::new();
-        };
-        let mut bytes = head.op.encoded_size();
-        let mut batch = vec![head];
-        // Once one write of the partition does not fit, the later ones wait too (order).
-        let mut full = false;
-        for p in self.items.drain(..) {
-            let same =
-                p.op.topic() == batch[0].op.topic() && p.op.is_insert() == batch[0].op.is_insert();
-            if same && !full {
-                let size = p.op.encoded_size();
-                full = batch.len() >= max || bytes + size > max_bytes;
-                if !full {
-                    bytes += size;
-                    batch.push(p);
-                    continue;
-                }
-            }
-            self.spare.push_back(p);
-        }
-        // The rest goes back in order; both buffers keep their capacity (no allocation).
-        std::mem::swap(&mut self.items, &mut self.spare);
-        batch
-    }
-}
-
-/// Drains the buffer: one partition's batch at a time, at most `max_in_flight` requests
-/// outstanding. Waits (keeping the buffer) while not connected.
+/// Drains the buffer: one request at a time (see `requests`), at most `max_in_flight`
+/// outstanding; a request that is not full waits up to `batch_linger` for more writes. Waits (keeping the buffer) while not connected.
 pub(crate) async fn run_writer(inner: Arc<Inner>) {
     let permits = Arc::new(Semaphore::new(inner.cfg.max_in_flight));
     let mut state = inner.state.subscribe();
@@ -226,6 +227,9 @@ pub(crate) async fn run_writer(inner: Arc<Inner>) {
     let mut idle_since = Instant::now();
     let mut last_give_up_check = Instant::now();
     let mut prefer_retry = true;
+    let mut groups = ReplicaGroups::default();
+    // An idle writer looks at the buffer this often (a write waits for its linger anyway).
+    let idle_poll = inner.cfg.batch_linger.max(IDLE_POLL);
     loop {
         if inner.stopped() {
             return;
@@ -247,15 +251,29 @@ pub(crate) async fn run_writer(inner: Arc<Inner>) {
         let next_due = lock(&inner.waiting).next_due();
         let retry_due = next_due.is_some_and(|at| at <= Instant::now());
         let staged = inner.refill_staging();
-        if !retry_due && !staged {
+        let lingering = if staged {
+            inner.ready_to_send().err()
+        } else {
+            None
+        };
+        let ready = staged && lingering.is_none();
+        if !retry_due && !ready {
             // A parked writer wakes when the next waiting topic is due (at most
             // `reconnect_max_backoff` away; the give-up check runs then too), or when a retry
             // is answered (`wait`, `write_batch` notify).
             let due = next_due.unwrap_or_else(Instant::now);
+            if let Some(linger_ends) = lingering {
+                let until = next_due.map_or(linger_ends, |due| due.min(linger_ends));
+                tokio::select! {
+                    _ = sleep_until(until) => {}
+                    _ = shutdown.changed() => return,
+                }
+                continue;
+            }
             if idle_since.elapsed() < PARK_AFTER {
                 tokio::select! {
                     _ = inner.work.notified() => {}
-                    _ = sleep(IDLE_POLL) => {}
+                    _ = sleep(idle_poll) => {}
                     _ = shutdown.changed() => return,
                 }
                 continue;
@@ -279,110 +297,31 @@ pub(crate) async fn run_writer(inner: Arc<Inner>) {
             p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
             _ = shutdown.changed() => return,
         };
-        // Due retries and staged batches take turns, so many waiting topics cannot crowd
-        // out healthy ones; a batch of a waiting topic goes behind it, taking no slot.
-        let from_retry = retry_due && (!staged || prefer_retry);
+        // Due retries and staged requests take turns, so many waiting topics cannot crowd
+        // out healthy ones; the writes of a waiting topic go behind it, taking no slot.
+        let from_retry = retry_due && (!ready || prefer_retry);
         prefer_retry = !prefer_retry;
         let due_retry = if from_retry {
             inner.take_due_retry()
         } else {
             None
         };
-        let (batch, retry) = match due_retry {
-            Some((batch, since)) => (batch, Some(since)),
-            None => match inner.behind_waiting(inner.take_batch()) {
-                Some(batch) if !batch.is_empty() => (batch, None),
-                _ => continue,
-            },
+        let (request, retry) = match due_retry {
+            Some((batch, since)) => (vec![batch], Some(since)),
+            None => {
+                let keyspace = inner.cfg.keyspace.as_str();
+                let request = inner.take_request(|t| groups.group_of(&conn, keyspace, t));
+                let request = inner.behind_waiting(request);
+                if request.is_empty() {
+                    continue;
+                }
+                (request, None)
+            }
         };
         let inner = inner.clone();
         tokio::spawn(async move {
-            write_batch(&inner, &conn, batch, retry).await;
+            write_request(&inner, &conn, request, retry).await;
             drop(permit);
         });
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::write::test_writes::{delete, insert, shape, with_payload};
-
-    #[test]
-    fn a_batch_is_one_kind_of_write_to_one_partition_and_the_rest_keeps_its_order() {
-        let mut staging = Staging::default();
-        staging.items.extend([
-            insert("a", 1),
-            insert("b", 2),
-            delete("a", 3),
-            insert("a", 4),
-            insert("a", 5),
-            insert("a", 6),
-        ]);
-        let batch = staging.take_batch(3, usize::MAX);
-        assert_eq!(
-            shape(batch),
-            [
-                ("a".into(), true, 1),
-                ("a".into(), true, 4),
-                ("a".into(), true, 5)
-            ]
-        );
-        let left: Vec<_> = staging.items.drain(..).collect();
-        assert_eq!(
-            shape(left),
-            [
-                ("b".into(), true, 2),
-                ("a".into(), false, 3),
-                ("a".into(), true, 6)
-            ]
-        );
-        assert!(staging.spare.is_empty());
-        assert!(staging.take_batch(3, usize::MAX).is_empty());
-    }
-
-    #[test]
-    fn deletes_of_one_topic_batch_together_past_other_writes() {
-        let mut staging = Staging::default();
-        staging.items.extend([
-            delete("t", 1),
-            insert("t", 2),
-            delete("t", 3),
-            delete("u", 4),
-        ]);
-        let batch = staging.take_batch(512, usize::MAX);
-        assert_eq!(
-            shape(batch),
-            [("t".into(), false, 1), ("t".into(), false, 3)]
-        );
-        let next = staging.take_batch(512, usize::MAX);
-        assert_eq!(shape(next), [("t".into(), true, 2)]);
-        assert_eq!(staging.items.len(), 1);
-    }
-
-    #[test]
-    fn batches_are_capped_in_bytes_and_a_larger_write_goes_alone() {
-        let mb = 1_000_000;
-        // Non-UTF-8: stored as base64, 4/3 of the payload.
-        let binary = |us| with_payload("t", us, vec![0xFF; mb]);
-        let mut staging = Staging::default();
-        staging.items.extend((1..=7).map(binary));
-        staging
-            .items
-            .push_back(with_payload("t", 8, vec![0xFF; 6 * mb]));
-        staging.items.push_back(insert("t", 9));
-        let sizes: Vec<usize> = std::iter::from_fn(|| {
-            let batch = staging.take_batch(32, MAX_BATCH_BYTES);
-            let bytes: usize = batch.iter().map(|p| p.op.encoded_size()).sum();
-            assert!(
-                batch.len() == 1 || bytes <= MAX_BATCH_BYTES,
-                "{} rows, {bytes} bytes",
-                batch.len()
-            );
-            (!batch.is_empty()).then_some(batch.len())
-        })
-        .collect();
-        // 1.33 MB each: three fit in 4 MiB; the 8 MB one goes alone; order is kept.
-        assert_eq!(sizes, [3, 3, 1, 1, 1]);
     }
 }
