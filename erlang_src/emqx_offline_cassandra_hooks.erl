@@ -6,7 +6,7 @@
 %%--------------------------------------------------------------------
 -module(emqx_offline_cassandra_hooks).
 
--export([hook/0, unhook/0, set_settings/1, settings/0, mark_replayed/1]).
+-export([hook/0, unhook/0, set_settings/1, settings/0, mark_replayed/2]).
 -export([on_message_publish/1, on_session_subscribed/3, on_session_unsubscribed/3, on_message_acked/2]).
 
 %% NOTE: message.publish runs late, at priority 10 (HP_LOWEST is 0). By then
@@ -26,6 +26,10 @@
 %% Cassandra). No header (a message from before this version, or one the
 %% plugin did not see): the ack deletes as it always did.
 -define(MARK, offline_cassandra).
+%% On a replayed message whose row Cassandra stamped later than its msgid's
+%% time (written by EMQX 4.x without a timestamp): that write time (µs), so
+%% the ack's delete is written after it.
+-define(WRITTEN, offline_cassandra_written_us).
 
 -define(HOOKS, [
     {'message.publish', on_message_publish, ?PRIO_PUBLISH},
@@ -78,9 +82,11 @@ mark(Verdict, Msg) ->
     end.
 
 %% @doc Headers of a message replayed from Cassandra: its row exists, so
-%% its ack always deletes.
--spec mark_replayed(map()) -> map().
-mark_replayed(Headers) ->
+%% its ack always deletes; WrittenUs is the row's written_us.
+-spec mark_replayed(map(), integer() | undefined) -> map().
+mark_replayed(Headers, WrittenUs) when is_integer(WrittenUs) ->
+    Headers#{?MARK => replayed, ?WRITTEN => WrittenUs};
+mark_replayed(Headers, _) ->
     Headers#{?MARK => replayed}.
 
 %% stored or skipped.
@@ -211,7 +217,7 @@ maybe_delete(Msg, #{topics := Filters}) ->
                 unmarked -> emqx_offline_cassandra_topic:matches_any(Topic, Filters) andalso first_or_skip(Id)
             end,
     case Send of
-        true -> delete(Topic, Id);
+        true -> delete(Topic, Id, emqx_message:get_header(?WRITTEN, Msg, undefined));
         skip -> emqx_offline_cassandra_metrics:inc(delete_skipped);
         false -> ok
     end.
@@ -219,8 +225,8 @@ maybe_delete(Msg, #{topics := Filters}) ->
 first_or_skip(Id) ->
     emqx_offline_cassandra_acked:first_delete(Id) orelse skip.
 
-delete(Topic, Id) ->
-    case emqx_offline_cassandra_nif:delete(Topic, Id) of
+delete(Topic, Id, WrittenUs) ->
+    case emqx_offline_cassandra_nif:delete(Topic, Id, WrittenUs) of
         ok ->
             emqx_offline_cassandra_metrics:inc(deleted);
         {error, Reason} ->

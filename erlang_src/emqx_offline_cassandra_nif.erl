@@ -24,6 +24,7 @@
     status/0,
     store/1,
     delete/2,
+    delete/3,
     fetch/4,
     fetch_sync/3,
     count/2,
@@ -39,7 +40,8 @@
     nif_insert_awaited/5,
     debug_panicking_fetch/2,
     debug_sleeping_fetch/3,
-    debug_panic/0
+    debug_panic/0,
+    debug_clock_offset/1
 ]).
 
 -on_load(init/0).
@@ -61,7 +63,10 @@
     payload := binary(),
     arrived := integer(),
     %% seconds until Cassandra expires the row, undefined without a TTL
-    ttl := integer() | undefined
+    ttl := integer() | undefined,
+    %% the row's write time (µs) when later than its msgid's: a row EMQX 4.x
+    %% wrote (Cassandra stamped it); its delete goes through delete/3
+    written_us := integer() | undefined
 }.
 -type message() :: #{
     topic := binary(),
@@ -186,6 +191,15 @@ store(#{topic := Topic, msgid := MsgId, payload := Payload} = Msg) ->
 delete(Topic, MsgId) ->
     nif_delete(Topic, hex_msgid(MsgId)).
 
+%% @doc The delete of a replayed row whose write time WrittenUs (the row's
+%% written_us) is later than its msgid's: written just after it, so it
+%% removes rows EMQX 4.x wrote. undefined: as delete/2.
+-spec delete(binary(), binary(), integer() | undefined) -> ok | {error, reason()}.
+delete(Topic, MsgId, undefined) ->
+    delete(Topic, MsgId);
+delete(Topic, MsgId, WrittenUs) ->
+    nif_delete_written(Topic, hex_msgid(MsgId), WrittenUs).
+
 %% @doc Asks for the newest `limit' messages of Topic - a topic, or a filter
 %% with `+'/`#' whose topics come from the topic index - (0 or absent: the
 %% configured maximum), not older than `since' (ms since the epoch). Pid
@@ -266,6 +280,7 @@ nif_status() -> ?NOT_LOADED.
 nif_store(_Topic, _MsgId, _Sender, _Qos, _Retain, _Payload, _ArrivedMs, _Ttl) -> ?NOT_LOADED.
 nif_store_large(_Topic, _MsgId, _Sender, _Qos, _Retain, _Payload, _ArrivedMs, _Ttl) -> ?NOT_LOADED.
 nif_delete(_Topic, _MsgId) -> ?NOT_LOADED.
+nif_delete_written(_Topic, _MsgId, _WrittenUs) -> ?NOT_LOADED.
 nif_fetch(_Pid, _Ref, _Topic, _Limit, _SinceMs) -> ?NOT_LOADED.
 nif_stats() -> ?NOT_LOADED.
 nif_admin(_Pid, _Ref, _Op, _Topic) -> ?NOT_LOADED.
@@ -274,3 +289,4 @@ nif_insert_awaited(_Pid, _Ref, _Topic, _MsgId, _Payload) -> ?NOT_LOADED.
 debug_panicking_fetch(_Pid, _Ref) -> ?NOT_LOADED.
 debug_sleeping_fetch(_Pid, _Ref, _Ms) -> ?NOT_LOADED.
 debug_panic() -> ?NOT_LOADED.
+debug_clock_offset(_OffsetMs) -> ?NOT_LOADED.

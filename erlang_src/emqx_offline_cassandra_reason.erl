@@ -41,6 +41,17 @@ sentence({degraded, Waiting, Why}) when is_integer(Waiting), Waiting >= 0 ->
     [<<"degraded: ">>, thousands(Waiting), <<" write">>, [<<"s">> || Waiting =/= 1], <<" waiting (">>, detail(Why), <<")">>];
 sentence({error, Reason}) ->
     sentence(Reason);
+%% This node's clock against Cassandra's (the NIF's stats).
+sentence({clock_skew, OffsetMs, LimitMs}) when is_integer(OffsetMs), is_integer(LimitMs) ->
+    Side = case OffsetMs > 0 of true -> <<" ahead of">>; false -> <<" behind">> end,
+    [<<"this node's clock is ">>, seconds(abs(OffsetMs)), Side, <<" Cassandra's (more than the ">>,
+        seconds(LimitMs), <<" the replay floor allows): replay floors stay where they are until it is back; check the node's time sync (NTP)">>];
+%% Rows replay leaves out: their msgid is not EMQX's.
+sentence({unreadable_rows, Topic, Count, Example}) when is_integer(Count) ->
+    [thousands(Count), <<" stored row">>, [<<"s">> || Count =/= 1], <<" of topic ">>, detail(Topic),
+        <<" ha">>, case Count of 1 -> <<"s">>; _ -> <<"ve">> end,
+        <<" a msgid that is not EMQX's 32 upper-case hex digits (e.g. ">>, detail(Example),
+        <<"): not replayed, left stored; delete them with `emqx ctl offline_cassandra purge` or cqlsh">>];
 %% Reasons.
 sentence({panic, Msg}) ->
     [<<"the storage library failed unexpectedly (a bug, please report it): ">>, detail(Msg)];
@@ -90,6 +101,10 @@ kind(invalid_msgid) -> <<"a message id is not 32 hexadecimal characters">>;
 kind(invalid_row) -> <<"a stored row cannot be turned back into a message">>;
 kind(db_error) -> <<"Cassandra reported an error">>;
 kind(_) -> undefined.
+
+%% 1500 -> "1.5 s".
+seconds(Ms) ->
+    io_lib:format("~.1f s", [Ms / 1000]).
 
 %% 1234567 -> "1,234,567".
 thousands(N) ->

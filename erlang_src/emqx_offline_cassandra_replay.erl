@@ -84,8 +84,11 @@ to_message(#{msgid := Hex} = Row, Settings) ->
         {ok, Id} ->
             #{topic := Topic, sender := Sender, qos := QoS, retain := Retain, payload := Payload, arrived := Arrived} =
                 Row,
-            %% Marked: the ack of a replayed message always deletes its row.
-            Headers = emqx_offline_cassandra_hooks:mark_replayed(expiry_headers(Row, Settings)),
+            %% Marked: the ack of a replayed message always deletes its row
+            %% (after the row's own write time when Cassandra stamped it).
+            Headers = emqx_offline_cassandra_hooks:mark_replayed(
+                expiry_headers(Row, Settings), maps:get(written_us, Row, undefined)
+            ),
             Extra = emqx_offline_cassandra_compat:message_extra(),
             {ok, {message, Id, QoS, Sender, #{retain => Retain}, Headers, Topic, Payload, Arrived, Extra}};
         error ->

@@ -23,6 +23,9 @@
 %% Raised while Cassandra answers but writes wait (replicas down, overloaded,
 %% timeouts); they land when it recovers.
 -define(DEGRADED_ALARM, offline_cassandra_degraded).
+%% Raised while this node's clock is further from Cassandra's than
+%% max_clock_skew: its replay floors stay where they are until it is back.
+-define(CLOCK_ALARM, offline_cassandra_clock_skew).
 -define(CHECK_INTERVAL_MS, 1000).
 %% Health turns red when the write buffer is fuller than this.
 -define(BUFFER_ALERT, 0.8).
@@ -54,8 +57,14 @@ health() ->
     case persistent_term:get(?CONFIG_ERROR, undefined) of
         undefined ->
             case nif_health(emqx_offline_cassandra_nif:status()) of
-                ok -> buffer_health(emqx_offline_cassandra_nif:stats());
-                Error -> Error
+                ok ->
+                    Stats = emqx_offline_cassandra_nif:stats(),
+                    case buffer_health(Stats) of
+                        ok -> clock_health(Stats);
+                        Error -> Error
+                    end;
+                Error ->
+                    Error
             end;
         Why ->
             {error, <<"invalid config: ", Why/binary>>}
@@ -78,6 +87,19 @@ buffer_health({ok, #{buffered_bytes := Bytes, buffer_max_bytes := Max}}) when
         )};
 buffer_health(_) ->
     ok.
+
+clock_health(Stats) ->
+    case clock_skew(Stats) of
+        undefined -> ok;
+        Skew -> {error, ?REASON:describe(Skew)}
+    end.
+
+%% {clock_skew, OffsetMs, LimitMs} while the NIF finds this node's clock too
+%% far from Cassandra's, else undefined.
+clock_skew({ok, #{clock_skewed := 1, clock_offset_ms := Offset, clock_skew_limit_ms := Limit}}) ->
+    {clock_skew, Offset, Limit};
+clock_skew(_) ->
+    undefined.
 
 %% @doc The config the plugin runs with, as the NIF got it, password hidden.
 -spec running_config() -> map() | undefined.
@@ -141,12 +163,21 @@ handle_info({offline_cassandra_event, writes_failed, {Count, Reason}}, State) ->
 handle_info({offline_cassandra_event, writes_requeued, Count}, State) ->
     emqx_offline_cassandra_log:burst(offline_cassandra_writes_requeued, #{count => Count}),
     {noreply, State};
+%% Reported once per topic by the core: rows replay leaves out (see README,
+%% "Moving from EMQX 4.x").
+handle_info({offline_cassandra_event, unreadable_rows, {Topic, Count, Example}}, State) ->
+    logger:warning(#{
+        msg => offline_cassandra_unreadable_rows,
+        topic => Topic,
+        reason => ?REASON:describe({unreadable_rows, Topic, Count, Example})
+    }),
+    {noreply, State};
 handle_info({offline_cassandra_event, writes_waiting, {Count, Why}}, State) ->
     emqx_offline_cassandra_log:burst(offline_cassandra_writes_waiting, #{count => Count, reason => Why}),
     {noreply, State};
 handle_info(check, State) ->
     erlang:send_after(?CHECK_INTERVAL_MS, self(), check),
-    {noreply, check_connection(State)};
+    {noreply, check_clock(check_connection(State))};
 handle_info(_Info, State) ->
     {noreply, State}.
 
@@ -169,6 +200,7 @@ terminate(_Reason, _State) ->
     ok = emqx_offline_cassandra_hooks:unhook(),
     _ = (catch emqx_alarm:ensure_deactivated(?ALARM)),
     _ = (catch emqx_alarm:ensure_deactivated(?DEGRADED_ALARM)),
+    _ = (catch emqx_alarm:ensure_deactivated(?CLOCK_ALARM)),
     persistent_term:erase(?RUNNING_CONFIG),
     Stopped = emqx_offline_cassandra_nif:stop(?STOP_GRACE_MS),
     persistent_term:erase(?CONFIG_ERROR),
@@ -282,6 +314,26 @@ check_connection(#{reachable := Was} = State) ->
             _ = (catch emqx_alarm:ensure_deactivated(?DEGRADED_ALARM)),
             logger:notice(#{msg => offline_cassandra_connected}),
             State#{reachable => true}
+    end.
+
+%% The clock alarm is raised while the NIF finds this node's clock too far
+%% from Cassandra's, cleared when it is back; each change is logged once.
+check_clock(State) ->
+    Skew = clock_skew(emqx_offline_cassandra_nif:stats()),
+    case {maps:get(clock_skew, State, undefined), Skew} of
+        {undefined, undefined} ->
+            State;
+        {_, undefined} ->
+            _ = (catch emqx_alarm:ensure_deactivated(?CLOCK_ALARM)),
+            logger:notice(#{msg => offline_cassandra_clock_in_bounds}),
+            State#{clock_skew => undefined};
+        {undefined, _} ->
+            Why = ?REASON:describe(Skew),
+            _ = (catch emqx_alarm:activate(?CLOCK_ALARM, #{reason => Why}, Why)),
+            logger:warning(#{msg => offline_cassandra_clock_skew, reason => Why}),
+            State#{clock_skew => Skew};
+        {_, _} ->
+            State#{clock_skew => Skew}
     end.
 
 %% What the state keeps of the NIF config: enough to tell a change, no password.

@@ -102,3 +102,34 @@ tls_unverified_says_what_to_set_test() ->
     T = ?R:describe(tls_unverified),
     looks_like_a_sentence(T),
     [?assertMatch({_, _}, binary:match(T, W)) || W <- [<<"password">>, <<"ssl.verify = true">>, <<"ssl.cafile">>]].
+
+%% This node's clock against Cassandra's (the NIF's stats): by how much,
+%% which way, the limit, and what to check.
+clock_skew_says_how_far_which_way_and_what_to_check_test() ->
+    ?assertEqual(
+        <<"this node's clock is 42.5 s ahead of Cassandra's (more than the 15.0 s the replay floor allows): "
+          "replay floors stay where they are until it is back; check the node's time sync (NTP)">>,
+        ?R:describe({clock_skew, 42500, 15000})
+    ),
+    ?assertMatch({_, _}, binary:match(?R:describe({clock_skew, -20000, 15000}), <<"20.0 s behind Cassandra's">>)).
+
+%% Rows replay leaves out for their msgid: how many, where, one id, and
+%% how to remove them.
+unreadable_rows_name_the_topic_an_id_and_the_remedy_test() ->
+    T = ?R:describe({unreadable_rows, <<"t/1">>, 2, <<"msg-17">>}),
+    looks_like_a_sentence(T),
+    [?assertMatch({_, _}, binary:match(T, W)) || W <- [<<"2 stored rows of topic t/1 have">>, <<"msg-17">>, <<"purge">>]],
+    ?assertMatch({_, _}, binary:match(?R:describe({unreadable_rows, <<"t">>, 1, <<"x">>}), <<"1 stored row of topic t has">>)).
+
+%% The disk buffer: unusable (what it means for the writes, where, why),
+%% and what an earlier run left in it (how many, torn tails cut).
+spool_sentences_say_where_and_what_it_means_test() ->
+    Failed = ?R:describe({spool_failed, <<"/data/spool: Permission denied (os error 13)">>}),
+    looks_like_a_sentence(Failed),
+    [?assertMatch({_, _}, binary:match(Failed, W)) || W <- [<<"disk buffer unusable">>, <<"memory">>, <<"/data/spool: Permission denied">>]],
+    ?assertEqual(
+        <<"1,234 writes left in the disk buffer /d by an earlier run, sent to Cassandra next">>,
+        ?R:describe({spool_recovered, <<"/d">>, 1234, 0, 0})
+    ),
+    ?assertMatch({_, _}, binary:match(?R:describe({spool_recovered, <<"/d">>, 1, 1, 20}), <<"1 write left">>)),
+    ?assertMatch({_, _}, binary:match(?R:describe({spool_recovered, <<"/d">>, 1, 1, 20}), <<"1 torn tail (20 bytes">>)).

@@ -15,4 +15,5 @@ rustler::atoms! {
     write_latency_p50_us, write_latency_p99_us, read_latency_p50_us, read_latency_p99_us,
     buffer_capacity, purge, count,
     expired, buffered_bytes, buffer_max_bytes,
+    written_us, unreadable_rows, clock_offset_ms, clock_skewed, clock_skews, clock_skew_limit_ms,
 }

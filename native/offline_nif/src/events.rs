@@ -38,6 +38,14 @@ pub fn event_sink() -> offline_store::EventSink {
                 StoreEvent::WritesRequeued { count } => {
                     (atoms::writes_requeued(), count.encode(env))
                 }
+                StoreEvent::UnreadableRows {
+                    topic,
+                    count,
+                    example,
+                } => (
+                    atoms::unreadable_rows(),
+                    (topic.as_str(), *count, example.as_str()).encode(env),
+                ),
                 StoreEvent::WritesWaiting { count, reason } => (
                     atoms::writes_waiting(),
                     (*count, reason.as_str()).encode(env),

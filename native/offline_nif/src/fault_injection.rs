@@ -40,3 +40,16 @@ fn debug_panic(env: Env) -> Term {
     let _ = env;
     panic!("injected panic in a NIF call")
 }
+
+/// Shifts this node's clock as the store's clock check sees it (ms, positive: ahead of
+/// Cassandra) and checks at once, to see floors hold and health and the alarm react.
+#[rustler::nif]
+fn debug_clock_offset(env: Env, offset_ms: i64) -> Term {
+    match running() {
+        Some((store, _)) => {
+            store.inject_clock_offset(offset_ms);
+            atoms::ok().encode(env)
+        }
+        None => (atoms::error(), atoms::not_started()).encode(env),
+    }
+}

@@ -216,6 +216,29 @@ fn delete<'a>(env: Env<'a>, topic: Term<'a>, msgid: Term<'a>) -> Term<'a> {
     }
 }
 
+/// The delete of a replayed row whose write time (`written_us` of its fetched row, µs) is
+/// later than its msgid's: the tombstone goes one microsecond after it (EMQX 4.x rows).
+#[rustler::nif(name = "nif_delete_written")]
+fn delete_written<'a>(
+    env: Env<'a>,
+    topic: Term<'a>,
+    msgid: Term<'a>,
+    written_us: Term<'a>,
+) -> Term<'a> {
+    let Some((store, _)) = running() else {
+        return not_started(env);
+    };
+    let result = (|| {
+        let msgid = input::msgid(msgid)?;
+        let written: i64 = input::arg(written_us, "written_us", "an integer (µs)")?;
+        store.submit_delete_written(&input::text(topic, "topic")?, msgid, Some(written))
+    })();
+    match result {
+        Ok(()) => atoms::ok().encode(env),
+        Err(e) => error_term(env, &e),
+    }
+}
+
 /// Reads the newest `Limit` (0 = the configured maximum) messages of `Topic` not older than
 /// `SinceMs` (0 = any). `Topic` may be a filter with `+`/`#`: its topics come from the
 /// index. Returns `ok` at once; `Pid` later receives

@@ -72,6 +72,7 @@ pub fn rows_term<'a>(env: Env<'a>, rows: &[StoredMessage]) -> Term<'a> {
                 atoms::payload().encode(env),
                 atoms::arrived().encode(env),
                 atoms::ttl().encode(env),
+                atoms::written_us().encode(env),
             ];
             let values = [
                 r.topic.encode(env),
@@ -83,6 +84,10 @@ pub fn rows_term<'a>(env: Env<'a>, rows: &[StoredMessage]) -> Term<'a> {
                 r.arrived_ms.encode(env),
                 match r.ttl_secs {
                     Some(t) => t.encode(env),
+                    None => atoms::undefined().encode(env),
+                },
+                match r.written_us {
+                    Some(w) => w.encode(env),
                     None => atoms::undefined().encode(env),
                 },
             ];
@@ -126,6 +131,13 @@ pub fn stats_term<'a>(env: Env<'a>, store: &Store) -> Term<'a> {
         (atoms::floor_scans(), s.floor_scans),
         (atoms::floor_resets(), s.floor_resets),
         (atoms::sliced_reads(), s.sliced_reads),
+        (atoms::unreadable_rows(), s.unreadable_rows),
+        (atoms::clock_skewed(), s.clock_skewed),
+        (atoms::clock_skews(), s.clock_skews),
+        (
+            atoms::clock_skew_limit_ms(),
+            store.config().clock_skew_limit().as_millis() as u64,
+        ),
         (atoms::requeued(), s.requeued),
         (atoms::waiting(), s.waiting),
         (atoms::waited(), s.waited),
@@ -145,7 +157,10 @@ pub fn stats_term<'a>(env: Env<'a>, store: &Store) -> Term<'a> {
             store.config().buffer_max_bytes as u64,
         ),
     ];
-    match Term::map_from_pairs(env, &pairs) {
+    // The one signed value (this node's clock minus Cassandra's) goes in by itself.
+    match Term::map_from_pairs(env, &pairs)
+        .and_then(|map| map.map_put(atoms::clock_offset_ms(), s.clock_offset_ms))
+    {
         Ok(map) => (atoms::ok(), map).encode(env),
         Err(_) => (atoms::error(), atoms::panic()).encode(env),
     }

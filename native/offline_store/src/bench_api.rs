@@ -30,7 +30,7 @@ impl Store {
     pub async fn delete_unbatched(&self, topic: &str, msgid: MsgId) -> Result<(), StoreError> {
         let conn = self.inner.connection()?;
         conn.session
-            .execute_unpaged(&conn.delete, delete_values(topic, &msgid))
+            .execute_unpaged(&conn.delete, delete_values(topic, &msgid, None))
             .await
             .map(|_| ())
             .map_err(|e| StoreError::from_driver(e, self.inner.cfg.request_timeout))

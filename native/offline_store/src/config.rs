@@ -113,6 +113,12 @@ pub struct StoreConfig {
     /// How far behind now the floor stays: rows published within this time are never
     /// skipped, and a write landing later than half of it resets its topic's floor.
     pub replay_floor_lag: Duration,
+    /// How far this node's clock may be from Cassandra's before it stops moving replay
+    /// floors (see `clock`); `None`: a quarter of `replay_floor_lag`, so two nodes each
+    /// within it differ by less than half the lag.
+    pub max_clock_skew: Option<Duration>,
+    /// How often the clocks are compared (and at every connect).
+    pub clock_check_interval: Duration,
 }
 
 impl Default for StoreConfig {
@@ -152,6 +158,8 @@ impl Default for StoreConfig {
             fetch_page_rows: 1_000,
             replay_floor: true,
             replay_floor_lag: Duration::from_secs(60),
+            max_clock_skew: None,
+            clock_check_interval: Duration::from_secs(60),
         }
     }
 }
@@ -196,6 +204,8 @@ impl fmt::Debug for StoreConfig {
             .field("fetch_page_rows", &self.fetch_page_rows)
             .field("replay_floor", &self.replay_floor)
             .field("replay_floor_lag", &self.replay_floor_lag)
+            .field("max_clock_skew", &self.max_clock_skew)
+            .field("clock_check_interval", &self.clock_check_interval)
             .finish()
     }
 }
@@ -241,6 +251,8 @@ pub const CONFIG_KEYS: &[&str] = &[
     "fetch_page_rows",
     "replay_floor",
     "replay_floor_lag",
+    "max_clock_skew",
+    "clock_check_interval",
 ];
 
 /// One config value as the plugin hands it over. Typed on the Erlang side already, so the
@@ -318,6 +330,11 @@ impl StoreConfig {
                 "fetch_page_rows" => cfg.fetch_page_rows = whole(key, value)?,
                 "replay_floor" => cfg.replay_floor = boolean(key, value)?,
                 "replay_floor_lag" => cfg.replay_floor_lag = millis(key, value)?,
+                "max_clock_skew" => {
+                    let d = millis(key, value)?;
+                    cfg.max_clock_skew = (!d.is_zero()).then_some(d);
+                }
+                "clock_check_interval" => cfg.clock_check_interval = millis(key, value)?,
                 _ => {
                     return Err(invalid(
                         key,
@@ -400,7 +417,17 @@ impl StoreConfig {
             ("fetch_page_rows", Int(i64::from(self.fetch_page_rows))),
             ("replay_floor", Bool(self.replay_floor)),
             ("replay_floor_lag", ms(self.replay_floor_lag)),
+            (
+                "max_clock_skew",
+                ms(self.max_clock_skew.unwrap_or(Duration::ZERO)),
+            ),
+            ("clock_check_interval", ms(self.clock_check_interval)),
         ]
+    }
+
+    /// The clock skew beyond which this node stops moving replay floors.
+    pub fn clock_skew_limit(&self) -> Duration {
+        self.max_clock_skew.unwrap_or(self.replay_floor_lag / 4)
     }
 
     /// Checks ranges and combinations. Called by `from_map` and by `Store::start`.
@@ -496,6 +523,25 @@ impl StoreConfig {
         }
         if self.replay_floor_lag > Duration::from_secs(30 * 86_400) {
             return Err(invalid("replay_floor_lag", "must be at most 30d"));
+        }
+        // Two nodes each this far from Cassandra differ by twice as much, and a floor hides
+        // rows of a publisher more than half the lag behind it (docs/design.md, "Clocks").
+        if self
+            .max_clock_skew
+            .is_some_and(|d| d * 4 > self.replay_floor_lag)
+        {
+            return Err(invalid(
+                "max_clock_skew",
+                "must be at most a quarter of replay_floor_lag",
+            ));
+        }
+        if self.clock_check_interval < Duration::from_millis(100)
+            || self.clock_check_interval > Duration::from_secs(3_600)
+        {
+            return Err(invalid(
+                "clock_check_interval",
+                "must be between 100ms and 1h",
+            ));
         }
         for (field, v, max) in [
             ("buffer_capacity", self.buffer_capacity, 10_000_000),
@@ -841,6 +887,9 @@ mod tests {
             ("replay_floor_lag", Int(31 * 86_400_000)),
             ("write_give_up_after", Int(999)),
             ("write_give_up_after", Int(31 * 86_400_000)),
+            ("max_clock_skew", Int(15_001)),
+            ("max_clock_skew", Int(-1)),
+            ("clock_check_interval", Int(99)),
             ("no_such_key", Int(1)),
         ];
         for (key, value) in cases {

@@ -34,6 +34,8 @@ pub(crate) struct Connection {
     pub select_after: PreparedStatement,
     /// Cheap liveness probe.
     pub probe: PreparedStatement,
+    /// The coordinator's clock, ms since the epoch (see `clock`).
+    pub clock: PreparedStatement,
     /// Deletes a whole topic partition (admin purge).
     pub purge: PreparedStatement,
     /// Live rows of a topic (admin count).
@@ -99,7 +101,10 @@ pub(crate) struct LegacyIndexStatements {
 const INDEX_PAGE_ROWS: i32 = 5_000;
 
 /// `TTL(payload)`: seconds left before Cassandra expires the row, null without a TTL.
-const COLUMNS: &str = "msgid, arrived, payload, qos, retain, sender, TTL(payload)";
+/// `WRITETIME(payload)`: when the row was written (µs); later than its msgid's time for
+/// rows written without our `USING TIMESTAMP` (EMQX 4.x), whose delete must come after it.
+const COLUMNS: &str =
+    "msgid, arrived, payload, qos, retain, sender, TTL(payload), WRITETIME(payload)";
 
 pub(crate) async fn connect_once(cfg: &StoreConfig) -> Result<Connection, StoreError> {
     let timeout = cfg.request_timeout;
@@ -442,6 +447,11 @@ async fn prepare_all(session: Session, cfg: &StoreConfig) -> Result<Connection, 
         true,
     )
     .await?;
+    let clock = prepare(
+        "SELECT toUnixTimestamp(now()) FROM system.local WHERE key = 'local'".to_string(),
+        true,
+    )
+    .await?;
     let purge = prepare(
         format!("DELETE FROM {ks}.{t} USING TIMESTAMP ? WHERE topic = ?"),
         false,
@@ -579,6 +589,7 @@ async fn prepare_all(session: Session, cfg: &StoreConfig) -> Result<Connection, 
         select_range,
         floor,
         probe,
+        clock,
         expiry_limit: ExpiryLimit::Before2038,
     })
 }

@@ -374,13 +374,20 @@ pub(crate) async fn reset_floor_if_late(
 }
 
 /// Moves `topic`'s floor up, again while enough deletes came in during the last scan (or
-/// a timer asked for it). Deletes that land during or after it get a settle scan when
-/// they stop. A failed scan is tried again after a backoff (`retry_after`): with no more
-/// acks coming, nothing else would move a floor that a timeout left behind.
+/// a timer asked for it); held while this node's clock is skewed. Deletes that land
+/// during or after it get a settle scan when they stop. A failed scan is tried again after
+/// a backoff (`retry_after`): with no more acks coming, nothing else would move a floor
+/// that a timeout left behind.
 async fn run_floor_scans(inner: Arc<Inner>, topic: String) {
     loop {
+        // A node whose clock is off (see `clock`) could move a floor past rows a node with
+        // a slower clock is still writing: the scan is held, and looked at again every
+        // settle time (no request, no backoff), so the floor moves soon after the clock
+        // is back in bounds.
+        let held = inner.clock.skewed();
         let mut failed = false;
-        if let Ok(conn) = inner.connection()
+        if !held
+            && let Ok(conn) = inner.connection()
             && let Some(f) = &conn.floor
         {
             let (lag, timeout) = (inner.cfg.replay_floor_lag, inner.cfg.request_timeout);
@@ -394,15 +401,22 @@ async fn run_floor_scans(inner: Arc<Inner>, topic: String) {
         let Some(scan) = scans.get_mut(&topic) else {
             return;
         };
-        scan.failures = if failed { scan.failures + 1 } else { 0 };
-        if scan.deletes >= FLOOR_SCAN_AFTER_DELETES && !inner.stopped() {
+        if !held {
+            scan.failures = if failed { scan.failures + 1 } else { 0 };
+        }
+        if scan.deletes >= FLOOR_SCAN_AFTER_DELETES && !inner.stopped() && !held {
             scan.deletes = 0;
             continue;
         }
         scan.running = false;
         let settled = std::mem::take(&mut scan.settling);
-        if failed {
-            let at = now_us() + retry_after(scan.failures).as_micros() as u64;
+        if failed || held {
+            let wait = if held {
+                FLOOR_SETTLE_AFTER
+            } else {
+                retry_after(scan.failures)
+            };
+            let at = now_us() + wait.as_micros() as u64;
             scan.settle_at = Some(scan.settle_at.map_or(at, |s| s.max(at)));
         } else if scan.deletes > 0 {
             scan.settle_at = Some(now_us() + FLOOR_SETTLE_AFTER.as_micros() as u64);

@@ -17,6 +17,7 @@
 mod bench_api;
 #[cfg(feature = "bench_api")]
 mod bench_index;
+mod clock;
 pub mod config;
 mod connection;
 pub mod consistency;

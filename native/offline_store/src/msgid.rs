@@ -28,6 +28,23 @@ impl MsgId {
         Ok(MsgId(out))
     }
 
+    /// An id read back from the table, when it is exactly the form EMQX writes: 32
+    /// upper-case hex digits. Anything else (lower case, another width, not hex) is `None`:
+    /// a delete addresses the row by this text, so an id that `parse` would normalise to
+    /// another key could never be deleted (see `reads` for what replay does with those rows).
+    pub fn parse_stored(s: &str) -> Option<Self> {
+        let bytes = s.as_bytes();
+        let canonical = bytes.len() == 32
+            && bytes
+                .iter()
+                .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(b));
+        canonical.then(|| {
+            let mut out = [0u8; 32];
+            out.copy_from_slice(bytes);
+            MsgId(out)
+        })
+    }
+
     /// The id of the raw 16-byte EMQX GUID.
     pub fn from_guid(guid: u128) -> Self {
         let text = format!("{guid:032X}");
@@ -95,6 +112,22 @@ mod tests {
                 "invalid_msgid",
                 "{bad}"
             );
+        }
+    }
+
+    #[test]
+    fn a_stored_id_must_be_exactly_what_emqx_writes() {
+        let id = "0005F1A2B3C4D5E6F708192A3B4C5D6E";
+        assert_eq!(MsgId::parse_stored(id).unwrap().as_str(), id);
+        for other in [
+            "0005f1a2b3c4d5e6f708192a3b4c5d6e",
+            "0005F1A2B3C4D5E6F708192A3B4C5D6",
+            "0005F1A2B3C4D5E6F708192A3B4C5D6EE",
+            "0005F1A2B3C4D5E6F708192A3B4C5D6G",
+            "msg-1",
+            "",
+        ] {
+            assert_eq!(MsgId::parse_stored(other), None, "{other}");
         }
     }
 

@@ -11,9 +11,10 @@ use crate::connection::{Connection, db_err};
 use crate::error::StoreError;
 use crate::msgid::MsgId;
 use crate::payload;
+use crate::shared::{Inner, lock};
 use crate::stats::Counters;
 use crate::store::Store;
-use crate::types::{FetchOptions, StoredMessage};
+use crate::types::{FetchOptions, StoreEvent, StoredMessage};
 
 /// Topic partitions a wildcard replay reads at the same time.
 const WILDCARD_READS_IN_FLIGHT: usize = 16;
@@ -198,10 +199,17 @@ impl Store {
         .await;
         c.read_latency.record(started.elapsed());
         match result {
-            Ok((rows, warned)) => {
+            Ok(Page {
+                rows,
+                warned,
+                unreadable,
+            }) => {
                 Counters::add(&c.fetched_rows, rows.len() as u64);
                 if warned {
                     self.inner.request_floor_scan(topic);
+                }
+                if let Some((count, example)) = unreadable {
+                    note_unreadable(&self.inner, topic, count, example);
                 }
                 Ok(rows)
             }
@@ -219,6 +227,29 @@ impl Store {
     }
 }
 
+/// Topics remembered as reported; past this many the memory starts over (a topic may then
+/// be reported again, never left uncounted).
+const UNREADABLE_TOPICS_REMEMBERED: usize = 10_000;
+
+/// Counts rows a read left out for their msgid, and reports them once per topic.
+fn note_unreadable(inner: &Inner, topic: &str, count: u64, example: String) {
+    Counters::add(&inner.counters.unreadable_rows, count);
+    let first = {
+        let mut seen = lock(&inner.unreadable_topics);
+        if seen.len() >= UNREADABLE_TOPICS_REMEMBERED {
+            seen.clear();
+        }
+        seen.insert(topic.to_owned())
+    };
+    if first {
+        inner.emit(StoreEvent::UnreadableRows {
+            topic: topic.to_owned(),
+            count,
+            example: example.chars().take(64).collect(),
+        });
+    }
+}
+
 /// Sorts by msgid (publish time) and keeps the newest `limit`, oldest first.
 fn keep_newest(rows: &mut Vec<StoredMessage>, limit: usize) {
     rows.sort_by(|a, b| a.msgid.cmp(&b.msgid));
@@ -227,8 +258,23 @@ fn keep_newest(rows: &mut Vec<StoredMessage>, limit: usize) {
     }
 }
 
-/// Rows of one topic, page by page, at most `limit`; also whether Cassandra warned (it
-/// does when a read walks more than `tombstone_warn_threshold` tombstones).
+/// What one read of a topic found.
+struct Page {
+    rows: Vec<StoredMessage>,
+    /// Cassandra warned: the read walked more than `tombstone_warn_threshold` tombstones.
+    warned: bool,
+    /// Rows left out because their msgid is not what EMQX writes: how many, and one msgid.
+    unreadable: Option<(u64, String)>,
+}
+
+/// Rows of one topic, page by page, at most `limit`.
+///
+/// NOTE: a row whose msgid is not exactly 32 upper-case hex digits (not written by EMQX:
+/// another tool, a hand-made row) is left out and stays stored. It cannot be replayed as
+/// an EMQX message (whose id is that GUID), and an ack could not delete it: the delete of
+/// an id goes to its canonical text, another key. Replaying it would deliver it again on
+/// every subscribe; dropping it would lose it. So it is counted (`unreadable_rows`),
+/// reported once per topic, and left for the operator (`purge`, or cqlsh).
 async fn read_pages(
     conn: &Connection,
     stmt: &scylla::statement::prepared::PreparedStatement,
@@ -236,7 +282,7 @@ async fn read_pages(
     values: &(impl SerializeRow + Sync),
     limit: u32,
     request_timeout: Duration,
-) -> Result<(Vec<StoredMessage>, bool), StoreError> {
+) -> Result<Page, StoreError> {
     type Row = (
         String,
         Option<CqlTimestamp>,
@@ -245,9 +291,11 @@ async fn read_pages(
         Option<i32>,
         Option<String>,
         Option<i32>,
+        Option<i64>,
     );
     let mut out = Vec::with_capacity(limit.min(1024) as usize);
     let mut warned = false;
+    let mut unreadable: Option<(u64, String)> = None;
     let mut paging = PagingState::start();
     loop {
         let (result, next) = conn
@@ -258,7 +306,13 @@ async fn read_pages(
         warned |= result.warnings().next().is_some();
         let rows = result.into_rows_result().map_err(db_err)?;
         for row in rows.rows::<Row>().map_err(db_err)? {
-            let (msgid, arrived, stored, qos, retain, sender, ttl_secs) = row.map_err(db_err)?;
+            let (msgid, arrived, stored, qos, retain, sender, ttl_secs, written) =
+                row.map_err(db_err)?;
+            let Some(id) = MsgId::parse_stored(&msgid) else {
+                let seen = unreadable.get_or_insert_with(|| (0, msgid.clone()));
+                seen.0 += 1;
+                continue;
+            };
             out.push(StoredMessage {
                 topic: topic.to_owned(),
                 payload: payload::decode(stored.as_deref().unwrap_or_default())?,
@@ -268,6 +322,7 @@ async fn read_pages(
                 retain: retain.unwrap_or(0) != 0,
                 arrived_ms: arrived.map(|t| t.0).unwrap_or(0),
                 ttl_secs,
+                written_us: written.filter(|&w| w > id.timestamp_us() as i64),
             });
         }
         match next {
@@ -278,7 +333,11 @@ async fn read_pages(
         }
     }
     out.truncate(limit as usize);
-    Ok((out, warned))
+    Ok(Page {
+        rows: out,
+        warned,
+        unreadable,
+    })
 }
 
 #[cfg(test)]
@@ -295,6 +354,7 @@ mod tests {
             payload: Vec::new(),
             arrived_ms: 0,
             ttl_secs: None,
+            written_us: None,
         }
     }
 

@@ -1,13 +1,14 @@
 //! State shared by the store handle and its background tasks (writer, supervisor, floor
 //! scans).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
+use crate::clock::ClockCheck;
 use crate::config::StoreConfig;
 use crate::connection::Connection;
 use crate::error::StoreError;
@@ -70,6 +71,10 @@ pub(crate) struct Inner {
     pub(crate) indexed: Mutex<Lru<Instant>>,
     /// Deletes per topic since its floor was last moved, and whether a scan runs.
     pub(crate) floor_scans: Mutex<HashMap<String, FloorScan>>,
+    /// Topics whose unreadable rows were reported (see `reads`), so each is reported once.
+    pub(crate) unreadable_topics: Mutex<HashSet<String>>,
+    /// This node's clock against Cassandra's (see `clock`).
+    pub(crate) clock: ClockCheck,
     pub(crate) counters: Counters,
 }
 
@@ -122,6 +127,8 @@ impl Inner {
             indexed: Mutex::new(Lru::new(INDEXED_TOPICS_REMEMBERED)),
             floor_scans: Mutex::new(HashMap::new()),
             events: Mutex::new(None),
+            unreadable_topics: Mutex::new(HashSet::new()),
+            clock: ClockCheck::default(),
             counters: Counters::default(),
         }
     }

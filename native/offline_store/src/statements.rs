@@ -26,9 +26,13 @@ pub(crate) async fn execute(
                     .execute_unpaged(&conn.insert, insert_values(m, ttl(m)))
                     .await
             }
-            Op::Delete { topic, msgid } => {
+            Op::Delete {
+                topic,
+                msgid,
+                written_us,
+            } => {
                 session
-                    .execute_unpaged(&conn.delete, delete_values(topic, msgid))
+                    .execute_unpaged(&conn.delete, delete_values(topic, msgid, *written_us))
                     .await
             }
         }
@@ -51,9 +55,14 @@ pub(crate) async fn execute(
     } else {
         let mut values = Vec::with_capacity(batch.len());
         for p in batch {
-            if let Op::Delete { topic, msgid } = &p.op {
+            if let Op::Delete {
+                topic,
+                msgid,
+                written_us,
+            } = &p.op
+            {
                 b.append_statement(conn.delete.clone());
-                values.push(delete_values(topic, msgid));
+                values.push(delete_values(topic, msgid, *written_us));
             }
         }
         session.batch(&b, values).await.map(|_| ())
@@ -90,9 +99,17 @@ pub(crate) fn insert_values(m: &Message, ttl: RowTtl) -> InsertValues<'_> {
 }
 
 /// The tombstone's timestamp is one microsecond after its insert's, so the delete wins
-/// even when it reaches Cassandra first.
-pub(crate) fn delete_values<'a>(topic: &'a str, msgid: &'a MsgId) -> (i64, &'a str, &'a str) {
-    (msgid.timestamp_us() as i64 + 1, topic, msgid.as_str())
+/// even when it reaches Cassandra first. A row read back with a later write time
+/// (`written_us`: EMQX 4.x wrote without a timestamp, Cassandra stamped it on arrival) is
+/// deleted one microsecond after that instead; our own rows never carry one, so their
+/// delete keeps the timestamp derived from the msgid alone.
+pub(crate) fn delete_values<'a>(
+    topic: &'a str,
+    msgid: &'a MsgId,
+    written_us: Option<i64>,
+) -> (i64, &'a str, &'a str) {
+    let inserted = (msgid.timestamp_us() as i64).max(written_us.unwrap_or(i64::MIN));
+    (inserted + 1, topic, msgid.as_str())
 }
 
 #[cfg(test)]
@@ -117,10 +134,28 @@ mod tests {
         let mut m = message("t", 1_700_000_000_123_456);
         m.ttl_secs = Some(60);
         let ins = insert_values(&m, RowTtl::Secs(60));
-        let del = delete_values(&m.topic, &m.msgid);
+        let del = delete_values(&m.topic, &m.msgid, None);
         assert_eq!(ins.8, 1_700_000_000_123_456, "insert at the publish time");
         assert_eq!(del.0, ins.8 + 1);
         assert_eq!((del.1, del.2), (ins.0, ins.1), "same row");
         assert_eq!(ins.7, 60);
+    }
+
+    #[test]
+    fn a_row_stamped_later_by_cassandra_is_deleted_after_its_write_time() {
+        let m = message("t", 1_700_000_000_123_456);
+        // EMQX 4.x: no client timestamp, the row landed 3 ms after its publish.
+        let landed = 1_700_000_000_126_789;
+        assert_eq!(
+            delete_values(&m.topic, &m.msgid, Some(landed)).0,
+            landed + 1
+        );
+        // A write time at or before the msgid's never moves our own delete earlier.
+        for earlier in [1_700_000_000_123_456, 1_600_000_000_000_000] {
+            assert_eq!(
+                delete_values(&m.topic, &m.msgid, Some(earlier)).0,
+                1_700_000_000_123_457
+            );
+        }
     }
 }

@@ -77,6 +77,8 @@ pub(crate) struct Counters {
     pub floor_scans: AtomicU64,
     pub floor_resets: AtomicU64,
     pub sliced_reads: AtomicU64,
+    /// Rows replay left out: their msgid is not what EMQX writes (see `reads`).
+    pub unreadable_rows: AtomicU64,
     pub write_latency: Latency,
     pub read_latency: Latency,
 }
@@ -118,6 +120,10 @@ impl Counters {
             floor_scans: self.floor_scans.load(Relaxed),
             floor_resets: self.floor_resets.load(Relaxed),
             sliced_reads: self.sliced_reads.load(Relaxed),
+            unreadable_rows: self.unreadable_rows.load(Relaxed),
+            clock_offset_ms: 0,
+            clock_skewed: 0,
+            clock_skews: 0,
             write_latency_p50_us: self.write_latency.quantile_us(0.50),
             write_latency_p99_us: self.write_latency.quantile_us(0.99),
             read_latency_p50_us: self.read_latency.quantile_us(0.50),
@@ -183,6 +189,15 @@ pub struct StatsSnapshot {
     pub floor_resets: u64,
     /// Reads that Cassandra aborted for tombstones and that were redone in msgid slices.
     pub sliced_reads: u64,
+    /// Rows left out of replay because their msgid is not the 32 upper-case hex digits
+    /// EMQX writes (they stay stored).
+    pub unreadable_rows: u64,
+    /// This node's clock minus Cassandra's at the latest check, ms (0 before the first).
+    pub clock_offset_ms: i64,
+    /// 1 while that is beyond `max_clock_skew` (floors stay where they are), else 0.
+    pub clock_skewed: u64,
+    /// Times this node's clock went beyond `max_clock_skew`.
+    pub clock_skews: u64,
     /// Latency of write requests (batches) and reads, p50 / p99, as the upper bound of a
     /// power-of-two bucket in µs (0: none yet).
     pub write_latency_p50_us: u64,

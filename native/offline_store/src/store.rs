@@ -32,6 +32,7 @@ impl Store {
         cfg.validate()?;
         let inner = Arc::new(Inner::new(cfg));
         tokio::spawn(supervisor::supervise(inner.clone()));
+        tokio::spawn(supervisor::watch_clock(inner.clone()));
         let writer = tokio::spawn(write_pipeline::run_writer(inner.clone()));
         *lock(&inner.writer) = Some(writer);
         Ok(Store { inner })
@@ -105,11 +106,24 @@ impl Store {
 
     /// Hands a delete to the write pipeline and returns at once.
     pub fn submit_delete(&self, topic: &str, msgid: MsgId) -> Result<(), StoreError> {
+        self.submit_delete_written(topic, msgid, None)
+    }
+
+    /// The delete of a row read back with `StoredMessage::written_us`: its tombstone is
+    /// written after that write time too (a row EMQX 4.x wrote without a timestamp of its
+    /// own is stamped later than its msgid's time, and would outlive the usual delete).
+    pub fn submit_delete_written(
+        &self,
+        topic: &str,
+        msgid: MsgId,
+        written_us: Option<i64>,
+    ) -> Result<(), StoreError> {
         write_pipeline::enqueue(
             &self.inner,
             Op::Delete {
                 topic: topic.to_owned(),
                 msgid,
+                written_us,
             },
             None,
         )
@@ -127,10 +141,22 @@ impl Store {
     /// timestamp is one microsecond after the insert's, so it wins even when it reaches
     /// Cassandra first.
     pub async fn delete(&self, topic: &str, msgid: MsgId) -> Result<(), StoreError> {
+        self.delete_written(topic, msgid, None).await
+    }
+
+    /// `delete` for a row read back with `StoredMessage::written_us` (see
+    /// `submit_delete_written`).
+    pub async fn delete_written(
+        &self,
+        topic: &str,
+        msgid: MsgId,
+        written_us: Option<i64>,
+    ) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
         let op = Op::Delete {
             topic: topic.to_owned(),
             msgid,
+            written_us,
         };
         write_pipeline::enqueue(&self.inner, op, Some(tx))?;
         rx.await.unwrap_or(Err(StoreError::Shutdown))
@@ -141,7 +167,19 @@ impl Store {
         let buffered = self.inner.rx.len()
             + c.staged.load(Ordering::Relaxed) as usize
             + c.waiting.load(Ordering::Relaxed) as usize;
-        c.snapshot(buffered)
+        let mut s = c.snapshot(buffered);
+        let clock = &self.inner.clock;
+        s.clock_offset_ms = clock.offset_ms().unwrap_or(0);
+        s.clock_skewed = u64::from(clock.skewed());
+        s.clock_skews = clock.skews();
+        s
+    }
+
+    /// Tests only: shifts this node's clock as the clock check sees it by `offset_ms`
+    /// (positive: ahead of Cassandra) and checks at once.
+    #[cfg(feature = "fault_injection")]
+    pub fn inject_clock_offset(&self, offset_ms: i64) {
+        self.inner.clock.inject(offset_ms);
     }
 
     /// Waits until nothing is buffered or in flight, or the deadline passes.

@@ -107,6 +107,43 @@ pub(crate) async fn supervise(inner: Arc<Inner>) {
     }
 }
 
+/// Compares this node's clock with Cassandra's at every connect, every
+/// `clock_check_interval`, and when asked (`ClockCheck::recheck`); a check that fails is
+/// tried again at the next occasion, keeping the latest result. See `clock`.
+pub(crate) async fn watch_clock(inner: Arc<Inner>) {
+    let mut state = inner.state.subscribe();
+    let mut shutdown = inner.shutdown.subscribe();
+    let (interval, max) = (inner.cfg.clock_check_interval, inner.cfg.clock_skew_limit());
+    loop {
+        let up = matches!(*state.borrow_and_update(), ConnState::Connected);
+        if up
+            && let Some(conn) = inner.current()
+            && let Ok(offset) = inner.clock.measure(&conn, inner.cfg.request_timeout).await
+        {
+            inner.clock.record(offset, max);
+        }
+        tokio::select! {
+            _ = sleep(interval) => {}
+            _ = inner.clock.recheck.notified() => {}
+            // A (re)connect checks at once; other state changes wait for the interval.
+            changed = connected(&mut state) => if !changed { return },
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Waits until the state changes to `Connected`; false when the store is gone.
+async fn connected(state: &mut tokio::sync::watch::Receiver<ConnState>) -> bool {
+    loop {
+        if state.changed().await.is_err() {
+            return false;
+        }
+        if matches!(*state.borrow(), ConnState::Connected) {
+            return true;
+        }
+    }
+}
+
 /// Tries the probe on the live session. A probe that met a dead node's broken pool is not
 /// the cluster gone: while the driver still holds a connection to some node, the store
 /// stays connected, and what the surviving nodes cannot take waits and shows as degraded

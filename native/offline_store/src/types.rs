@@ -34,6 +34,11 @@ pub struct StoredMessage {
     pub arrived_ms: i64,
     /// Seconds until Cassandra expires the row (`None`: stored without a TTL).
     pub ttl_secs: Option<i32>,
+    /// The row's write time (µs) when it is later than the publish time inside its msgid:
+    /// a row written without this crate's `USING TIMESTAMP` (EMQX 4.x, cqlsh), stamped by
+    /// Cassandra when it landed. Its delete must be written after that
+    /// (`Store::submit_delete_written`). `None` for the rows this crate writes.
+    pub written_us: Option<i64>,
 }
 
 /// Which rows `fetch` returns.
@@ -116,6 +121,14 @@ pub enum StoreEvent {
     WritesFailed { count: u64, error: StoreError },
     /// A batch lost its connection and went back to the buffer.
     WritesRequeued { count: u64 },
+    /// A read met rows whose msgid is not the 32 upper-case hex digits EMQX writes: they
+    /// are left out of replay and stay stored (reported once per topic per store; every
+    /// one is counted in `unreadable_rows`). `example` is one such msgid.
+    UnreadableRows {
+        topic: String,
+        count: u64,
+        example: String,
+    },
     /// Cassandra answered but could not take a batch (too few replicas alive, overloaded,
     /// timed out): its writes start waiting for a retry, `reason` says why (not repeated
     /// when a retry is refused again).

@@ -14,7 +14,13 @@ use crate::types::Message;
 /// One write: an insert, or the delete an ack becomes.
 pub(crate) enum Op {
     Insert(Message),
-    Delete { topic: String, msgid: MsgId },
+    /// `written_us`: the row's write time when it is later than its msgid's (a row read
+    /// back that another writer stamped, see `StoredMessage::written_us`).
+    Delete {
+        topic: String,
+        msgid: MsgId,
+        written_us: Option<i64>,
+    },
 }
 
 impl Op {
@@ -129,6 +135,7 @@ pub(crate) mod test_writes {
             op: Op::Delete {
                 topic: topic.into(),
                 msgid: MsgId::new(us, 1, 0),
+                written_us: None,
             },
             done: None,
             charge: Charge::default(),
