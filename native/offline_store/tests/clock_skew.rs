@@ -68,7 +68,10 @@ async fn a_skewed_clock_holds_the_floors_until_it_is_back() {
 
     // Ahead by 10 s (from the same machine's clock): skewed, and measured as such.
     store.inject_clock_offset(10_000);
-    wait_for("never skewed", &store, async || store.stats().clock_skewed == 1).await;
+    wait_for("never skewed", &store, async || {
+        store.stats().clock_skewed == 1
+    })
+    .await;
     let s = store.stats();
     assert!(
         (9_000..=11_000).contains(&s.clock_offset_ms),
@@ -84,20 +87,35 @@ async fn a_skewed_clock_holds_the_floors_until_it_is_back() {
     store.flush(scaled(Duration::from_secs(60))).await.unwrap();
     let admin = admin().await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(floor_of(&admin, &topic).await, None, "a skewed node moved a floor");
+    assert_eq!(
+        floor_of(&admin, &topic).await,
+        None,
+        "a skewed node moved a floor"
+    );
     assert_eq!(store.stats().floor_scans, 0);
 
     // Back in bounds: the held scan is tried again and the floor catches up.
     store.inject_clock_offset(0);
-    wait_for("still skewed", &store, async || store.stats().clock_skewed == 0).await;
-    let want = old[500].msgid.to_string();
-    wait_for(&format!("floor never moved to {want} after the skew"), &store, async || {
-        let f = floor_of(&admin, &topic).await;
-        f.as_deref() == Some(want.as_str())
+    wait_for("still skewed", &store, async || {
+        store.stats().clock_skewed == 0
     })
     .await;
+    let want = old[500].msgid.to_string();
+    wait_for(
+        &format!("floor never moved to {want} after the skew"),
+        &store,
+        async || {
+            let f = floor_of(&admin, &topic).await;
+            f.as_deref() == Some(want.as_str())
+        },
+    )
+    .await;
     let s = store.stats();
-    assert!(s.clock_offset_ms.abs() < 1_000, "offset {} ms", s.clock_offset_ms);
+    assert!(
+        s.clock_offset_ms.abs() < 1_000,
+        "offset {} ms",
+        s.clock_offset_ms
+    );
     assert_eq!(s.clock_skews, 1);
 
     // Behind counts the same.

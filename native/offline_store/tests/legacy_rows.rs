@@ -91,7 +91,11 @@ async fn rows_emqx_4_wrote_are_replayed_in_order_and_removed_by_their_ack() {
     );
 
     let rows = store.fetch(&topic, FetchOptions::default()).await.unwrap();
-    assert_eq!(payloads(&rows), ["m0", "m1", "m2", "m3", "m4"], "publish order");
+    assert_eq!(
+        payloads(&rows),
+        ["m0", "m1", "m2", "m3", "m4"],
+        "publish order"
+    );
     for (i, r) in rows.iter().enumerate() {
         assert_eq!(r.msgid, msgs[i].msgid.as_str());
         // Only the 4.x rows carry a write time: ours were written at their msgid's.
