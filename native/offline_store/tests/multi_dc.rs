@@ -7,7 +7,8 @@
 //! What they show (docs/tombstones.md, "Consistency and datacenters"): a message written in
 //! dc2 while dc1 was cut off is not in dc1, so a LOCAL_* floor scan there would move the floor
 //! past it for good; the config refuses those levels, and with accepted ones (LOCAL_QUORUM
-//! writes, EACH_QUORUM reads) the scan in dc1 stops at the message and replay returns it.
+//! writes, EACH_QUORUM reads) the scan in dc1 stops at the message and replay returns it. And a
+//! broker whose datacenter is away keeps its writes until it is back (LOCAL_* never leaves it).
 
 mod common;
 
@@ -271,19 +272,37 @@ async fn a_message_written_in_dc2_while_dc1_was_cut_off_is_not_hidden_by_a_floor
     let _ks = Keyspace::fresh(&admin, &ks).await;
     let topic = unique_topic("multi_dc");
 
-    // Both datacenters up: the tables (mqtt_msg, the floor, the index) are created everywhere.
-    connect(store_config(&ks, 1))
-        .await
-        .shutdown(scaled(Duration::from_secs(5)))
-        .await;
+    // Both datacenters up: a broker of dc1 creates the tables (mqtt_msg, the floor, the
+    // index) everywhere.
+    let dc1 = connect(store_config(&ks, 1)).await;
 
-    // dc1 cut off; a broker in dc2 stores a message at LOCAL_QUORUM: dc2's replica only.
+    // dc1 cut off. Its broker's write waits for dc1: with LOCAL_* levels no request leaves it.
     dcs.cut_off_dc1().await;
+    let other_topic = unique_topic("multi_dc_waits");
+    let waits = published_ago(&other_topic, Duration::from_secs(60), "waits for dc1");
+    dc1.submit_store(waits).unwrap();
+    // A broker in dc2 stores a message at LOCAL_QUORUM: dc2's replica only.
     let in_dc2 = published_ago(&topic, Duration::from_secs(600), "written in dc2");
     let dc2 = connect(store_config(&ks, 2)).await;
     dc2.store(in_dc2.clone()).await.unwrap();
     dc2.shutdown(scaled(Duration::from_secs(5))).await;
+    let during = dc1.stats();
+    assert_eq!(
+        (during.written, during.failed),
+        (0, 0),
+        "dc1's broker wrote (or failed) while dc1 was away: {during:?}"
+    );
     dcs.restore().await;
+    let deadline = Instant::now() + scaled(Duration::from_secs(60));
+    while dc1.stats().written < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "dc1's waiting write did not land within 60 s of dc1's return: {:?}",
+            dc1.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(dc1.stats().failed, 0);
 
     // dc1 does not have it: a LOCAL_* scan in dc1 would find nothing there.
     let dc1_only = session(1, Some("dc1")).await;
@@ -304,9 +323,8 @@ async fn a_message_written_in_dc2_while_dc1_was_cut_off_is_not_hidden_by_a_floor
     assert_eq!(invalid_field(&err), "read_consistency", "{err}");
     assert!(err.to_string().contains("replay_floor"), "{err}");
 
-    // A broker in dc1 with the accepted levels: a newer message, acked, so that a floor scan
+    // dc1's broker (accepted levels) stores and acks a newer message, so that a floor scan
     // runs (2 s after the acks stop) and would put the floor past everything it cannot see.
-    let dc1 = connect(store_config(&ks, 1)).await;
     let acked = published_ago(&topic, Duration::from_secs(300), "acked in dc1");
     dc1.store(acked.clone()).await.unwrap();
     dc1.delete(&topic, acked.msgid).await.unwrap();
