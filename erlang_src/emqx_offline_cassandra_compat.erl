@@ -8,7 +8,11 @@
 %% - the default of #message.extra: [] up to 5.3, #{} from 5.4 (read off a
 %%   message made by the running EMQX);
 %% - shared subscriptions: #share{group, topic} from 5.4, the plain filter
-%%   with `share' in SubOpts before.
+%%   with `share' in SubOpts before;
+%% - how a backlog is replayed: through the external-subscription handler
+%%   API (emqx_extsub) from 6.1.1, demand-driven; before, by sending
+%%   {deliver, ...} to the channel, paced by completions (6.1.0 has an
+%%   extsub with other callback signatures: it takes the common path).
 %%--------------------------------------------------------------------
 -module(emqx_offline_cassandra_compat).
 
@@ -18,6 +22,7 @@
     name_vsn/0,
     read_config/0,
     message_extra/0,
+    replay_path/0,
     parse_subscription/2
 ]).
 
@@ -27,7 +32,8 @@
 -type features() :: #{
     emqx_version := binary(),
     config_api := none | tuple_ok | plain_map,
-    message_extra := [] | map()
+    message_extra := [] | map(),
+    replay_path := deliver | extsub
 }.
 
 %% @doc Looks at the running EMQX once; logs what it found in one line.
@@ -36,7 +42,8 @@ detect() ->
     Features = #{
         emqx_version => emqx_version(),
         config_api => config_api(),
-        message_extra => probe_message_extra()
+        message_extra => probe_message_extra(),
+        replay_path => probe_replay_path()
     },
     persistent_term:put(?KEY, Features),
     Features.
@@ -74,6 +81,12 @@ read_config() ->
 -spec message_extra() -> [] | map().
 message_extra() ->
     maps:get(message_extra, features()).
+
+%% @doc extsub on EMQX 6.1.1+ (emqx_offline_cassandra_extsub), else deliver
+%% (emqx_offline_cassandra_replay).
+-spec replay_path() -> deliver | extsub.
+replay_path() ->
+    maps:get(replay_path, features(), deliver).
 
 %% @doc The filter to look up and the shared-subscription group, if any,
 %% from what session.subscribed passed.
@@ -116,6 +129,25 @@ probe_message_extra() ->
         _ -> #{}
     catch
         _:_ -> #{}
+    end.
+
+%% 6.1.1 changed the handler callbacks (handle_unsubscribe/4, the
+%% {ok, State} results); 6.1.0's are not used.
+probe_replay_path() ->
+    _ = code:ensure_loaded(emqx_extsub_handler_registry),
+    _ = code:ensure_loaded(emqx_extsub_handler),
+    Callbacks =
+        try
+            emqx_extsub_handler:behaviour_info(callbacks)
+        catch
+            _:_ -> []
+        end,
+    case
+        erlang:function_exported(emqx_extsub_handler_registry, register, 2) andalso
+            lists:member({handle_unsubscribe, 4}, Callbacks)
+    of
+        true -> extsub;
+        false -> deliver
     end.
 
 %% EMQX before 5.7: <data_dir>/plugins/<name>/config.hocon if present, else

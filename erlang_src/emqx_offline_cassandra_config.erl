@@ -225,13 +225,18 @@ core_check(Nif) ->
             throw({invalid, Field, dashboard_text(Why)})
     end.
 
+%% max_returned_count: the newest N a replay delivers, 0 = all of them (a
+%% replay is paced and paged: no cap hides in 0). The bound keeps the ids
+%% a newest-N replay sorts to find its start (2 x N, 32 bytes each) small;
+%% the form's bound (config_schema.avsc) is the same number (a test checks).
+-define(MAX_RETURNED_COUNT, 1000000).
+
 settings(Conf) ->
-    %% What one replay can return: the core's max_fetch_rows. The form's
-    %% bound (config_schema.avsc) is the same number (a test checks).
-    #{<<"max_fetch_rows">> := MaxRows} = emqx_offline_cassandra_nif:default_config(),
     #{
         topics => topics(maps:get(<<"topics">>, Conf)),
-        max_returned_count => int(<<"max_returned_count">>, maps:get(<<"max_returned_count">>, Conf), 0, MaxRows),
+        max_returned_count => int(
+            <<"max_returned_count">>, maps:get(<<"max_returned_count">>, Conf), 0, ?MAX_RETURNED_COUNT
+        ),
         time_range_ms => duration(<<"time_range">>, maps:get(<<"time_range">>, Conf)),
         message_ttl_s => message_ttl_s(maps:get(<<"message_ttl">>, Conf))
     }.

@@ -6,8 +6,10 @@
 %%--------------------------------------------------------------------
 -module(emqx_offline_cassandra_hooks).
 
--export([hook/0, unhook/0, set_settings/1, settings/0, mark_replayed/2]).
+-export([hook/0, unhook/0, set_settings/1, settings/0, mark_replayed/2, replay_wanted/3]).
 -export([on_message_publish/1, on_session_subscribed/3, on_session_unsubscribed/3, on_message_acked/2]).
+-export([on_delivery_completed/2, on_delivery_dropped/3, on_client_disconnected/3, on_session_resumed/2,
+         on_message_delivered/2]).
 
 %% NOTE: message.publish runs late, at priority 10 (HP_LOWEST is 0). By then
 %% schema validation (945), message transformation (943), the rule engine
@@ -35,7 +37,14 @@
     {'message.publish', on_message_publish, ?PRIO_PUBLISH},
     {'session.subscribed', on_session_subscribed, ?PRIO_SUBSCRIBED},
     {'session.unsubscribed', on_session_unsubscribed, ?PRIO_SUBSCRIBED},
-    {'message.acked', on_message_acked, ?PRIO_ACKED}
+    {'message.acked', on_message_acked, ?PRIO_ACKED},
+    %% A paced replay's slots, and its session's moves (_replay).
+    {'delivery.completed', on_delivery_completed, ?PRIO_ACKED},
+    {'delivery.dropped', on_delivery_dropped, ?PRIO_ACKED},
+    {'client.disconnected', on_client_disconnected, ?PRIO_ACKED},
+    {'session.resumed', on_session_resumed, ?PRIO_ACKED},
+    %% 6.1.1+: where an extsub replay stands (_extsub).
+    {'message.delivered', on_message_delivered, ?PRIO_ACKED}
 ]).
 
 %% @doc Registers every hook. put/3 replaces an existing registration, so a
@@ -43,13 +52,16 @@
 -spec hook() -> ok.
 hook() ->
     [ok = emqx_hooks:put(HP, {?MODULE, Fun, []}, Prio) || {HP, Fun, Prio} <- ?HOOKS],
-    ok.
+    case emqx_offline_cassandra_compat:replay_path() of
+        extsub -> ok = emqx_offline_cassandra_extsub:register();
+        deliver -> ok
+    end.
 
 %% @doc Removes every hook (idempotent).
 -spec unhook() -> ok.
 unhook() ->
     [emqx_hooks:del(HP, {?MODULE, Fun}) || {HP, Fun, _} <- ?HOOKS],
-    ok.
+    emqx_offline_cassandra_extsub:unregister().
 
 %% @doc The settings the callbacks read (topics, limits, TTL). Kept in a
 %% persistent_term: read on every publish, written on config changes only.
@@ -115,6 +127,8 @@ store(Msg, Topic, Settings) ->
     },
     case emqx_offline_cassandra_nif:store(Entry) of
         ok ->
+            %% Routed after this: a replay running now must not send it too.
+            emqx_offline_cassandra_replays:note_published(Topic, emqx_message:id(Msg)),
             emqx_offline_cassandra_metrics:inc(stored),
             stored;
         {error, Reason} ->
@@ -160,15 +174,34 @@ on_session_subscribed(ClientInfo, TopicFilter, SubOpts) ->
 %% - filters that can match a configured topic (others have nothing stored);
 %% - one member per shared-subscription group on this node (the group gets
 %%   the messages once, not once per member).
-maybe_replay(_ClientInfo, TopicFilter, SubOpts, #{topics := Filters} = Settings) ->
+%% - EMQX before 6.1.1 (6.1.1+ replays through its external-subscription
+%%   API: emqx_offline_cassandra_extsub, which asks replay_wanted/3).
+maybe_replay(ClientInfo, TopicFilter, SubOpts, Settings) ->
+    case emqx_offline_cassandra_compat:replay_path() =:= deliver andalso replay_wanted(TopicFilter, SubOpts, Settings) of
+        {true, Filter} ->
+            Sub = #{
+                clientid => maps:get(clientid, ClientInfo, undefined),
+                deliver_topic => TopicFilter,
+                filter => Filter,
+                qos => maps:get(qos, SubOpts, 1)
+            },
+            emqx_offline_cassandra_replay:start(self(), Sub, Settings);
+        false ->
+            ok
+    end.
+
+%% @doc {true, Filter} when this subscription replays (see the NOTE above);
+%% takes the shared group's claim when it does.
+-spec replay_wanted(term(), map(), map()) -> {true, binary()} | false.
+replay_wanted(TopicFilter, SubOpts, #{topics := Filters}) ->
     {Filter, Group} = emqx_offline_cassandra_compat:parse_subscription(TopicFilter, SubOpts),
     Wanted =
         maps:get(is_new, SubOpts, true) =:= true andalso
             maps:get(qos, SubOpts, 0) > 0 andalso
             lists:any(fun(F) -> emqx_offline_cassandra_topic:intersects(Filter, F) end, Filters),
     case Wanted andalso first_of_group(Group, Filter) of
-        true -> emqx_offline_cassandra_replay:start(self(), TopicFilter, Filter, Settings);
-        false -> ok
+        true -> {true, Filter};
+        false -> false
     end.
 
 %% A member that leaves its shared group hands the group's replay claim on.
@@ -179,6 +212,49 @@ on_session_unsubscribed(_ClientInfo, TopicFilter, Opts) ->
         _ ->
             ok
     end,
+    ok.
+
+%%--------------------------------------------------------------------
+%% A paced replay's slots and its session's moves. Each runs in the
+%% channel; only messages carrying a replay's header, and clients with a
+%% replay running, cost more than a map lookup.
+%%--------------------------------------------------------------------
+
+%% PUBACK (QoS 1) or PUBCOMP (QoS 2): the message left the session.
+on_delivery_completed(Msg, _Info) ->
+    tell_replay(Msg, completed).
+
+on_delivery_dropped(_ClientInfo, Msg, Reason) ->
+    tell_replay(Msg, {dropped, Reason}).
+
+%% A persistent session keeps what was sent; the replay waits meanwhile.
+on_client_disconnected(ClientInfo, _Reason, _ConnInfo) ->
+    tell_replays(ClientInfo, disconnected).
+
+%% The session goes on in this (new) channel.
+on_session_resumed(ClientInfo, _SessionInfo) ->
+    tell_replays(ClientInfo, resumed).
+
+%% A fold: the message goes on unchanged.
+on_message_delivered(_ClientInfo, Msg) ->
+    _ = (catch emqx_offline_cassandra_extsub:note_delivered(Msg)),
+    ok.
+
+tell_replay(Msg, What) ->
+    case catch emqx_message:get_header(emqx_offline_cassandra_replay:header(), Msg, undefined) of
+        Pid when is_pid(Pid) ->
+            case What of
+                completed -> Pid ! {emqx_offline_cassandra_replay:header(), completed};
+                {dropped, Reason} -> Pid ! {emqx_offline_cassandra_replay:header(), dropped, Reason}
+            end,
+            ok;
+        _ ->
+            ok
+    end.
+
+tell_replays(ClientInfo, What) ->
+    ClientId = maps:get(clientid, ClientInfo, undefined),
+    _ = [Pid ! {emqx_offline_cassandra_replay:header(), What, self()} || Pid <- emqx_offline_cassandra_replays:of_client(ClientId)],
     ok.
 
 first_of_group(undefined, _Filter) ->

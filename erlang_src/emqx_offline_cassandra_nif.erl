@@ -27,6 +27,8 @@
     delete/3,
     fetch/4,
     fetch_sync/3,
+    replay_plan/5,
+    replay_pages/5,
     count/2,
     purge/2,
     stats/0
@@ -37,6 +39,8 @@
     nif_store/8,
     nif_store_large/8,
     nif_fetch/5,
+    nif_replay_plan/6,
+    nif_replay_pages/6,
     nif_insert_awaited/5,
     debug_panicking_fetch/2,
     debug_sleeping_fetch/3,
@@ -216,6 +220,22 @@ fetch(Pid, Ref, Topic, Opts) ->
 fetch_sync(Topic, Opts, Timeout) ->
     await_in_helper(fun(Pid, Ref) -> fetch(Pid, Ref, Topic, Opts) end, Timeout).
 
+%% @doc Plans a paced replay of Filter (a topic or a wildcard filter) below
+%% the msgid Below: Pid receives {offline_cassandra, Ref, {ok, {Topics,
+%% From}}}, From the oldest msgid to deliver (undefined: all). Opts: newest
+%% (the newest N only, 0 = all), since (ms since the epoch, 0 = any).
+-spec replay_plan(pid(), reference(), binary(), map(), binary()) -> ok | {error, reason()}.
+replay_plan(Pid, Ref, Filter, Opts, Below) ->
+    nif_replay_plan(Pid, Ref, Filter, maps:get(newest, Opts, 0), maps:get(since, Opts, 0), hex_msgid(Below)).
+
+%% @doc The next page of each {Topic, After} (After: the last msgid taken,
+%% or undefined): Pid receives {offline_cassandra, Ref, {ok, [{Topic,
+%% [row()]}]}}, each up to Limit rows oldest first, in [From, Below).
+-spec replay_pages(pid(), reference(), [{binary(), binary() | undefined}], {binary() | undefined, binary()},
+                   pos_integer()) -> ok | {error, reason()}.
+replay_pages(Pid, Ref, Requests, {From, Below}, Limit) ->
+    nif_replay_pages(Pid, Ref, Requests, From, hex_msgid(Below), Limit).
+
 %% @doc Live rows of a topic (waits at most Timeout ms).
 -spec count(binary(), timeout()) -> {ok, non_neg_integer()} | {error, reason()}.
 count(Topic, Timeout) ->
@@ -282,6 +302,8 @@ nif_store_large(_Topic, _MsgId, _Sender, _Qos, _Retain, _Payload, _ArrivedMs, _T
 nif_delete(_Topic, _MsgId) -> ?NOT_LOADED.
 nif_delete_written(_Topic, _MsgId, _WrittenUs) -> ?NOT_LOADED.
 nif_fetch(_Pid, _Ref, _Topic, _Limit, _SinceMs) -> ?NOT_LOADED.
+nif_replay_plan(_Pid, _Ref, _Filter, _Newest, _SinceMs, _Below) -> ?NOT_LOADED.
+nif_replay_pages(_Pid, _Ref, _Requests, _From, _Below, _Limit) -> ?NOT_LOADED.
 nif_stats() -> ?NOT_LOADED.
 nif_admin(_Pid, _Ref, _Op, _Topic) -> ?NOT_LOADED.
 nif_insert_awaited(_Pid, _Ref, _Topic, _MsgId, _Payload) -> ?NOT_LOADED.

@@ -21,6 +21,7 @@ init([]) ->
     {ok, {Flags, [
         worker(emqx_offline_cassandra_groups, 5000),
         worker(emqx_offline_cassandra_acked, 5000),
+        worker(emqx_offline_cassandra_replays, 5000),
         worker(emqx_offline_cassandra_server, 15000)
     ]}}.
 

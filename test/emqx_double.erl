@@ -23,11 +23,14 @@
 
 -export([start/1, stop/0, mode/0, version/0, extra_default/0, config_api/0, data_dir/0, write_config_file/2]).
 -export([install_plugin/1, start_plugin/1, stop_plugin/1, plugin_config/1, update_config/2, health/1]).
--export([connect/1, subscribe/3, unsubscribe/2, publish/4, publish/5, received/1, raw_delivered/1,
-         ack/2, ack_all/1, disconnect/1, inflight/1]).
--export([init_channel/2]).
+-export([connect/1, connect/2, subscribe/3, unsubscribe/2, publish/4, publish/5, received/1, raw_delivered/1,
+         ack/2, pubrec/2, pubcomp/2, ack_all/1, disconnect/1, disconnect/2, inflight/1, stats/1]).
+-export([init_channel/2, deliver/3, publish_message/1]).
 
 -define(ROUTES, emqx_double_routes).
+-define(CHANNELS, emqx_double_channels).
+%% The received log of clients with log => ids, outside their heaps.
+-define(LOG, emqx_double_log).
 -define(MODE, {?MODULE, mode}).
 -define(DIR, {?MODULE, dir}).
 -define(START_TIMEOUT, 10000).
@@ -46,17 +49,22 @@ start(Opts) ->
     persistent_term:put(?DIR, Dir),
     emqx_hooks:reset(),
     ok = load_plugins_module(Mode),
+    ok = load_extsub_modules(Mode),
     case ets:whereis(?ROUTES) of
         undefined ->
             Parent = self(),
             spawn(fun() ->
                 ets:new(?ROUTES, [named_table, public, bag]),
+                ets:new(?CHANNELS, [named_table, public, set]),
+                ets:new(?LOG, [named_table, public, ordered_set, {write_concurrency, true}]),
                 Parent ! routes_ready,
                 receive stop -> ok end
             end),
             receive routes_ready -> ok end;
         _ ->
-            ets:delete_all_objects(?ROUTES)
+            ets:delete_all_objects(?ROUTES),
+            ets:delete_all_objects(?CHANNELS),
+            ets:delete_all_objects(?LOG)
     end,
     ok.
 
@@ -81,6 +89,35 @@ load_plugins_module(_) ->
     {module, emqx_plugins} = code:load_file(emqx_plugins),
     ok.
 
+%% EMQX 6.1.1+ ships emqx_extsub: the registry and the behaviour (whose
+%% callbacks tell 6.1.1+ from 6.1.0), backed by emqx_double_extsub. Other
+%% modes have neither.
+load_extsub_modules('6.2') ->
+    ok = emqx_double_extsub:start(),
+    compile_module([
+        "-module(emqx_extsub_handler_registry).",
+        "-export([register/2, unregister/1]).",
+        "register(M, O) -> emqx_double_extsub:register(M, O).",
+        "unregister(M) -> emqx_double_extsub:unregister(M)."
+    ]),
+    compile_module([
+        "-module(emqx_extsub_handler).",
+        "-export([behaviour_info/1]).",
+        "behaviour_info(callbacks) -> [{handle_subscribe, 4}, {handle_unsubscribe, 4}, {handle_terminate, 1},"
+        " {handle_delivered, 4}, {handle_info, 3}]; behaviour_info(_) -> undefined."
+    ]);
+load_extsub_modules(_) ->
+    [begin code:purge(M), code:delete(M), code:purge(M) end
+     || M <- [emqx_extsub_handler_registry, emqx_extsub_handler]],
+    ok.
+
+compile_module(Lines) ->
+    Forms = [begin {ok, Ts, _} = erl_scan:string(L), {ok, F} = erl_parse:parse_form(Ts), F end || L <- Lines],
+    {ok, Mod, Bin} = compile:forms(Forms),
+    code:purge(Mod),
+    {module, Mod} = code:load_binary(Mod, atom_to_list(Mod) ++ ".erl", Bin),
+    ok.
+
 stop() ->
     emqx_hooks:reset(),
     catch ets:delete_all_objects(?ROUTES),
@@ -92,7 +129,8 @@ version() ->
     case mode() of
         '5.3' -> "5.3.2";
         '5.8' -> "5.8.9";
-        '5.10' -> "5.10.4"
+        '5.10' -> "5.10.4";
+        '6.2' -> "6.2.2"
     end.
 
 extra_default() ->
@@ -104,6 +142,7 @@ extra_default() ->
 config_api() ->
     case mode() of
         '5.10' -> plain_map;
+        '6.2' -> plain_map;
         _ -> tuple_ok
     end.
 
@@ -191,7 +230,7 @@ start_plugin(NameVsn) ->
     App = persistent_term:get({?MODULE, plugin_app, NameVsn}),
     %% 5.8 and older reload every beam when the app is not loaded (after a
     %% stop, which unloads it): the NIF module is loaded over its old self.
-    case mode() =/= '5.10' andalso application:get_key(App, vsn) =:= undefined of
+    case not lists:member(mode(), ['5.10', '6.2']) andalso application:get_key(App, vsn) =:= undefined of
         true ->
             {PluginDir, RelApps} = persistent_term:get({?MODULE, plugin_apps, NameVsn}),
             [load_app(PluginDir, A) || A <- RelApps];
@@ -216,6 +255,8 @@ stop_plugin(NameVsn) ->
     case mode() of
         '5.10' ->
             ok;
+        '6.2' ->
+            ok;
         _ ->
             {ok, Mods} = application:get_key(App, modules),
             [code:soft_purge(M) || M <- Mods],
@@ -233,7 +274,8 @@ update_config(NameVsn, New) ->
     case mode() of
         '5.3' -> {error, no_plugin_config_api};
         '5.8' -> update_config_58(NameVsn, New);
-        '5.10' -> update_config_59(NameVsn, New)
+        '5.10' -> update_config_59(NameVsn, New);
+        '6.2' -> update_config_59(NameVsn, New)
     end.
 
 update_config_58(NameVsn, New) ->
@@ -270,10 +312,39 @@ health(NameVsn) ->
 
 %%--------------------------------------------------------------------
 %% Clients: one process per connection, as emqx_connection + emqx_channel
+%% + emqx_session_mem (5.x; the facts in shared/reference/paced-replay.md):
+%%
+%% - inflight (max_inflight, default 32) holds QoS 1/2 PUBLISHes until
+%%   PUBACK, or PUBREC then PUBCOMP (QoS 2: the slot is kept at PUBREC);
+%% - the mqueue (max_mqueue_len, default 1000) holds the rest; when full it
+%%   drops its OLDEST message and runs delivery.dropped(.., queue_full);
+%% - message.acked runs on PUBACK and on PUBREC; delivery.completed on
+%%   PUBACK and on PUBCOMP; each freed slot takes the next queued message;
+%% - a persistent session survives a disconnect (the channel lives on, all
+%%   deliveries go to the mqueue, client.disconnected runs); a connect with
+%%   clean_start = false takes it over: session.takenover runs in the old
+%%   channel, which hands over its session and the deliveries still in its
+%%   mailbox and ends; session.resumed runs in the new one, which resends
+%%   its inflight (DUP PUBLISH, or PUBREL);
+%% - a client that acks by itself (auto_ack) answers every PUBLISH/PUBREL
+%%   through the mailbox, like a network peer.
 %%--------------------------------------------------------------------
 
-connect(ClientId) ->
-    proc_lib:spawn(?MODULE, init_channel, [ClientId, self()]).
+connect(ClientId) -> connect(ClientId, #{}).
+
+%% @doc Opts: max_inflight, max_mqueue_len, auto_ack (boolean), log
+%% (full: [{PacketId, Msg}] | ids: [{PacketId, Id, Dup}] only, for long
+%% runs), clean_start (false: take over the session ClientId left),
+%% disconnect_after (the client goes away after this many PUBLISHes,
+%% keeping its session).
+connect(ClientId, Opts) ->
+    Parent = self(),
+    Ref = make_ref(),
+    Pid = proc_lib:spawn(?MODULE, init_channel, [ClientId, {Parent, Ref, Opts}]),
+    receive
+        {Ref, ready} -> Pid
+    after 10000 -> error(connect_timeout)
+    end.
 
 subscribe(Pid, Filter, QoS) -> call(Pid, {subscribe, Filter, QoS}).
 unsubscribe(Pid, Filter) -> call(Pid, {unsubscribe, Filter}).
@@ -285,12 +356,21 @@ received(Pid) -> call(Pid, received).
 %% @doc [{TopicFilter, Msg}] exactly as the channel got them.
 raw_delivered(Pid) -> call(Pid, raw_delivered).
 inflight(Pid) -> call(Pid, inflight).
-%% @doc PUBACK (QoS 1) or PUBREC (QoS 2) of one packet id.
+%% @doc #{inflight, mqueue_len, dropped, received (PUBLISHes sent), dups (of
+%% them DUP resends), acked, completed, conn}.
+stats(Pid) -> call(Pid, stats).
+%% @doc The client's acks of one packet id: PUBACK (QoS 1), or PUBREC then
+%% PUBCOMP (QoS 2; pubrec/2 and pubcomp/2 send one of the two).
 ack(Pid, PacketId) -> call(Pid, {ack, PacketId}).
+pubrec(Pid, PacketId) -> call(Pid, {pubrec, PacketId}).
+pubcomp(Pid, PacketId) -> call(Pid, {pubcomp, PacketId}).
 %% @doc Acks everything in flight, and what moves from the mqueue into
 %% flight meanwhile, until nothing is left.
 ack_all(Pid) -> call(Pid, ack_all).
+%% @doc The connection ends; the session with it (disconnect/1), or kept
+%% for a resume (disconnect(Pid, #{keep_session => true})).
 disconnect(Pid) -> call(Pid, disconnect).
+disconnect(Pid, #{keep_session := true}) -> call(Pid, keep_session_disconnect).
 
 call(Pid, Req) ->
     Ref = monitor(process, Pid),
@@ -304,35 +384,129 @@ call(Pid, Req) ->
     after 10000 -> {error, timeout}
     end.
 
-init_channel(ClientId, _Owner) ->
-    channel_loop(#{
-        clientid => ClientId,
-        clientinfo => #{clientid => ClientId, username => undefined, zone => default, listener => 'tcp:default',
-                        protocol => mqtt, peerhost => {127, 0, 0, 1}, mountpoint => undefined,
-                        is_bridge => false, is_superuser => false},
+init_channel(ClientId, {Parent, Ref, Opts}) ->
+    CI = #{clientid => ClientId, username => undefined, zone => default, listener => 'tcp:default',
+           protocol => mqtt, peerhost => {127, 0, 0, 1}, mountpoint => undefined,
+           is_bridge => false, is_superuser => false},
+    Fresh = #{
         subs => #{},
         inflight => [],
         next_id => 1,
         mqueue => queue:new(),
         received => [],
-        raw => []
-    }).
+        raw => [],
+        counts => #{dropped => 0, acked => 0, completed => 0, sent => 0, dups => 0}
+    },
+    St0 = #{
+        clientid => ClientId,
+        clientinfo => CI,
+        conn => connected,
+        max_inflight => maps:get(max_inflight, Opts, 32),
+        max_mqueue_len => maps:get(max_mqueue_len, Opts, 1000),
+        auto_ack => maps:get(auto_ack, Opts, false),
+        log => maps:get(log, Opts, full),
+        disconnect_after => maps:get(disconnect_after, Opts, infinity)
+    },
+    case maps:get(clean_start, Opts, true) of
+        true ->
+            register_channel(ClientId),
+            Parent ! {Ref, ready},
+            channel_loop(maps:merge(St0, Fresh));
+        false ->
+            {Session, Pendings} = take_over(ClientId, Fresh),
+            register_channel(ClientId),
+            St1 = maps:merge(St0, Session),
+            %% Like emqx_session_mem:resume/2: the hook runs in the new channel.
+            emqx_hooks:run('session.resumed', [CI, #{subscriptions => maps:get(subs, St1)}]),
+            is_extsub() andalso emqx_double_extsub:resumed(St1),
+            %% Resend what was in flight, then the deliveries the old channel had not handled.
+            St2 = lists:foldl(fun resend/2, St1#{inflight := []}, maps:get(inflight, St1)),
+            St3 = lists:foldl(fun({deliver, F, M}, A) -> handle_deliver(F, M, A) end, St2, Pendings),
+            Parent ! {Ref, ready},
+            channel_loop(dequeue(St3))
+    end.
+
+register_channel(ClientId) ->
+    case ets:whereis(?CHANNELS) of
+        undefined -> ok;
+        _ -> ets:insert(?CHANNELS, {ClientId, self()})
+    end.
+
+%% emqx_cm:takeover_session: the old channel hands over its session and the
+%% deliveries still in its mailbox, then ends.
+take_over(ClientId, Fresh) ->
+    case ets:whereis(?CHANNELS) =/= undefined andalso ets:lookup(?CHANNELS, ClientId) of
+        [{_, Old}] when Old =/= self() ->
+            case call(Old, {takeover, self()}) of
+                {ok, Session, Pendings} -> {Session, Pendings};
+                _ -> {Fresh, []}
+            end;
+        _ ->
+            {Fresh, []}
+    end.
+
+resend({PacketId, Msg, wait_ack}, #{inflight := I} = St) ->
+    %% DUP PUBLISH of the same packet id.
+    record(PacketId, Msg, St#{inflight := I ++ [{PacketId, Msg, wait_ack}]}, true);
+resend({PacketId, Msg, wait_comp}, #{inflight := I} = St) ->
+    %% PUBREL again.
+    St1 = St#{inflight := I ++ [{PacketId, Msg, wait_comp}]},
+    client_auto(St1, {pubcomp, PacketId}),
+    St1.
 
 channel_loop(St) ->
     receive
         {call, From, Ref, disconnect} ->
             ets:match_delete(?ROUTES, {'_', self(), '_'}),
+            catch ets:delete_object(?CHANNELS, {maps:get(clientid, St), self()}),
+            emqx_hooks:run('client.disconnected', [maps:get(clientinfo, St), normal, #{}]),
             From ! {Ref, ok};
+        {call, From, Ref, {takeover, _NewPid}} ->
+            emqx_hooks:run('session.takenover', [maps:get(clientinfo, St), #{}]),
+            ets:match_delete(?ROUTES, {'_', self(), '_'}),
+            Session = maps:with([subs, inflight, next_id, mqueue, received, raw, counts], St),
+            Pendings = drain_delivers([]),
+            %% The routes follow the session to the new channel.
+            [ets:insert(?ROUTES, {real_topic(F), From, group_of(F)}) || F <- maps:keys(maps:get(subs, St))],
+            From ! {Ref, {ok, Session, Pendings}};
         {call, From, Ref, Req} ->
             {Reply, St1} = handle_call(Req, St),
             From ! {Ref, Reply},
             channel_loop(St1);
         {deliver, TopicFilter, Msg} ->
             channel_loop(handle_deliver(TopicFilter, Msg, St));
+        {extsub_info, Ref, Info} ->
+            channel_loop(emqx_double_extsub:info(Ref, Info, St));
+        extsub_retry ->
+            put(extsub_st, (get(extsub_st))#{retry := false}),
+            channel_loop(emqx_double_extsub:try_deliver(St));
+        {client, _Packet, _PacketId} when map_get(conn, St) =:= disconnected ->
+            %% Lost with the connection.
+            channel_loop(St);
+        {client, puback, PacketId} ->
+            {_, St1} = do_puback(PacketId, St),
+            channel_loop(St1);
+        {client, pubrec, PacketId} ->
+            {_, St1} = do_pubrec(PacketId, St),
+            channel_loop(St1);
+        {client, pubcomp, PacketId} ->
+            {_, St1} = do_pubcomp(PacketId, St),
+            channel_loop(St1);
         _Unknown ->
             %% EMQX 5 channels log and drop what they do not know.
             channel_loop(St)
     end.
+
+drain_delivers(Acc) ->
+    receive
+        {deliver, _, _} = D -> drain_delivers([D | Acc])
+    after 0 -> lists:reverse(Acc)
+    end.
+
+real_topic({share, _G, T}) -> T;
+real_topic(T) -> T.
+group_of({share, G, _T}) -> G;
+group_of(_) -> undefined.
 
 handle_call({subscribe, Filter0, QoS}, #{subs := Subs, clientinfo := CI} = St) ->
     {TopicFilter, Real, Group, Extra} = parse_share(Filter0),
@@ -342,7 +516,10 @@ handle_call({subscribe, Filter0, QoS}, #{subs := Subs, clientinfo := CI} = St) -
     IsNew andalso ets:insert(?ROUTES, {Real, self(), Group}),
     %% Like emqx_session:subscribe/4: the hook runs in the channel, before SUBACK.
     emqx_hooks:run('session.subscribed', [CI, TopicFilter, SubOpts]),
-    {ok, St#{subs => Subs#{TopicFilter => SubOpts0}}};
+    St1 = St#{subs => Subs#{TopicFilter => SubOpts0}},
+    %% 6.1.1+: emqx_extsub's own session.subscribed hook offers it to the handlers.
+    IsNew andalso is_extsub() andalso emqx_double_extsub:subscribed(CI, TopicFilter, SubOpts, subscribe),
+    {ok, St1};
 handle_call({unsubscribe, Filter0}, #{subs := Subs, clientinfo := CI} = St) ->
     {TopicFilter, Real, Group, _} = parse_share(Filter0),
     case maps:take(TopicFilter, Subs) of
@@ -358,31 +535,92 @@ handle_call({publish, Topic, Payload, QoS, Opts}, #{clientid := ClientId} = St) 
                 properties => maps:get(properties, Opts, #{})},
     Msg0 = emqx_message:make(ClientId, QoS, Topic, Payload, #{retain => maps:get(retain, Opts, false)}, Headers),
     {route(Msg0), St};
+handle_call(received, #{log := ids, clientid := ClientId} = St) ->
+    {ets:select(?LOG, [{{{ClientId, '_'}, '$1', '$2', '$3'}, [], [{{'$1', '$2', '$3'}}]}]), St};
 handle_call(received, #{received := R} = St) ->
     {lists:reverse(R), St};
 handle_call(raw_delivered, #{raw := R} = St) ->
     {lists:reverse(R), St};
 handle_call(inflight, #{inflight := I} = St) ->
-    {I, St};
+    {[{Id, Msg} || {Id, Msg, _} <- I], St};
+handle_call(stats, #{inflight := I, mqueue := Q, counts := C, conn := Conn} = St) ->
+    {C#{inflight => length(I), mqueue_len => queue:len(Q), received => maps:get(sent, C), conn => Conn}, St};
+handle_call(keep_session_disconnect, St) ->
+    {ok, go_away(St)};
 handle_call({ack, PacketId}, St) ->
-    {Reply, St1} = do_ack(PacketId, St),
-    {Reply, St1};
+    case lists:keyfind(PacketId, 1, maps:get(inflight, St)) of
+        {_, Msg, wait_ack} ->
+            case emqx_message:qos(Msg) of
+                2 ->
+                    {ok, St1} = do_pubrec(PacketId, St),
+                    do_pubcomp(PacketId, St1);
+                _ ->
+                    do_puback(PacketId, St)
+            end;
+        {_, _, wait_comp} ->
+            do_pubcomp(PacketId, St);
+        false ->
+            {{error, packet_id_not_found}, St}
+    end;
+handle_call({pubrec, PacketId}, St) ->
+    do_pubrec(PacketId, St);
+handle_call({pubcomp, PacketId}, St) ->
+    do_pubcomp(PacketId, St);
 handle_call(ack_all, St) ->
     ack_all_(St, 0).
 
 ack_all_(#{inflight := []} = St, N) ->
     {{ok, N}, St};
-ack_all_(#{inflight := [{Id, _} | _]} = St, N) ->
-    {ok, St1} = do_ack(Id, St),
+ack_all_(#{inflight := [{Id, _, _} | _]} = St, N) ->
+    {ok, St1} = handle_call_ack(Id, St),
     ack_all_(St1, N + 1).
 
-do_ack(PacketId, #{inflight := Inflight, clientinfo := CI} = St) ->
+handle_call_ack(Id, St) ->
+    handle_call({ack, Id}, St).
+
+%% PUBACK: emqx_session:puback (delivery.completed, the next queued message
+%% takes the slot), then the channel's message.acked.
+do_puback(PacketId, #{inflight := Inflight, clientinfo := CI} = St) ->
     case lists:keytake(PacketId, 1, Inflight) of
-        {value, {_, Msg}, Rest} ->
-            emqx_hooks:run('message.acked', [CI, emqx_message:set_header(puback_props, #{}, Msg)]),
-            {ok, dequeue(St#{inflight => Rest})};
-        false ->
+        {value, {_, Msg, wait_ack}, Rest} ->
+            St1 = completed(Msg, St#{inflight => Rest}),
+            St2 = acked(CI, Msg, St1),
+            {ok, dequeue(St2)};
+        _ ->
             {{error, packet_id_not_found}, St}
+    end.
+
+%% PUBREC: the slot is kept (wait_comp); message.acked runs; PUBREL goes out.
+do_pubrec(PacketId, #{inflight := Inflight, clientinfo := CI} = St) ->
+    case lists:keyfind(PacketId, 1, Inflight) of
+        {_, Msg, wait_ack} ->
+            St1 = St#{inflight => lists:keyreplace(PacketId, 1, Inflight, {PacketId, Msg, wait_comp})},
+            St2 = acked(CI, Msg, St1),
+            client_auto(St2, {pubcomp, PacketId}),
+            {ok, St2};
+        _ ->
+            {{error, packet_id_not_found}, St}
+    end.
+
+%% PUBCOMP: the slot is freed, delivery.completed runs, the queue moves on.
+do_pubcomp(PacketId, #{inflight := Inflight} = St) ->
+    case lists:keytake(PacketId, 1, Inflight) of
+        {value, {_, Msg, wait_comp}, Rest} ->
+            {ok, dequeue(completed(Msg, St#{inflight => Rest}))};
+        _ ->
+            {{error, packet_id_not_found}, St}
+    end.
+
+acked(CI, Msg, #{counts := C} = St) ->
+    emqx_hooks:run('message.acked', [CI, emqx_message:set_header(puback_props, #{}, Msg)]),
+    St#{counts := C#{acked := maps:get(acked, C) + 1}}.
+
+completed(Msg, #{counts := C, clientid := ClientId} = St) ->
+    emqx_hooks:run('delivery.completed', [Msg, #{session_birth_time => 0, clientid => ClientId}]),
+    St1 = St#{counts := C#{completed := maps:get(completed, C) + 1}},
+    case is_extsub() of
+        true -> emqx_double_extsub:completed(Msg, St1);
+        false -> St1
     end.
 
 %% `$share/Group/Topic': EMQX 5.4+ hands #share{group, topic} to the hook;
@@ -420,9 +658,24 @@ route(Msg0) ->
 
 deliver_filter(Filter, _Pid) -> Filter.
 
-%% emqx_session:enrich_deliver/4 + emqx_session_mem:deliver_msg/3.
-handle_deliver(TopicFilter, Msg0, #{subs := Subs, clientinfo := CI, raw := Raw} = St0) ->
-    St = St0#{raw => [{TopicFilter, Msg0} | Raw]},
+%% @doc Publishes a message made earlier (emqx_message:make/6): its id and
+%% timestamp are older than its routing, as for a publish that was on its
+%% way through the hooks (or delayed) while a client subscribed.
+publish_message(Msg) ->
+    route(Msg).
+
+%% @doc {deliver, TopicFilter, Msg} handled by this channel (extsub's path).
+deliver(TopicFilter, Msg, St) ->
+    handle_deliver(TopicFilter, Msg, St).
+
+%% emqx_session:enrich_deliver/4 + emqx_session_mem:deliver_msg/3; while
+%% disconnected, straight into the mqueue (emqx_channel:handle_deliver).
+handle_deliver(TopicFilter, Msg0, #{subs := Subs, raw := Raw, log := Log} = St0) ->
+    St =
+        case Log of
+            full -> St0#{raw => [{TopicFilter, Msg0} | Raw]};
+            ids -> St0
+        end,
     Msg =
         case find_sub(TopicFilter, Subs) of
             undefined ->
@@ -434,13 +687,23 @@ handle_deliver(TopicFilter, Msg0, #{subs := Subs, clientinfo := CI, raw := Raw} 
                     false -> M1
                 end
         end,
-    case emqx_message:qos(Msg) of
-        0 ->
-            record(undefined, Msg, CI, St);
-        _ ->
-            case length(maps:get(inflight, St)) < 32 of
-                true -> send_inflight(Msg, CI, St);
-                false -> enqueue(Msg, CI, St)
+    Full = length(maps:get(inflight, St)) >= maps:get(max_inflight, St),
+    %% 6.x message.nack: extsub takes back what the session cannot send now.
+    Nack =
+        is_extsub() andalso (maps:get(conn, St) =:= disconnected orelse Full) andalso
+            emqx_message:get_header(extsub, Msg, undefined) =/= undefined,
+    case {maps:get(conn, St), emqx_message:qos(Msg)} of
+        _ when Nack ->
+            true = emqx_double_extsub:nack(Msg),
+            St;
+        {disconnected, _} ->
+            enqueue(Msg, St);
+        {connected, 0} ->
+            record(undefined, Msg, St, false);
+        {connected, _} ->
+            case length(maps:get(inflight, St)) < maps:get(max_inflight, St) of
+                true -> send_inflight(Msg, St);
+                false -> enqueue(Msg, St)
             end
     end.
 
@@ -450,24 +713,72 @@ find_sub(TopicFilter, Subs) ->
         error -> undefined
     end.
 
-send_inflight(Msg, CI, #{next_id := Id, inflight := I} = St) ->
-    record(Id, Msg, CI, St#{next_id => (Id rem 65535) + 1, inflight => I ++ [{Id, Msg}]}).
+send_inflight(Msg, #{next_id := Id, inflight := I} = St) ->
+    record(Id, Msg, St#{next_id => (Id rem 65535) + 1, inflight => I ++ [{Id, Msg, wait_ack}]}, false).
 
-enqueue(Msg, CI, #{mqueue := Q} = St) ->
-    case queue:len(Q) >= 1000 of
+%% emqx_mqueue:in/2: a full queue drops its oldest message for the new one.
+enqueue(Msg, #{mqueue := Q, clientinfo := CI, counts := C, max_mqueue_len := Max} = St) ->
+    case queue:len(Q) >= Max of
         true ->
-            emqx_hooks:run('delivery.dropped', [CI, Msg, queue_full]),
-            St;
+            {{value, Oldest}, Q1} = queue:out(Q),
+            emqx_hooks:run('delivery.dropped', [CI, Oldest, queue_full]),
+            St#{mqueue => queue:in(Msg, Q1), counts := C#{dropped := maps:get(dropped, C) + 1}};
         false ->
             St#{mqueue => queue:in(Msg, Q)}
     end.
 
-dequeue(#{mqueue := Q, clientinfo := CI} = St) ->
+dequeue(#{conn := disconnected} = St) ->
+    St;
+dequeue(#{mqueue := Q, inflight := I, max_inflight := Max} = St) when length(I) < Max ->
     case queue:out(Q) of
-        {{value, Msg}, Q1} -> send_inflight(Msg, CI, St#{mqueue => Q1});
+        {{value, Msg}, Q1} -> dequeue(send_inflight(Msg, St#{mqueue => Q1}));
         {empty, _} -> St
+    end;
+dequeue(St) ->
+    St.
+
+%% The PUBLISH goes out: message.delivered, the client's log, and its ack
+%% when it acks by itself.
+record(PacketId, Msg0, #{received := R, clientinfo := CI, log := Log, counts := C} = St, Dup) ->
+    Msg = emqx_hooks:run_fold('message.delivered', [CI], Msg0),
+    R1 =
+        case Log of
+            full ->
+                [{PacketId, Msg} | R];
+            ids ->
+                Key = {maps:get(clientid, St), erlang:unique_integer([monotonic, positive])},
+                ets:insert(?LOG, {Key, PacketId, binary:copy(emqx_message:id(Msg)), Dup}),
+                R
+        end,
+    Sent = maps:get(sent, C) + 1,
+    Dups = maps:get(dups, C) + case Dup of true -> 1; false -> 0 end,
+    St1 = St#{received => R1, counts := C#{sent := Sent, dups := Dups}},
+    case PacketId of
+        undefined -> ok;
+        _ ->
+            case emqx_message:qos(Msg) of
+                1 -> client_auto(St1, {puback, PacketId});
+                2 -> client_auto(St1, {pubrec, PacketId})
+            end
+    end,
+    case Sent >= maps:get(disconnect_after, St1) andalso maps:get(conn, St1) =:= connected of
+        true -> go_away(St1);
+        false -> St1
     end.
 
-record(PacketId, Msg0, CI, #{received := R} = St) ->
-    Msg = emqx_hooks:run_fold('message.delivered', [CI], Msg0),
-    St#{received => [{PacketId, Msg} | R]}.
+%% The client is gone, its session stays (6.x: extsub saves and ends its
+%% handlers on session.disconnected).
+go_away(#{clientinfo := CI} = St) ->
+    emqx_hooks:run('client.disconnected', [CI, normal, #{}]),
+    St1 = St#{conn := disconnected},
+    case is_extsub() of
+        true -> emqx_double_extsub:disconnected(St1);
+        false -> St1
+    end.
+
+is_extsub() -> mode() =:= '6.2'.
+
+client_auto(#{auto_ack := true, conn := connected}, {Packet, PacketId}) ->
+    self() ! {client, Packet, PacketId};
+client_auto(_St, _) ->
+    ok.

@@ -173,10 +173,11 @@ floor_needs_overlapping_consistency_test() ->
     ?assertMatch({error, <<"read_consistency: any is for writes only", _/binary>>},
                  ?C:parse(#{<<"read_consistency">> => <<"any">>, <<"replay_floor">> => false})).
 
-%% What the form accepts is what one replay can return: the core's
-%% max_fetch_rows bounds max_returned_count in the plugin and in the form.
+%% max_returned_count: 0 means all (no hidden cap); the plugin and the form
+%% share one bound, 1,000,000.
 max_returned_count_is_what_a_replay_returns_test() ->
-    #{<<"max_fetch_rows">> := MaxRows} = emqx_offline_cassandra_nif:default_config(),
+    MaxRows = 1000000,
+    ?assertMatch({ok, #{settings := #{max_returned_count := 0}}}, ?C:parse(#{<<"max_returned_count">> => 0})),
     ?assertMatch({ok, #{settings := #{max_returned_count := MaxRows}}}, ?C:parse(#{<<"max_returned_count">> => MaxRows})),
     ?assertMatch({error, <<"max_returned_count: ", _/binary>>}, ?C:parse(#{<<"max_returned_count">> => MaxRows + 1})),
     [Field] = [F || #{<<"name">> := <<"max_returned_count">>} = F <- maps:get(<<"fields">>, priv_json("config_schema.avsc"))],

@@ -45,3 +45,11 @@ pub fn qos(term: Term) -> Result<u8, StoreError> {
 pub fn msgid(term: Term) -> Result<MsgId, StoreError> {
     MsgId::parse(&String::from_utf8_lossy(bytes(term, "msgid")?.as_slice()))
 }
+
+/// A msgid argument, or the atom `undefined` for none.
+pub fn optional_msgid(term: Term) -> Result<Option<MsgId>, StoreError> {
+    match term.atom_to_string() {
+        Ok(name) if name == "undefined" => Ok(None),
+        _ => msgid(term).map(Some),
+    }
+}

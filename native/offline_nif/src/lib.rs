@@ -277,6 +277,110 @@ fn fetch<'a>(
     atoms::ok().encode(env)
 }
 
+/// Plans a paced replay of `Filter` (a topic or a wildcard) below the msgid `Below`:
+/// `Newest` (0 = all) and `SinceMs` (0 = any) bound where it starts. `Pid` later receives
+/// `{offline_cassandra, Ref, {ok, {Topics, From}}}` with `From` the oldest msgid to
+/// deliver or `undefined` (from the beginning), or `{error, Reason}`.
+#[rustler::nif(name = "nif_replay_plan")]
+fn replay_plan<'a>(
+    env: Env<'a>,
+    pid: Term<'a>,
+    reference: Term<'a>,
+    filter: Term<'a>,
+    newest: Term<'a>,
+    since_ms: Term<'a>,
+    below: Term<'a>,
+) -> Term<'a> {
+    let Some((store, handle)) = running() else {
+        return not_started(env);
+    };
+    let request = (|| {
+        let pid: LocalPid = input::arg(pid, "pid", "a local pid")?;
+        let filter = input::text(filter, "filter")?;
+        let newest: u32 = input::arg(newest, "newest", "a whole number (0 = all)")?;
+        let since_ms: i64 = input::arg(since_ms, "since", "an integer (ms since the epoch)")?;
+        let below = input::msgid(below)?;
+        Ok::<_, StoreError>((pid, filter, newest, since_ms, below))
+    })();
+    let (pid, filter, newest, since_ms, below) = match request {
+        Ok(r) => r,
+        Err(e) => return error_term(env, &e),
+    };
+    let reply = Reply::new(pid, reference);
+    spawn_replying_with(
+        &handle,
+        reply,
+        async move {
+            store
+                .replay_plan(
+                    &filter,
+                    (newest > 0).then_some(newest),
+                    (since_ms > 0).then_some(since_ms),
+                    &below,
+                )
+                .await
+        },
+        |env, plan| {
+            let from = match plan.from {
+                Some(id) => id.as_str().encode(env),
+                None => atoms::undefined().encode(env),
+            };
+            (atoms::ok(), (plan.topics, from)).encode(env)
+        },
+    );
+    atoms::ok().encode(env)
+}
+
+/// The next page of each topic in `Requests` (`[{Topic, After}]`, `After` the last msgid
+/// taken or `undefined`): up to `Limit` rows oldest first, at or above `From` (a msgid or
+/// `undefined`), below `Below`. `Pid` later receives `{offline_cassandra, Ref, {ok,
+/// [{Topic, Rows}]}}` (rows as `fetch` gives them) or `{error, Reason}`.
+#[rustler::nif(name = "nif_replay_pages")]
+fn replay_pages<'a>(
+    env: Env<'a>,
+    pid: Term<'a>,
+    reference: Term<'a>,
+    requests: Term<'a>,
+    from: Term<'a>,
+    below: Term<'a>,
+    limit: Term<'a>,
+) -> Term<'a> {
+    let Some((store, handle)) = running() else {
+        return not_started(env);
+    };
+    let request = (|| {
+        let pid: LocalPid = input::arg(pid, "pid", "a local pid")?;
+        let pairs: Vec<(Term, Term)> =
+            input::arg(requests, "requests", "a list of {Topic, After}")?;
+        let requests = pairs
+            .into_iter()
+            .map(|(t, a)| Ok((input::text(t, "topic")?, input::optional_msgid(a)?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let from = input::optional_msgid(from)?;
+        let below = input::msgid(below)?;
+        let limit: u32 = input::arg(limit, "limit", "a whole number above 0")?;
+        Ok::<_, StoreError>((pid, requests, from, below, limit))
+    })();
+    let (pid, requests, from, below, limit) = match request {
+        Ok(r) => r,
+        Err(e) => return error_term(env, &e),
+    };
+    let reply = Reply::new(pid, reference);
+    spawn_replying_with(
+        &handle,
+        reply,
+        async move { store.replay_pages(requests, from, below, limit).await },
+        |env, pages| {
+            let list: Vec<Term> = pages
+                .iter()
+                .map(|(topic, rows)| (topic.as_str(), terms::rows_term(env, rows)).encode(env))
+                .collect();
+            (atoms::ok(), list).encode(env)
+        },
+    );
+    atoms::ok().encode(env)
+}
+
 /// Operator commands: `count` or `purge` a topic. Replies like `fetch`:
 /// `{offline_cassandra, Ref, {ok, Rows} | {error, Reason}}` with `Rows` the number of rows
 /// the topic had.

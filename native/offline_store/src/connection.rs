@@ -32,6 +32,12 @@ pub(crate) struct Connection {
     /// Oldest first, msgid > cursor (`fetch_after`).
     #[cfg(feature = "bench_api")]
     pub select_after: PreparedStatement,
+    /// Oldest first within `[from, below)`: a paced replay's first page of a topic.
+    pub replay_from: PreparedStatement,
+    /// Oldest first within `(cursor, below)`: a paced replay's next page.
+    pub replay_after: PreparedStatement,
+    /// Msgids only, newest first within `[lower, below)`: where a newest-N replay starts.
+    pub replay_ids: PreparedStatement,
     /// Cheap liveness probe.
     pub probe: PreparedStatement,
     /// The coordinator's clock, ms since the epoch (see `clock`).
@@ -442,6 +448,27 @@ async fn prepare_all(session: Session, cfg: &StoreConfig) -> Result<Connection, 
         true,
     )
     .await?;
+    let replay_from = prepare(
+        format!(
+            "SELECT {COLUMNS} FROM {ks}.{t} WHERE topic = ? AND msgid >= ? AND msgid < ? \
+             ORDER BY msgid ASC LIMIT ?"
+        ),
+        true,
+    )
+    .await?;
+    let replay_after = prepare(
+        format!(
+            "SELECT {COLUMNS} FROM {ks}.{t} WHERE topic = ? AND msgid > ? AND msgid < ? \
+             ORDER BY msgid ASC LIMIT ?"
+        ),
+        true,
+    )
+    .await?;
+    let replay_ids = prepare(
+        format!("SELECT msgid FROM {ks}.{t} WHERE topic = ? AND msgid >= ? AND msgid < ? LIMIT ?"),
+        true,
+    )
+    .await?;
     let probe = prepare(
         "SELECT release_version FROM system.local WHERE key = 'local'".to_string(),
         true,
@@ -587,6 +614,9 @@ async fn prepare_all(session: Session, cfg: &StoreConfig) -> Result<Connection, 
         #[cfg(feature = "bench_api")]
         select_after,
         select_range,
+        replay_from,
+        replay_after,
+        replay_ids,
         floor,
         probe,
         clock,
