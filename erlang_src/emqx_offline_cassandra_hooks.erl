@@ -204,8 +204,11 @@ replay_wanted(TopicFilter, SubOpts, #{topics := Filters}) ->
         false -> false
     end.
 
-%% A member that leaves its shared group hands the group's replay claim on.
-on_session_unsubscribed(_ClientInfo, TopicFilter, Opts) ->
+%% A member that leaves its shared group hands the group's replay claim on;
+%% a replay to the filter stops (EMQX would deliver it without a
+%% subscription).
+on_session_unsubscribed(ClientInfo, TopicFilter, Opts) ->
+    _ = (catch tell_replays(ClientInfo, {unsubscribed, TopicFilter})),
     case catch emqx_offline_cassandra_compat:parse_subscription(TopicFilter, Opts) of
         {Filter, Group} when is_binary(Group) ->
             emqx_offline_cassandra_groups:release(Group, Filter, self());
@@ -240,12 +243,28 @@ on_message_delivered(_ClientInfo, Msg) ->
     _ = (catch emqx_offline_cassandra_extsub:note_delivered(Msg)),
     ok.
 
+%% Completions go to the replay 10 at a time (counted in the channel's
+%% process dictionary): the replay then thinks at most 9 more are in the
+%% session than are, which only ever holds it back.
+-define(CREDITS_PER_MESSAGE, 10).
+
 tell_replay(Msg, What) ->
     case catch emqx_message:get_header(emqx_offline_cassandra_replay:header(), Msg, undefined) of
         Pid when is_pid(Pid) ->
             case What of
-                completed -> Pid ! {emqx_offline_cassandra_replay:header(), completed};
-                {dropped, Reason} -> Pid ! {emqx_offline_cassandra_replay:header(), dropped, Reason}
+                completed ->
+                    Key = {emqx_offline_cassandra_replay, credits, Pid},
+                    case get(Key) of
+                        N when is_integer(N), N + 1 >= ?CREDITS_PER_MESSAGE ->
+                            erase(Key),
+                            Pid ! {emqx_offline_cassandra_replay:header(), completed, N + 1};
+                        N when is_integer(N) ->
+                            put(Key, N + 1);
+                        undefined ->
+                            put(Key, 1)
+                    end;
+                {dropped, Reason} ->
+                    Pid ! {emqx_offline_cassandra_replay:header(), dropped, Reason}
             end,
             ok;
         _ ->

@@ -15,7 +15,8 @@
 %% overflows drops its OLDEST message. So at most ?WINDOW replayed messages
 %% are in the session at any time: each carries this process in a header,
 %% and the channel's delivery.completed (PUBACK, or PUBCOMP for QoS 2) or
-%% delivery.dropped hook gives its slot back (see _hooks). The window stays
+%% delivery.dropped hook gives its slot back (see _hooks; completions come
+%% 10 at a time). The window stays
 %% far below the default queue (1,000), and above the default inflight
 %% (32), so the client is always busy and the queue never overflows.
 %%
@@ -151,10 +152,10 @@ send(Rows, #{channel := Channel, deliver_topic := DeliverTopic, qos := SubQoS, s
         Rows
     ).
 
-wait(#{mref := MRef, channel := Channel, outstanding := Out} = St) ->
+wait(#{mref := MRef, channel := Channel, outstanding := Out, deliver_topic := DeliverTopic} = St) ->
     receive
-        {?TAG, completed} ->
-            loop(St#{outstanding := max(0, Out - 1)});
+        {?TAG, completed, N} ->
+            loop(St#{outstanding := max(0, Out - N)});
         {?TAG, dropped, _Reason} ->
             %% The session dropped one of ours (queue full, expired): its
             %% slot is free, the row stays stored for a later replay.
@@ -162,6 +163,8 @@ wait(#{mref := MRef, channel := Channel, outstanding := Out} = St) ->
             loop(St#{outstanding := max(0, Out - 1)});
         {?TAG, disconnected, Channel} ->
             loop(St#{connected := false});
+        {?TAG, {unsubscribed, DeliverTopic}, Channel} ->
+            stopped(St);
         {?TAG, resumed, NewChannel} ->
             loop(follow(NewChannel, St));
         {'DOWN', MRef, process, _, _} ->

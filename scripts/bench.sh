@@ -88,6 +88,8 @@ if command -v valgrind >/dev/null; then
 fi
 step "the packaged plugin in the EMQX double"
 CORE_CEILING_MSG_S=$ceiling erl_bench emqx_offline_cassandra_plugin_bench:run
+step "paced replay of a 100,000 backlog vs live delivery in the EMQX double (5.x path and 6.1.1+ extsub path)"
+erl_bench emqx_offline_cassandra_replay_bench:run
 step "the packaged plugin: CPU per stored + acked message at 500 and 5,000 msg/s vs hooks storing nothing"
 erl_bench emqx_offline_cassandra_plugin_bench:run_cpu
 step "the packaged plugin through a Cassandra outage of ${BENCH_OUTAGE_SECS:-600} s"

@@ -393,6 +393,8 @@ init_channel(ClientId, {Parent, Ref, Opts}) ->
         inflight => [],
         next_id => 1,
         mqueue => queue:new(),
+        %% queue:len/1 walks the queue: its length is kept beside it.
+        qlen => 0,
         received => [],
         raw => [],
         counts => #{dropped => 0, acked => 0, completed => 0, sent => 0, dups => 0}
@@ -464,7 +466,7 @@ channel_loop(St) ->
         {call, From, Ref, {takeover, _NewPid}} ->
             emqx_hooks:run('session.takenover', [maps:get(clientinfo, St), #{}]),
             ets:match_delete(?ROUTES, {'_', self(), '_'}),
-            Session = maps:with([subs, inflight, next_id, mqueue, received, raw, counts], St),
+            Session = maps:with([subs, inflight, next_id, mqueue, qlen, received, raw, counts], St),
             Pendings = drain_delivers([]),
             %% The routes follow the session to the new channel.
             [ets:insert(?ROUTES, {real_topic(F), From, group_of(F)}) || F <- maps:keys(maps:get(subs, St))],
@@ -526,6 +528,7 @@ handle_call({unsubscribe, Filter0}, #{subs := Subs, clientinfo := CI} = St) ->
         {SubOpts, Rest} ->
             ets:delete_object(?ROUTES, {Real, self(), Group}),
             emqx_hooks:run('session.unsubscribed', [CI, TopicFilter, SubOpts]),
+            is_extsub() andalso emqx_double_extsub:unsubscribed(TopicFilter),
             {ok, St#{subs => Rest}};
         error ->
             {{error, no_subscription}, St}
@@ -544,7 +547,8 @@ handle_call(raw_delivered, #{raw := R} = St) ->
 handle_call(inflight, #{inflight := I} = St) ->
     {[{Id, Msg} || {Id, Msg, _} <- I], St};
 handle_call(stats, #{inflight := I, mqueue := Q, counts := C, conn := Conn} = St) ->
-    {C#{inflight => length(I), mqueue_len => queue:len(Q), received => maps:get(sent, C), conn => Conn}, St};
+    {C#{inflight => length(I), mqueue_len => maps:get(qlen, St, queue:len(Q)), received => maps:get(sent, C),
+        conn => Conn}, St};
 handle_call(keep_session_disconnect, St) ->
     {ok, go_away(St)};
 handle_call({ack, PacketId}, St) ->
@@ -717,21 +721,21 @@ send_inflight(Msg, #{next_id := Id, inflight := I} = St) ->
     record(Id, Msg, St#{next_id => (Id rem 65535) + 1, inflight => I ++ [{Id, Msg, wait_ack}]}, false).
 
 %% emqx_mqueue:in/2: a full queue drops its oldest message for the new one.
-enqueue(Msg, #{mqueue := Q, clientinfo := CI, counts := C, max_mqueue_len := Max} = St) ->
-    case queue:len(Q) >= Max of
+enqueue(Msg, #{mqueue := Q, clientinfo := CI, counts := C, max_mqueue_len := Max, qlen := Len} = St) ->
+    case Len >= Max of
         true ->
             {{value, Oldest}, Q1} = queue:out(Q),
             emqx_hooks:run('delivery.dropped', [CI, Oldest, queue_full]),
             St#{mqueue => queue:in(Msg, Q1), counts := C#{dropped := maps:get(dropped, C) + 1}};
         false ->
-            St#{mqueue => queue:in(Msg, Q)}
+            St#{mqueue => queue:in(Msg, Q), qlen := Len + 1}
     end.
 
 dequeue(#{conn := disconnected} = St) ->
     St;
 dequeue(#{mqueue := Q, inflight := I, max_inflight := Max} = St) when length(I) < Max ->
     case queue:out(Q) of
-        {{value, Msg}, Q1} -> dequeue(send_inflight(Msg, St#{mqueue => Q1}));
+        {{value, Msg}, Q1} -> dequeue(send_inflight(Msg, St#{mqueue => Q1, qlen := maps:get(qlen, St) - 1}));
         {empty, _} -> St
     end;
 dequeue(St) ->

@@ -26,7 +26,7 @@
 -module(emqx_double_extsub).
 
 -export([start/0, register/2, unregister/1]).
--export([subscribed/4, info/3, completed/2, nack/1, try_deliver/1, disconnected/1, resumed/1]).
+-export([subscribed/4, unsubscribed/1, info/3, completed/2, nack/1, try_deliver/1, disconnected/1, resumed/1]).
 
 -define(TAB, emqx_double_extsub_handlers).
 -define(ST, extsub_st).
@@ -53,7 +53,9 @@ unregister(Mod) ->
 
 st() ->
     case get(?ST) of
-        undefined -> #{handlers => #{}, buffer => gb_trees:empty(), seq => 0, unacked => #{}, retry => false};
+        %% delivering: per handler, messages handed to extsub and not completed.
+        undefined -> #{handlers => #{}, buffer => gb_trees:empty(), seq => 0, unacked => #{}, retry => false,
+                       delivering => #{}};
         S -> S
     end.
 
@@ -82,6 +84,19 @@ subscribed(CI, TF, SubOpts, Type) ->
         ets:tab2list(?TAB)
     ).
 
+%% @doc The client unsubscribed from TF: its handlers end.
+unsubscribed(TF) ->
+    #{handlers := Hs} = st(),
+    maps:foreach(
+        fun(Ref, #{mod := Mod, st := HSt, tf := T, subopts := SubOpts}) when T =:= TF ->
+                _ = Mod:handle_unsubscribe(unsubscribe, #{subopts => SubOpts}, HSt, TF),
+                destroy(Ref);
+           (_, _) ->
+                ok
+        end,
+        Hs
+    ).
+
 %% @doc A message sent through a handler's ctx funs.
 info(Ref, Info, St) ->
     #{handlers := Hs} = S = st(),
@@ -103,18 +118,22 @@ info(Ref, Info, St) ->
             St
     end.
 
-add(Ref, #{tf := TF}, Msgs, S) ->
-    lists:foldl(
+add(Ref, #{tf := TF}, Msgs, S0) ->
+    S = lists:foldl(
         fun(Msg, #{buffer := B, seq := Seq} = Acc) ->
             M = emqx_message:set_header(extsub, {Ref, Seq + 1}, Msg),
             Acc#{buffer := gb_trees:insert(Seq + 1, {Ref, TF, M}, B), seq := Seq + 1}
         end,
-        S,
+        S0,
         Msgs
-    ).
+    ),
+    count(Ref, length(Msgs), S).
 
-delivering(Ref, #{buffer := B, unacked := U}) ->
-    length([x || {_, {R, _, _}} <- gb_trees:to_list(B), R =:= Ref]) + length([x || {_, R} <- maps:to_list(U), R =:= Ref]).
+count(Ref, N, #{delivering := D} = S) ->
+    S#{delivering := D#{Ref => maps:get(Ref, D, 0) + N}}.
+
+delivering(Ref, #{delivering := D}) ->
+    maps:get(Ref, D, 0).
 
 desired(Ref, #{size := Size}, S) ->
     case delivering(Ref, S) < Size of
@@ -177,7 +196,7 @@ completed(Msg, St) ->
     case emqx_message:get_header(extsub, Msg, undefined) of
         {Ref, Seq} ->
             #{unacked := U0} = S0 = st(),
-            S = S0#{unacked := maps:remove(Seq, U0)},
+            S = count(Ref, -1, S0#{unacked := maps:remove(Seq, U0)}),
             put_st(S),
             #{handlers := Hs} = S,
             case maps:find(Ref, Hs) of

@@ -28,7 +28,8 @@ paced_test_() ->
         {"QoS 2: the same; slots freed at PUBCOMP", fun qos2_backlog/1},
         {"a client away after half resumes and gets exactly the rest", fun resume_after_half/1},
         {"a wildcard over 100 topics: all, once, in msgid order", fun wildcard_backlog/1},
-        {"published during the replay: once, live", fun live_during_replay/1}
+        {"published during the replay: once, live", fun live_during_replay/1},
+        {"an unsubscribe stops the replay", fun unsubscribe_stops/1}
     ],
     [
         {atom_to_list(Path), {inorder,
@@ -255,6 +256,25 @@ live_during_replay(_Path) ->
     {ok, _} = ?D:ack_all(Sub),
     ok = wait_until(fun() -> stored(T) =:= 0 end, 20000),
     ?D:disconnect(Pub),
+    ?D:disconnect(Sub).
+
+unsubscribe_stops(_Path) ->
+    T = root(<<"unsub">>),
+    hook(T),
+    _ = store_backlog([T], 1000, 1),
+    Sub = ?D:connect(T, #{log => ids}),
+    ok = ?D:subscribe(Sub, T, 1),
+    ok = wait_until(fun() -> maps:get(received, ?D:stats(Sub)) >= 32 end, 20000),
+    ok = ?D:unsubscribe(Sub, T),
+    {ok, _} = ?D:ack_all(Sub),
+    timer:sleep(scaled(500)),
+    #{received := Got, mqueue_len := 0} = ?D:stats(Sub),
+    %% What the session held when the client unsubscribed (at most the
+    %% window of 100), nothing after.
+    ?assert(Got =< 100),
+    timer:sleep(scaled(2500)),
+    ?assertEqual(Got, maps:get(received, ?D:stats(Sub))),
+    ?assertEqual(1000 - Got, stored(T)),
     ?D:disconnect(Sub).
 
 stored(T) ->

@@ -1,0 +1,124 @@
+%%--------------------------------------------------------------------
+%% Benchmark: paced replay of a 100,000-message backlog (BENCH_REPLAY_N)
+%% to one QoS 1 client (inflight 32, queue 1,000) that acks as it
+%% receives, in delivered-and-acked messages per second, against the EMQX
+%% double's live delivery of as many messages to the same kind of client
+%% (all routed at once, its queue large enough to hold them: the client's
+%% and session's own pace, the ceiling a replay can reach), with the plugin
+%% on (live messages stored and deleted on ack, as in production) and off.
+%% Target: the replay at least half the live rate. Once on the common path (5.x) and
+%% once through extsub (6.1.1+).
+%%
+%% Appends a JSON line to bench-results/replay.jsonl.
+%%--------------------------------------------------------------------
+-module(emqx_offline_cassandra_replay_bench).
+
+-export([run/0]).
+
+-define(NIF, emqx_offline_cassandra_nif).
+-define(D, emqx_double).
+
+run() ->
+    N = list_to_integer(os:getenv("BENCH_REPLAY_N", "100000")),
+    Results = [{Path, measure(Path, N)} || Path <- [deliver, extsub]],
+    io:format("~nreplay of a ~b-message backlog, delivered and acked, msg/s (target: replay >= 0.5 x live)~n", [N]),
+    io:format("~-8s ~12s ~12s ~8s ~16s~n", ["path", "replay", "live", "ratio", "live, plugin off"]),
+    [io:format("~-8s ~12b ~12b ~8.2f ~16b~n", [Path, round(R), round(L), R / L, round(B)])
+     || {Path, #{replay := R, live := L, bare := B}} <- Results],
+    Line = iolist_to_binary([
+        "{\"n\":", integer_to_list(N),
+        [[",\"", atom_to_list(P), "_replay_msg_s\":", integer_to_list(round(R)),
+          ",\"", atom_to_list(P), "_live_msg_s\":", integer_to_list(round(L)),
+          ",\"", atom_to_list(P), "_live_plugin_off_msg_s\":", integer_to_list(round(B))]
+         || {P, #{replay := R, live := L, bare := B}} <- Results],
+        "}\n"
+    ]),
+    ok = filelib:ensure_dir("bench-results/replay.jsonl"),
+    ok = file:write_file("bench-results/replay.jsonl", Line, [append]),
+    ok.
+
+measure(Path, N) ->
+    Servers = setup(Path),
+    try
+        T = iolist_to_binary(io_lib:format("bench/replay/~s/~b", [Path, erlang:system_time(millisecond)])),
+        hook(T),
+        store_backlog(T, N),
+        Replay = rate(N, fun() ->
+            Sub = ?D:connect(<<T/binary, "-replay">>, #{auto_ack => true, log => ids}),
+            ok = ?D:subscribe(Sub, T, 1),
+            Sub
+        end),
+        %% Live: the same number of messages routed to a subscriber at once,
+        %% with the plugin on (stored as published, deleted as acked: what
+        %% live traffic costs with the plugin), and with the plugin off.
+        Live = live(T, N, <<"-live">>),
+        emqx_offline_cassandra_hooks:unhook(),
+        Bare = live(T, N, <<"-bare">>),
+        #{replay => Replay, live => Live, bare => Bare}
+    after
+        cleanup(Servers)
+    end.
+
+live(T, N, Suffix) ->
+    Msgs = [emqx_message:make(<<"bench-pub">>, 1, T, binary:copy(<<"p">>, 200), #{}, #{}) || _ <- lists:seq(1, N)],
+    rate(N, fun() ->
+        Sub = ?D:connect(<<T/binary, Suffix/binary>>, #{auto_ack => true, log => ids, max_mqueue_len => N + 1}),
+        ok = ?D:subscribe(Sub, T, 1),
+        [?D:publish_message(M) || M <- Msgs],
+        Sub
+    end).
+
+%% msg/s from Start() until its client completed N messages.
+rate(N, Start) ->
+    T0 = erlang:monotonic_time(microsecond),
+    Sub = Start(),
+    wait(fun() -> maps:get(completed, ?D:stats(Sub)) >= N end),
+    Us = erlang:monotonic_time(microsecond) - T0,
+    ?D:disconnect(Sub),
+    N * 1000000 / max(1, Us).
+
+wait(Pred) ->
+    case catch Pred() of
+        true -> ok;
+        false -> timer:sleep(20), wait(Pred)
+    end.
+
+setup(Path) ->
+    Mode = case Path of deliver -> '5.10'; extsub -> '6.2' end,
+    ok = ?D:start(#{mode => Mode}),
+    persistent_term:erase({emqx_offline_cassandra_compat, features}),
+    #{replay_path := Path} = emqx_offline_cassandra_compat:detect(),
+    emqx_offline_cassandra_metrics:init(),
+    Servers = [start_unlinked(M) || M <- [emqx_offline_cassandra_replays, emqx_offline_cassandra_acked]],
+    ok = ?NIF:start(emqx_offline_cassandra_test_util:node_config(emqx_offline_cassandra_test_util:node_addr())),
+    ok = emqx_offline_cassandra_test_util:wait_until(fun() -> ?NIF:status() =:= connected end, 20000),
+    Servers.
+
+cleanup(Servers) ->
+    emqx_offline_cassandra_hooks:unhook(),
+    [begin unlink(P), exit(P, shutdown) end || P <- Servers],
+    ?D:stop(),
+    emqx_offline_cassandra_test_util:stop_nif().
+
+start_unlinked(M) ->
+    {ok, Pid} = M:start_link(),
+    unlink(Pid),
+    Pid.
+
+hook(T) ->
+    ok = emqx_offline_cassandra_hooks:set_settings(#{topics => [T], max_returned_count => 0, time_range_ms => 0,
+                                                     message_ttl_s => 0}),
+    ok = emqx_offline_cassandra_hooks:hook().
+
+store_backlog(T, N) ->
+    Base = erlang:system_time(microsecond) - 1000000 - N,
+    [store_one(T, <<(Base + I):64, 16#BE4C4:48, 0:16>>) || I <- lists:seq(1, N)],
+    wait(fun() -> {ok, #{written := W}} = ?NIF:stats(), W >= N end).
+
+store_one(T, Id) ->
+    Msg = #{topic => T, msgid => Id, sender => <<"bench-pub">>, qos => 1, retain => false,
+            payload => binary:copy(<<"p">>, 200), arrived => erlang:system_time(millisecond)},
+    case ?NIF:store(Msg) of
+        ok -> ok;
+        {error, _} -> timer:sleep(5), store_one(T, Id)
+    end.
