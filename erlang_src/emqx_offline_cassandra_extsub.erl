@@ -124,13 +124,18 @@ handle_info(#{reader := Reader} = State, _Ctx, {page, Reader, Rows, Done}) ->
         Rows
     ),
     emqx_offline_cassandra_metrics:inc(replayed, length(Msgs)),
-    {ok, State#{asked := false, done := Done}, Msgs};
-handle_info(#{reader := Reader, filter := Filter} = State, _Ctx, {failed, Reader, Reason}) ->
+    case {Done, Msgs} of
+        %% Nothing (more) to deliver, nothing will complete: end here.
+        {true, []} -> {destroy, [TF]};
+        _ -> {ok, State#{asked := false, done := Done}, Msgs}
+    end;
+handle_info(#{reader := Reader, filter := Filter, tf := TF}, _Ctx, {failed, Reader, Reason}) ->
     emqx_offline_cassandra_metrics:inc(replay_failed),
     emqx_offline_cassandra_log:burst(offline_cassandra_replay_failed, #{
         reason => emqx_offline_cassandra_reason:describe(Reason), filter => Filter
     }),
-    {ok, State#{done := true, asked := false}};
+    %% What was handed over stays with EMQX; the rest stays stored.
+    {destroy, [TF]};
 handle_info(State, _Ctx, _Info) ->
     {ok, State}.
 

@@ -29,7 +29,8 @@ paced_test_() ->
         {"a client away after half resumes and gets exactly the rest", fun resume_after_half/1},
         {"a wildcard over 100 topics: all, once, in msgid order", fun wildcard_backlog/1},
         {"published during the replay: once, live", fun live_during_replay/1},
-        {"an unsubscribe stops the replay", fun unsubscribe_stops/1}
+        {"an unsubscribe stops the replay", fun unsubscribe_stops/1},
+        {"max_returned_count: the newest N across a wildcard's topics", fun newest_n/1}
     ],
     [
         {atom_to_list(Path), {inorder,
@@ -275,6 +276,19 @@ unsubscribe_stops(_Path) ->
     timer:sleep(scaled(2500)),
     ?assertEqual(Got, maps:get(received, ?D:stats(Sub))),
     ?assertEqual(1000 - Got, stored(T)),
+    ?D:disconnect(Sub).
+
+newest_n(_Path) ->
+    Root = root(<<"newest">>),
+    Topics = [<<Root/binary, "/", (integer_to_binary(I))/binary>> || I <- lists:seq(1, 7)],
+    ok = emqx_offline_cassandra_hooks:set_settings((settings(<<Root/binary, "/#">>))#{max_returned_count => 250}),
+    ok = emqx_offline_cassandra_hooks:hook(),
+    Ids = store_backlog(Topics, 1000, 1),
+    Sub = ?D:connect(Root, #{auto_ack => true, log => ids}),
+    ok = ?D:subscribe(Sub, <<Root/binary, "/#">>, 1),
+    wait_received(Sub, 250),
+    timer:sleep(scaled(2500)),
+    ?assertEqual(lists:nthtail(750, Ids), received_ids(Sub)),
     ?D:disconnect(Sub).
 
 stored(T) ->
