@@ -46,6 +46,9 @@ pub(crate) struct Connection {
     pub purge: PreparedStatement,
     /// Live rows of a topic (admin count).
     pub count: PreparedStatement,
+    /// Live rows of a topic within `[lower, upper)`: a count in slices, for a partition
+    /// whose tombstones a whole count would walk past Cassandra's limit.
+    pub count_range: PreparedStatement,
     /// Topic index (`None` when `topic_index` is off): write a topic's rows, read ranges of
     /// topics (`index_reads`).
     pub index: Option<IndexStatements>,
@@ -53,6 +56,10 @@ pub(crate) struct Connection {
     pub select_range: PreparedStatement,
     /// The replay floor (`None` when `replay_floor` is off).
     pub floor: Option<FloorStatements>,
+    /// Drops a topic's floor before a late write: (timestamp, topic). Also with the floor
+    /// off while `mqtt_msg_floor` exists, so that floors left from when it was on cannot
+    /// hide what is written late meanwhile once it is on again (docs/tombstones.md).
+    pub floor_reset: Option<PreparedStatement>,
     /// What limits a row's TTL on this cluster (its nodes' versions and storage mode).
     pub expiry_limit: ExpiryLimit,
 }
@@ -337,17 +344,7 @@ async fn ensure_side_table(
     timeout: Duration,
     unavailable: fn(String) -> StoreError,
 ) -> Result<(), StoreError> {
-    let existing = session
-        .query_unpaged(
-            "SELECT table_name FROM system_schema.tables WHERE keyspace_name = ? AND table_name = ?",
-            (ks, table),
-        )
-        .await
-        .map_err(|e| StoreError::from_driver(e, timeout))?
-        .into_rows_result()
-        .map_err(db_err)?
-        .rows_num();
-    if existing > 0 {
+    if table_exists(session, ks, table, timeout).await? {
         return Ok(());
     }
     session
@@ -359,6 +356,25 @@ async fn ensure_side_table(
         .await
         .map_err(|e| StoreError::from_driver(e, timeout))?;
     Ok(())
+}
+
+async fn table_exists(
+    session: &Session,
+    ks: &str,
+    table: &str,
+    timeout: Duration,
+) -> Result<bool, StoreError> {
+    let existing = session
+        .query_unpaged(
+            "SELECT table_name FROM system_schema.tables WHERE keyspace_name = ? AND table_name = ?",
+            (ks, table),
+        )
+        .await
+        .map_err(|e| StoreError::from_driver(e, timeout))?
+        .into_rows_result()
+        .map_err(db_err)?
+        .rows_num();
+    Ok(existing > 0)
 }
 
 async fn read_columns(
@@ -484,6 +500,11 @@ async fn prepare_all(session: Session, cfg: &StoreConfig) -> Result<Connection, 
         false,
     )
     .await?;
+    let count_range = prepare(
+        format!("SELECT count(*) FROM {ks}.{t} WHERE topic = ? AND msgid >= ? AND msgid < ?"),
+        true,
+    )
+    .await?;
     let count = prepare(
         format!("SELECT count(*) FROM {ks}.{t} WHERE topic = ? AND msgid >= ?"),
         true,
@@ -530,6 +551,36 @@ async fn prepare_all(session: Session, cfg: &StoreConfig) -> Result<Connection, 
         })
     } else {
         None
+    };
+    let floor_reset = match &floor {
+        Some(f) => Some(f.reset.clone()),
+        None => {
+            let table = schema::FLOOR_TABLE;
+            let name = schema::keyspace_name(&cfg.keyspace);
+            if table_exists(&session, &name, table, timeout).await? {
+                let unavailable = |e: StoreError| match e {
+                    StoreError::Db(_) => StoreError::FloorUnavailable(format!(
+                        "{e}; with replay_floor off the store still drops the floor of a topic \
+                         written late (so that the floor cannot hide it once it is on again): \
+                         grant MODIFY on {table}, or drop the table"
+                    )),
+                    other => other,
+                };
+                let cql =
+                    format!("DELETE msgid FROM {ks}.{table} USING TIMESTAMP ? WHERE topic = ?");
+                let reset = prepare(cql, false).await.map_err(unavailable)?;
+                // Cassandra checks MODIFY when a statement runs, not when it is prepared: a
+                // reset now, of a topic MQTT forbids (U+0000) at timestamp 1, deletes nothing
+                // and shows the permission before a late write needs it.
+                session
+                    .execute_unpaged(&reset, (1_i64, schema::ROOTS_PARTITION))
+                    .await
+                    .map_err(|e| unavailable(StoreError::from_driver(e, timeout)))?;
+                Some(reset)
+            } else {
+                None
+            }
+        }
     };
     let index = if cfg.topic_index {
         let table = schema::INDEX_TABLE;
@@ -606,6 +657,7 @@ async fn prepare_all(session: Session, cfg: &StoreConfig) -> Result<Connection, 
         index,
         purge,
         count,
+        count_range,
         insert,
         delete,
         select_newest,
@@ -618,6 +670,7 @@ async fn prepare_all(session: Session, cfg: &StoreConfig) -> Result<Connection, 
         replay_after,
         replay_ids,
         floor,
+        floor_reset,
         probe,
         clock,
         expiry_limit: ExpiryLimit::Before2038,

@@ -24,6 +24,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use scylla::statement::prepared::PreparedStatement;
+
 use crate::connection::{Connection, FloorStatements, db_err};
 use crate::error::StoreError;
 use crate::msgid::MsgId;
@@ -32,7 +34,7 @@ use crate::stats::Counters;
 use crate::write::{Op, Pending};
 
 /// Greater than every msgid (32 hex digits): the open upper end of a slice.
-const ABOVE_ALL: &str = "G";
+pub(crate) const ABOVE_ALL: &str = "G";
 
 /// A floor row lives this long after its last move; an expired floor only costs one
 /// longer scan.
@@ -49,14 +51,14 @@ pub(crate) fn now_us() -> u64 {
 }
 
 /// The publish time (µs) a msgid bound starts with; 0 for the empty bound.
-fn time_of(bound: &str) -> u64 {
+pub(crate) fn time_of(bound: &str) -> u64 {
     bound
         .get(..16)
         .and_then(|h| u64::from_str_radix(h, 16).ok())
         .unwrap_or(0)
 }
 
-fn bound_at(us: u64) -> String {
+pub(crate) fn bound_at(us: u64) -> String {
     MsgId::new(us, 0, 0).to_string()
 }
 
@@ -89,13 +91,13 @@ pub(crate) async fn read(
 /// sent: a scan that started before then cannot set it again. Returns that timestamp.
 async fn reset(
     conn: &Connection,
-    f: &FloorStatements,
+    reset: &PreparedStatement,
     topic: &str,
     lag: Duration,
 ) -> Result<u64, scylla::errors::ExecutionError> {
     let at = now_us() + (lag / 2).as_micros() as u64;
     conn.session
-        .execute_unpaged(&f.reset, (at as i64, topic))
+        .execute_unpaged(reset, (at as i64, topic))
         .await
         .map(|_| at)
 }
@@ -356,7 +358,11 @@ pub(crate) async fn reset_floor_if_late(
     conn: &Connection,
     batch: &[Pending],
 ) -> Result<(), scylla::errors::ExecutionError> {
-    let Some(f) = &conn.floor else { return Ok(()) };
+    // With the floor off too, while its table exists: the floors kept from when it was
+    // on must not hide these rows once it is on again.
+    let Some(stmt) = &conn.floor_reset else {
+        return Ok(());
+    };
     let lag = inner.cfg.replay_floor_lag;
     let now = now_us();
     let late = batch.iter().any(|p| match &p.op {
@@ -367,7 +373,7 @@ pub(crate) async fn reset_floor_if_late(
         return Ok(());
     };
     let topic = first.op.topic();
-    let reset_at = reset(conn, f, topic, lag).await?;
+    let reset_at = reset(conn, stmt, topic, lag).await?;
     Counters::add(&inner.counters.floor_resets, 1);
     inner.rebuild_floor_after(topic, reset_at);
     Ok(())

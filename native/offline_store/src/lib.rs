@@ -13,6 +13,7 @@
 //! * [`Store::fetch`] reads page by page, newest `limit` rows returned oldest first.
 //! * Payloads are arbitrary bytes, stored losslessly in the `text` column ([`payload`]).
 
+mod admin;
 #[cfg(feature = "bench_api")]
 mod bench_api;
 #[cfg(feature = "bench_api")]

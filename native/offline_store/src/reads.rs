@@ -1,5 +1,5 @@
-//! Reads: one topic page by page from its floor, newest-N across the topics a wildcard
-//! filter finds in the topic index, and the operators' count and purge.
+//! Reads: one topic page by page from its floor, and newest-N across the topics a wildcard
+//! filter finds in the topic index. The operators' count and purge: `admin`.
 
 use std::time::Duration;
 
@@ -92,40 +92,6 @@ impl Store {
         lookup
             .topics_matching(filter, self.inner.cfg.max_wildcard_topics)
             .await
-    }
-
-    /// Live rows stored for one topic (a `count(*)` over its partition; for operators).
-    pub async fn count(&self, topic: &str) -> Result<u64, StoreError> {
-        let conn = self.inner.connection()?;
-        let timeout = self.inner.cfg.request_timeout;
-        let lower = self.lower_bound(&conn, topic, String::new()).await;
-        let result = conn
-            .session
-            .execute_unpaged(&conn.count, (topic, lower))
-            .await
-            .map_err(|e| StoreError::from_driver(e, timeout))?
-            .into_rows_result()
-            .map_err(db_err)?;
-        let (n,) = result.single_row::<(i64,)>().map_err(db_err)?;
-        Ok(n.max(0) as u64)
-    }
-
-    /// Deletes every message stored for `topic` with one partition tombstone (for
-    /// operators). Messages published before now that are still on their way are deleted
-    /// too when they land (their write timestamps are older). Returns how many rows there
-    /// were.
-    pub async fn purge(&self, topic: &str) -> Result<u64, StoreError> {
-        let before = self.count(topic).await?;
-        let conn = self.inner.connection()?;
-        let now_us = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_micros() as i64)
-            .unwrap_or(0);
-        conn.session
-            .execute_unpaged(&conn.purge, (now_us, topic))
-            .await
-            .map_err(|e| StoreError::from_driver(e, self.inner.cfg.request_timeout))?;
-        Ok(before)
     }
 
     pub(crate) fn limit(&self, requested: Option<u32>) -> u32 {

@@ -748,12 +748,15 @@ fn published_since(
 }
 
 /// `n` messages on `topic` published an hour ago, one a second, written by a store without
-/// the floor (their writes would all count as late), so a test starts beside stored history.
+/// the floor, so a test starts beside stored history. Their writes are late: they drop the
+/// topic's floor for half a lag (also with the floor off), so that lag is short here.
 async fn stored_hour_old_history(topic: &str, n: u64) -> Vec<offline_store::Message> {
     let hour_ago_us = (now_ms() - 3_600_000) as u64 * 1000;
     let old = published_since(topic, hour_ago_us, 1_000_000, n);
     let history = connect_with(StoreConfig {
         replay_floor: false,
+        request_timeout: Duration::from_secs(1),
+        replay_floor_lag: Duration::from_secs(3),
         ..config()
     })
     .await;
@@ -765,6 +768,9 @@ async fn stored_hour_old_history(topic: &str, n: u64) -> Vec<offline_store::Mess
         .await
         .unwrap();
     history.shutdown(scaled(Duration::from_secs(5))).await;
+    // The floor resets of those late writes carry a timestamp half a lag ahead: a floor a
+    // scan writes before then loses to them.
+    tokio::time::sleep(Duration::from_millis(1_600)).await;
     old
 }
 
@@ -782,11 +788,13 @@ async fn replay_survives_two_hundred_thousand_acked_rows() {
         .map(|i| message(&topic, format!("live{i}").as_bytes()))
         .collect();
     let want: Vec<_> = live.iter().map(|m| m.payload.clone()).collect();
-    // A day of history, written in seconds by a store without the floor (its writes would
-    // all count as late: landing a day after their publish).
+    // A day of history, written in seconds by a store without the floor (its writes all
+    // count as late, landing a day after their publish: each batch drops the floor for half
+    // a lag, the shortest lag here).
     let history = connect_with(StoreConfig {
         buffer_capacity: 250_000,
         replay_floor: false,
+        replay_floor_lag: Duration::from_secs(11),
         ..config()
     })
     .await;

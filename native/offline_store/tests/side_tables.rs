@@ -91,9 +91,12 @@ async fn side_tables_a_dba_created_work_without_create_permission() {
             m
         })
         .collect();
+    // Late writes: they drop the floor for half a lag, also with the floor off.
     let history = connect_with(StoreConfig {
         keyspace: ks.into(),
         replay_floor: false,
+        request_timeout: Duration::from_secs(1),
+        replay_floor_lag: Duration::from_secs(3),
         ..config()
     })
     .await;
@@ -105,6 +108,9 @@ async fn side_tables_a_dba_created_work_without_create_permission() {
         .await
         .unwrap();
     history.shutdown(scaled(Duration::from_secs(5))).await;
+    // The floor resets of those late writes carry a timestamp half a lag ahead: a floor a
+    // scan writes before then loses to them.
+    tokio::time::sleep(Duration::from_millis(1_600)).await;
 
     // The store connects as the role with both side tables on: no index/floor_unavailable.
     let store = connect_with(as_role(ks, role)).await;
@@ -311,4 +317,84 @@ async fn a_keyspace_name_in_upper_case_is_the_same_keyspace_everywhere() {
             .is_empty()
     );
     store.shutdown(scaled(Duration::from_secs(5))).await;
+}
+
+/// With the floor off the store still resets the floors of late writes while
+/// `mqtt_msg_floor` exists (docs/tombstones.md, "Turning the floor off and on again"). A role
+/// that may not write that table is told so at connect, not when a late write needs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_floor_off_a_floor_table_the_role_cannot_write_is_named() {
+    let (ks, role) = (
+        "offline_test_floor_off_no_modify",
+        "offline_test_no_floor_modify",
+    );
+    let _cleanup = Cleanup::keyspace(ks).and_role(role);
+    let admin = keyspace_for_a_role_without_create(ks, role, true).await;
+    let run = |cql: String| {
+        let admin = &admin;
+        async move {
+            admin
+                .query_unpaged(cql.clone(), ())
+                .await
+                .unwrap_or_else(|e| panic!("{cql}: {e}"));
+        }
+    };
+    // MODIFY on the message table and the index only.
+    run(format!("REVOKE MODIFY ON KEYSPACE {ks} FROM {role}")).await;
+    for table in [schema::TABLE, schema::INDEX_TABLE] {
+        run(format!("GRANT MODIFY ON TABLE {ks}.{table} TO {role}")).await;
+    }
+    let floor_off = StoreConfig {
+        replay_floor: false,
+        ..as_role(ks, role)
+    };
+    // Permissions are cached for a moment (permissions_validity, 2 s by default).
+    let deadline = Instant::now() + scaled(Duration::from_secs(30));
+    let err = loop {
+        match offline_store::Store::connect(floor_off.clone(), scaled(Duration::from_secs(20)))
+            .await
+        {
+            Err(e) => break e,
+            Ok(store) => {
+                store.shutdown(scaled(Duration::from_secs(5))).await;
+                assert!(
+                    Instant::now() < deadline,
+                    "connected without MODIFY on the floor table"
+                );
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    };
+    match &err {
+        StoreError::FloorUnavailable(_) => {}
+        other => panic!("expected FloorUnavailable, got {other:?}"),
+    }
+    let text = err.to_string();
+    for advice in [schema::FLOOR_TABLE, "grant MODIFY", "drop the table"] {
+        assert!(text.contains(advice), "{text}");
+    }
+
+    run(format!(
+        "GRANT MODIFY ON TABLE {ks}.{} TO {role}",
+        schema::FLOOR_TABLE
+    ))
+    .await;
+    let deadline = Instant::now() + scaled(Duration::from_secs(30));
+    loop {
+        match offline_store::Store::connect(floor_off.clone(), scaled(Duration::from_secs(20)))
+            .await
+        {
+            Ok(store) => {
+                store.shutdown(scaled(Duration::from_secs(5))).await;
+                break;
+            }
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "still refused after the grant: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
 }
