@@ -99,8 +99,9 @@ first_storage=${CASSANDRA_STORAGE_PORT:-7000}
 second_port=$((first_port + 100))
 second_cache=$(mktemp -d)
 export CASSANDRA_CACHE=$second_cache CASSANDRA_PORT=$second_port CASSANDRA_STORAGE_PORT=$((first_storage + 100)) CASSANDRA_HEAP=512M
-ln -s "$HERE/../../.cache/cassandra/lib-$(ls "$HERE/../../.cache/cassandra" | sed -n 's/^lib-//p' | head -1)" \
-    "$second_cache/lib-$(ls "$HERE/../../.cache/cassandra" | sed -n 's/^lib-//p' | head -1)"
+# The jars of the version it starts (the cache may hold 4.1's too).
+version=$(sed -n 's/^DEFAULT_VERSION=//p' "$C")
+ln -s "$HERE/../../.cache/cassandra/lib-$version" "$second_cache/lib-$version"
 if "$C" start >/dev/null 2>&1; then
     # On a busy machine cqlsh's first connection may time out: ask again for up to a minute.
     second_answer() {
