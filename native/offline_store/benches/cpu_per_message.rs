@@ -578,12 +578,14 @@ fn paced(
 }
 
 /// A deterministic workload for `valgrind --tool=callgrind`: `n` messages in steps of one
-/// message per topic (100 topics), each step stored and flushed, then deleted and flushed.
+/// message per topic (100 topics; `BENCH_CALLGRIND_STEP` topics per step, 1 for a request
+/// per write whatever the batching), each step stored and flushed, then deleted and flushed.
 /// Run it at two sizes and divide the difference of the instruction counts by the difference
 /// of `n`: instructions per stored + acked message, without the connect and warm-up.
 fn callgrind_workload(n: u64) {
     let node = std::env::var("CASSANDRA_NODE").unwrap_or_else(|_| "127.0.0.1:9042".into());
     let topics = env_num("BENCH_TOPICS", 100) as usize;
+    let per_step = env_num("BENCH_CALLGRIND_STEP", topics as u64).max(1) as usize;
     let payload = vec![b'x'; env_num("BENCH_PAYLOAD", 128) as usize];
     let rt = runtime();
     rt.block_on(async {
@@ -605,7 +607,7 @@ fn callgrind_workload(n: u64) {
         while done < n {
             let step: Vec<_> = names
                 .iter()
-                .take((n - done) as usize)
+                .take(per_step.min((n - done) as usize))
                 .map(|t| message(&mut ids, t, &payload))
                 .collect();
             for m in &step {
@@ -707,14 +709,18 @@ fn report(runs: &[(String, u64, Figures)], here: &str, there: &str) {
             .chain(labels.iter().cloned());
         for (key, label) in shown {
             let key = key.as_str();
-            let now = median(here, rate, key).unwrap_or(f64::NAN);
-            match median(there, rate, key).filter(|_| with_baseline) {
-                Some(before) => println!(
-                    "| {label} | {before:.1} | {now:.1} | {:.2}x |",
-                    now / before
-                ),
-                None => println!("| {label} | {now:.1} |"),
+            let cell = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
+            let now = median(here, rate, key);
+            if !with_baseline {
+                println!("| {label} | {} |", cell(now));
+                continue;
             }
+            let before = median(there, rate, key);
+            let ratio = match (now, before) {
+                (Some(n), Some(b)) if b != 0.0 => format!("{:.2}x", n / b),
+                _ => "-".into(),
+            };
+            println!("| {label} | {} | {} | {ratio} |", cell(before), cell(now));
         }
     }
     let unix_ms = run_id();
