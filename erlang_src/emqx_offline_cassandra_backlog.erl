@@ -69,7 +69,8 @@ skip_to(Position, #{topics := Topics} = B) ->
         position := Position
     }.
 
-%% @doc Up to N rows, oldest first across all topics; fewer only at the end.
+%% @doc Up to N rows, oldest first across all topics; fewer at the end, or
+%% when the rest must wait for the settle time (only an empty take waits).
 -spec take(non_neg_integer(), backlog()) -> {ok, [map()], backlog()} | {error, term(), backlog()}.
 take(N, B) ->
     take(N, B, []).
@@ -77,7 +78,7 @@ take(N, B) ->
 take(0, B, Acc) ->
     {ok, lists:reverse(Acc), B};
 take(N, B0, Acc) ->
-    case refill(B0) of
+    case refill(B0, Acc =:= []) of
         {ok, B} ->
             case pop(B) of
                 {Row, B1} -> take(N - 1, B1, [Row | Acc]);
@@ -107,16 +108,16 @@ topic_count(#{topics := T}) -> map_size(T).
 %% Reads the next page of every topic whose buffer ran empty (one request
 %% for all of them), so that each topic still open shows its oldest row.
 %% When only topics waiting to settle are left, waits for that first.
-refill(#{topics := Topics} = B) ->
+refill(#{topics := Topics} = B, CanWait) ->
     Now = erlang:system_time(millisecond),
     Settled = Now >= settled_at(B),
     Due = [{T, After} || {T, {After, [], Status}} <- maps:to_list(Topics), due(Status, Settled)],
     Buffered = [x || {_, {_, [_ | _], _}} <- maps:to_list(Topics)],
     Settling = [x || {_, {_, [], settle}} <- maps:to_list(Topics)],
     case {Due, Buffered, Settling} of
-        {[], [], [_ | _]} ->
+        {[], [], [_ | _]} when CanWait ->
             timer:sleep(max(0, settled_at(B) - Now)),
-            refill(B);
+            refill(B, CanWait);
         {[], _, _} ->
             {ok, B};
         _ ->

@@ -241,6 +241,9 @@ live_during_replay(_Path) ->
     %% Room for everything in flight: nothing is acked until the end.
     Sub = ?D:connect(T, #{max_inflight => 1000, log => ids}),
     ok = ?D:subscribe(Sub, T, 1),
+    %% What is stored comes at once: the replay's later look for rows still
+    %% on their way (2 s after the subscription) holds nothing back.
+    ok = wait_until(fun() -> maps:get(received, ?D:stats(Sub)) >= N end, 1000),
     [{ok, 1} = ?D:publish_message(M) || M <- Early],
     Pub = ?D:connect(<<T/binary, "-pub">>),
     [{ok, 1} = ?D:publish(Pub, T, <<"late">>, 1) || _ <- lists:seq(1, 20)],
