@@ -72,6 +72,10 @@ defaults() ->
         <<"overflow_policy">> => <<"drop_new">>,
         <<"write_give_up_after">> => <<"24h">>,
         <<"topic_index">> => true,
+        <<"buffer_mode">> => <<"disk">>,
+        <<"spool_dir">> => <<"">>,
+        <<"spool_max_size">> => <<"1GB">>,
+        <<"spool_sync_interval">> => <<"100ms">>,
         <<"replay_floor">> => true,
         <<"max_payload_size">> => <<"8MB">>
     }.
@@ -103,6 +107,10 @@ fields() ->
         {<<"overflow_policy">>, <<"overflow_policy">>, string},
         {<<"write_give_up_after">>, <<"write_give_up_after">>, duration},
         {<<"topic_index">>, <<"topic_index">>, boolean},
+        {<<"buffer_mode">>, <<"buffer_mode">>, string},
+        {<<"spool_dir">>, <<"spool_dir">>, optional_string},
+        {<<"spool_max_size">>, <<"spool_max_bytes">>, size},
+        {<<"spool_sync_interval">>, <<"spool_sync_interval">>, duration},
         {<<"replay_floor">>, <<"replay_floor">>, boolean},
         {<<"max_payload_size">>, <<"max_payload_bytes">>, size}
     ].
@@ -183,7 +191,20 @@ core_config(Conf) ->
         #{},
         fields()
     ),
-    maps:merge(Typed, derived(Typed)).
+    with_spool_dir(maps:merge(Typed, derived(Typed))).
+
+%% spool_dir: empty means <EMQX data dir>/offline_cassandra/spool (made
+%% absolute: EMQX 5.3 answers "data", relative to its root).
+with_spool_dir(#{<<"spool_dir">> := _} = Typed) ->
+    Typed;
+with_spool_dir(Typed) ->
+    case catch emqx:data_dir() of
+        Data when is_list(Data); is_binary(Data) ->
+            Dir = filename:absname(filename:join([Data, "offline_cassandra", "spool"])),
+            Typed#{<<"spool_dir">> => unicode:characters_to_binary(Dir)};
+        _ ->
+            Typed
+    end.
 
 %% reconnect_min_backoff: waits start at 100 ms (or at reconnect_interval
 %% when that is shorter). replay_floor_lag follows request_timeout: half
@@ -300,8 +321,8 @@ unit_ms(<<"m">>) -> 60000;
 unit_ms(<<"h">>) -> 3600000;
 unit_ms(<<"d">>) -> 86400000.
 
-%% @doc "1048576", "512KB", "8MB" (binary units, any case; KiB and MiB
-%% too); an integer is bytes.
+%% @doc "1048576", "512KB", "8MB", "1GB" (binary units, any case; KiB,
+%% MiB and GiB too); an integer is bytes.
 -spec size_bytes(term()) -> {ok, non_neg_integer()} | error.
 size_bytes(V) when is_list(V) ->
     try unicode:characters_to_binary(V) of
@@ -311,7 +332,7 @@ size_bytes(V) when is_list(V) ->
         _:_ -> error
     end;
 size_bytes(V) when is_binary(V) ->
-    case re:run(string:trim(V), <<"^([0-9]+)\\s*(b|kb|kib|mb|mib)?$">>, [caseless, {capture, all_but_first, binary}]) of
+    case re:run(string:trim(V), <<"^([0-9]+)\\s*(b|kb|kib|mb|mib|gb|gib)?$">>, [caseless, {capture, all_but_first, binary}]) of
         {match, [N]} -> {ok, binary_to_integer(N)};
         {match, [N, Unit]} -> {ok, binary_to_integer(N) * unit_bytes(string:lowercase(Unit))};
         nomatch -> error
@@ -325,7 +346,9 @@ unit_bytes(<<"b">>) -> 1;
 unit_bytes(<<"kb">>) -> 1024;
 unit_bytes(<<"kib">>) -> 1024;
 unit_bytes(<<"mb">>) -> 1048576;
-unit_bytes(<<"mib">>) -> 1048576.
+unit_bytes(<<"mib">>) -> 1048576;
+unit_bytes(<<"gb">>) -> 1073741824;
+unit_bytes(<<"gib">>) -> 1073741824.
 
 str(_Field, V) when is_binary(V) -> V;
 str(Field, V) when is_list(V) ->

@@ -22,6 +22,7 @@
     stop/0,
     stop/1,
     status/0,
+    spool_status/0,
     store/1,
     delete/2,
     delete/3,
@@ -172,6 +173,12 @@ stop(GraceMs) when is_integer(GraceMs), GraceMs >= 0 ->
 status() ->
     nif_status().
 
+%% @doc none | {spool_failed, Why}: the disk buffer (buffer_mode = disk)
+%% cannot be used, writes are kept in memory meanwhile. Immediate.
+-spec spool_status() -> none | {spool_failed, binary()}.
+spool_status() ->
+    nif_spool_status().
+
 %% @doc Hands one message to the write pipeline. Returns at once.
 -spec store(message()) -> ok | {error, reason()}.
 store(#{topic := Topic, msgid := MsgId, payload := Payload} = Msg) ->
@@ -300,6 +307,7 @@ nif_status() -> ?NOT_LOADED.
 nif_store(_Topic, _MsgId, _Sender, _Qos, _Retain, _Payload, _ArrivedMs, _Ttl) -> ?NOT_LOADED.
 nif_store_large(_Topic, _MsgId, _Sender, _Qos, _Retain, _Payload, _ArrivedMs, _Ttl) -> ?NOT_LOADED.
 nif_delete(_Topic, _MsgId) -> ?NOT_LOADED.
+nif_spool_status() -> ?NOT_LOADED.
 nif_delete_written(_Topic, _MsgId, _WrittenUs) -> ?NOT_LOADED.
 nif_fetch(_Pid, _Ref, _Topic, _Limit, _SinceMs) -> ?NOT_LOADED.
 nif_replay_plan(_Pid, _Ref, _Filter, _Newest, _SinceMs, _Below) -> ?NOT_LOADED.

@@ -46,6 +46,20 @@ sentence({clock_skew, OffsetMs, LimitMs}) when is_integer(OffsetMs), is_integer(
     Side = case OffsetMs > 0 of true -> <<" ahead of">>; false -> <<" behind">> end,
     [<<"this node's clock is ">>, seconds(abs(OffsetMs)), Side, <<" Cassandra's (more than the ">>,
         seconds(LimitMs), <<" the replay floor allows): replay floors stay where they are until it is back; check the node's time sync (NTP)">>];
+%% The disk buffer (buffer_mode = disk) cannot be used; Why names its
+%% directory and the system's error.
+sentence({spool_failed, Why}) ->
+    [<<"disk buffer unusable, writes are kept in memory only (lost if EMQX stops before Cassandra takes them): ">>,
+        detail(Why)];
+%% Writes an earlier run left in the disk buffer, found at start.
+sentence({spool_recovered, Dir, Records, Torn, TornBytes}) when is_integer(Records), is_integer(Torn) ->
+    [thousands(Records), <<" write">>, [<<"s">> || Records =/= 1], <<" left in the disk buffer ">>, detail(Dir),
+        <<" by an earlier run, sent to Cassandra next">>,
+        case Torn of
+            0 -> [];
+            _ -> [<<"; ">>, thousands(Torn), <<" torn tail">>, [<<"s">> || Torn =/= 1], <<" (">>, thousands(TornBytes),
+                  <<" bytes of a record cut short by a crash) cut off">>]
+        end];
 %% Rows replay leaves out: their msgid is not EMQX's.
 sentence({unreadable_rows, Topic, Count, Example}) when is_integer(Count) ->
     [thousands(Count), <<" stored row">>, [<<"s">> || Count =/= 1], <<" of topic ">>, detail(Topic),

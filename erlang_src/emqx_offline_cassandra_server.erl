@@ -59,15 +59,24 @@ health() ->
             case nif_health(emqx_offline_cassandra_nif:status()) of
                 ok ->
                     Stats = emqx_offline_cassandra_nif:stats(),
-                    case buffer_health(Stats) of
-                        ok -> clock_health(Stats);
-                        Error -> Error
+                    case {spool_health(), buffer_health(Stats)} of
+                        {ok, ok} -> clock_health(Stats);
+                        {ok, Error} -> Error;
+                        {Error, _} -> Error
                     end;
                 Error ->
                     Error
             end;
         Why ->
             {error, <<"invalid config: ", Why/binary>>}
+    end.
+
+%% buffer_mode = disk with a disk buffer that cannot be used (unwritable
+%% directory, full disk): the plugin works, from memory only.
+spool_health() ->
+    case emqx_offline_cassandra_nif:spool_status() of
+        {spool_failed, _} = Failed -> {error, ?REASON:describe(Failed)};
+        _ -> ok
     end.
 
 buffer_health({ok, #{buffered := Buffered, buffer_capacity := Capacity}}) when
@@ -170,6 +179,20 @@ handle_info({offline_cassandra_event, unreadable_rows, {Topic, Count, Example}},
         msg => offline_cassandra_unreadable_rows,
         topic => Topic,
         reason => ?REASON:describe({unreadable_rows, Topic, Count, Example})
+    }),
+    {noreply, State};
+handle_info({offline_cassandra_event, spool_recovered, {Dir, Records, Torn, TornBytes}}, State) ->
+    Log = case Torn of 0 -> notice; _ -> warning end,
+    logger:Log(#{
+        msg => offline_cassandra_spool_recovered,
+        records => Records,
+        torn => Torn,
+        reason => ?REASON:describe({spool_recovered, Dir, Records, Torn, TornBytes})
+    }),
+    {noreply, State};
+handle_info({offline_cassandra_event, spool_failed, {Dir, Why}}, State) ->
+    emqx_offline_cassandra_log:burst(offline_cassandra_spool_failed, #{
+        reason => ?REASON:describe({spool_failed, <<Dir/binary, ": ", Why/binary>>})
     }),
     {noreply, State};
 handle_info({offline_cassandra_event, writes_waiting, {Count, Why}}, State) ->

@@ -86,6 +86,7 @@ def main():
     nif = last("bench-results/nif.jsonl", rounds)
     (tomb,) = last("bench-results/tombstones.jsonl", 1)
     (wild,) = last("bench-results/wildcards.jsonl", 1)
+    (spool,) = last("bench-results/spool.jsonl", 1)
     (plug,) = last("bench-results/plugin.jsonl", 1)
     (out,) = last("bench-results/outage.jsonl", 1)
     (large,) = last("bench-results/outage_large.jsonl", 1)
@@ -129,6 +130,28 @@ def main():
          wild["scan_ms"] / max(0.001, wild["device_ms"]),
          f"<= 50 ms (one device's 3 topics among {wild['topics']} under one first level; "
          f"through the roots list: {wild['rootless_ms']:.1f} ms)", wild["device_ms"] <= 50),
+        ("spool_submit_p50_ns", spool["disk_submit_ns_p50"], "ns", spool["memory_submit_ns_p50"],
+         "ns (buffer_mode = memory)", spool["disk_submit_ns_p50"] / max(1, spool["memory_submit_ns_p50"]),
+         "no measurable regression: <= 1.25x memory mode (healthy Cassandra; "
+         f"{spool['disk_spooled_healthy']} writes spooled)",
+         spool["disk_submit_ns_p50"] <= 1.25 * spool["memory_submit_ns_p50"]),
+        ("spool_submit_p99_ns", spool["disk_submit_ns_p99"], "ns", spool["memory_submit_ns_p99"],
+         "ns (buffer_mode = memory)", spool["disk_submit_ns_p99"] / max(1, spool["memory_submit_ns_p99"]),
+         "no measurable regression: <= 1.25x memory mode",
+         spool["disk_submit_ns_p99"] <= 1.25 * spool["memory_submit_ns_p99"]),
+        ("spool_healthy_msg_s", spool["disk_msg_s"], "msg/s", spool["memory_msg_s"], "msg/s (buffer_mode = memory)",
+         spool["disk_msg_s"] / max(1, spool["memory_msg_s"]), ">= 0.9x memory mode",
+         spool["disk_msg_s"] >= 0.9 * spool["memory_msg_s"]),
+        ("spool_write_mb_s", spool["spool_mb_s"], "MB/s", spool["plain_mb_s"],
+         f"MB/s (plain sequential write, sync every {spool['sync_interval_ms']} ms)",
+         spool["spool_mb_s"] / max(0.001, spool["plain_mb_s"]),
+         f">= 0.25x the plain write, and msg/s >= the core pipeline's ({spool['spool_msg_s']:.0f} msg/s "
+         "into the spool during the outage: it keeps up with whatever the store takes)",
+         spool["spool_mb_s"] >= 0.25 * spool["plain_mb_s"] and spool["spool_msg_s"] >= spool["ceiling_msg_s"]),
+        ("spool_drain_msg_s", spool["drain_msg_s"], "msg/s", spool["ceiling_msg_s"], "msg/s (core pipeline, memory mode)",
+         spool["drain_msg_s"] / max(1, spool["ceiling_msg_s"]),
+         f">= 0.5x the pipeline ({spool['outage_messages']} spooled messages after the outage)",
+         spool["drain_msg_s"] >= 0.5 * spool["ceiling_msg_s"]),
         ("tombstone_replay_ms", tomb["floor_ms"], "ms", tomb["sliced_ms"], "ms (no floor: slices)",
          tomb["sliced_ms"] / max(0.001, tomb["floor_ms"]),
          f"succeeds, <= 100 ms ({tomb['acked']} acked + 100 live; plain read aborted "

@@ -7,6 +7,10 @@
 #   tombstones: replay beside 200,000 acked rows, floor vs slices -> tombstones.jsonl
 #   wildcards: topic index lookup of one device among 100,000 topics vs reading them all
 #     -> wildcards.jsonl
+#   disk buffer (issue 14): submit_store p50/p99 and msg/s with buffer_mode disk vs memory
+#     (healthy Cassandra); spool write rate during an outage vs a plain sequential write of the
+#     same bytes, same sync policy, same disk; drain rate after it vs the core pipeline
+#     -> spool.jsonl
 #   plugin (packaged, in the EMQX double): publish hook time vs a synchronous-insert hook,
 #     hook-path rate vs the core, replay latencies, RSS through an outage -> plugin.jsonl;
 #     memory through an outage with 1 MB payloads vs buffer_max_size -> outage_large.jsonl;
@@ -54,6 +58,7 @@ step "build: the core benchmarks"
 cargo bench -p offline_store --bench store_throughput --no-run
 cargo bench -p offline_store --bench tombstone_replay --no-run
 cargo bench -p offline_store --bench wildcard_lookup --no-run
+cargo bench -p offline_store --bench spool --no-run
 cargo bench -p offline_store --bench cluster_throughput --no-run
 step "build: the plugin package the plugin benchmark installs ($PLUGIN_PACKAGE_DIR)"
 PACKAGE_DIR=$PLUGIN_PACKAGE_DIR scripts/package.sh
@@ -76,6 +81,8 @@ step "tombstones: replay beside acked rows"
 cargo bench -p offline_store --bench tombstone_replay 2>/dev/null
 step "wildcards: lookup in the topic index over 100,000 topics"
 cargo bench -p offline_store --bench wildcard_lookup 2>/dev/null
+step "disk buffer: healthy disk vs memory mode, spool writes during an outage, drain after it"
+BENCH_ROUNDS=$rounds cargo bench -p offline_store --bench spool 2>/dev/null
 ceiling=$(python3 -c '
 import json, statistics, sys
 rows = [json.loads(l) for l in open("bench-results/core.jsonl").read().splitlines()[-int(sys.argv[1]):]]

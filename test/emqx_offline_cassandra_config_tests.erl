@@ -119,7 +119,9 @@ sizes_test() ->
     ?assertEqual({ok, 1048576}, ?C:size_bytes(<<"1MiB">>)),
     ?assertEqual({ok, 100}, ?C:size_bytes(<<"100">>)),
     ?assertEqual({ok, 100}, ?C:size_bytes(100)),
-    ?assertEqual(error, ?C:size_bytes(<<"1GB">>)),
+    %% GB for the disk buffer's size (spool_max_size, 1GB by default).
+    ?assertEqual({ok, 1073741824}, ?C:size_bytes(<<"1GB">>)),
+    ?assertEqual(error, ?C:size_bytes(<<"1TB">>)),
     ?assertEqual(error, ?C:size_bytes(-1)).
 
 %% The NIF gets typed values: whole milliseconds, whole bytes, booleans.

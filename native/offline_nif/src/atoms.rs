@@ -14,6 +14,8 @@ rustler::atoms! {
     degraded, waiting, waited, gave_up, refused_invalid, refused_protocol,
     write_latency_p50_us, write_latency_p99_us, read_latency_p50_us, read_latency_p99_us,
     buffer_capacity, purge, count,
+    spooled, spool_bytes, spool_unsynced, spool_appended, spool_recovered, spool_torn,
+    spool_errors, left_in_spool, spool_max_bytes, spool_failed, none,
     expired, buffered_bytes, buffer_max_bytes,
     written_us, unreadable_rows, clock_offset_ms, clock_skewed, clock_skews, clock_skew_limit_ms,
 }

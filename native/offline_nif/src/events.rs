@@ -46,6 +46,19 @@ pub fn event_sink() -> offline_store::EventSink {
                     atoms::unreadable_rows(),
                     (topic.as_str(), *count, example.as_str()).encode(env),
                 ),
+                StoreEvent::SpoolRecovered {
+                    dir,
+                    records,
+                    torn,
+                    torn_bytes,
+                } => (
+                    atoms::spool_recovered(),
+                    (dir.as_str(), *records, *torn, *torn_bytes).encode(env),
+                ),
+                StoreEvent::SpoolFailed { dir, reason } => (
+                    atoms::spool_failed(),
+                    (dir.as_str(), reason.as_str()).encode(env),
+                ),
                 StoreEvent::WritesWaiting { count, reason } => (
                     atoms::writes_waiting(),
                     (*count, reason.as_str()).encode(env),

@@ -98,7 +98,8 @@ fn start<'a>(env: Env<'a>, config: HashMap<String, Term<'a>>) -> Term<'a> {
 }
 
 /// Stops the store: flushes for at most `GraceMs`, answers what is left with
-/// `{error, shutdown}`, then ends the runtime's threads. `{ok, #{flushed, abandoned}}`.
+/// `{error, shutdown}` (disk mode: keeps it in the disk buffer), then ends the runtime's
+/// threads. `{ok, #{flushed, abandoned, spooled}}`.
 #[rustler::nif(name = "nif_stop", schedule = "DirtyIo")]
 fn stop(env: Env, grace_ms: u64) -> Term {
     match runtime::stop(Duration::from_millis(grace_ms)) {
@@ -107,6 +108,7 @@ fn stop(env: Env, grace_ms: u64) -> Term {
             &[
                 (atoms::flushed(), report.flushed),
                 (atoms::abandoned(), report.abandoned),
+                (atoms::spooled(), report.spooled),
             ],
         ),
         Ok(None) => atoms::ok().encode(env),
@@ -122,6 +124,16 @@ fn status(env: Env) -> Term {
         return atoms::not_started().encode(env);
     };
     terms::store_status_term(env, &store)
+}
+
+/// `none`, or `{spool_failed, Reason}` while the disk buffer cannot be used (writes are
+/// kept in memory meanwhile); `none` too when no store runs.
+#[rustler::nif(name = "nif_spool_status")]
+fn spool_status(env: Env) -> Term {
+    match running().and_then(|(store, _)| store.spool_error()) {
+        Some(reason) => (atoms::spool_failed(), reason).encode(env),
+        None => atoms::none().encode(env),
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

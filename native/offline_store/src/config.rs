@@ -24,6 +24,17 @@ pub enum OverflowPolicy {
     DropOldest,
 }
 
+/// Where writes that cannot reach Cassandra now wait (see docs/design.md, "The disk buffer").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BufferMode {
+    /// In memory only: lost when the node stops or crashes before Cassandra takes them. A
+    /// spool found in `spool_dir` is still drained.
+    Memory,
+    /// In memory first; moved to the spool in `spool_dir` while Cassandra is away or a
+    /// backlog builds, and drained from there, also after a restart.
+    Disk,
+}
+
 /// Everything the storage core needs to reach Cassandra and to shape its write pipeline.
 #[derive(Clone)]
 pub struct StoreConfig {
@@ -60,6 +71,15 @@ pub struct StoreConfig {
     /// `overflow_policy` applies to whichever bound is reached first.
     pub buffer_max_bytes: usize,
     pub overflow_policy: OverflowPolicy,
+    pub buffer_mode: BufferMode,
+    /// The spool's directory (the plugin fills in `<EMQX data dir>/offline_cassandra/spool`);
+    /// `None`: no spool, whatever `buffer_mode` says.
+    pub spool_dir: Option<String>,
+    /// Bytes the spool's files may hold; `overflow_policy` applies when they are full.
+    pub spool_max_bytes: u64,
+    /// Spooled writes are synced to disk in groups at most this far apart (what a crash of
+    /// the machine can lose); zero syncs after every group of writes moved to the spool.
+    pub spool_sync_interval: Duration,
     /// Connections per Cassandra node (the driver multiplexes requests on each).
     pub pool_size: usize,
     /// Keep retrying when no node answers (with backoff). When false, the first failed
@@ -146,6 +166,10 @@ impl Default for StoreConfig {
             buffer_capacity: 100_000,
             buffer_max_bytes: 256 * 1024 * 1024,
             overflow_policy: OverflowPolicy::DropNew,
+            buffer_mode: BufferMode::Disk,
+            spool_dir: None,
+            spool_max_bytes: 1024 * 1024 * 1024,
+            spool_sync_interval: Duration::from_millis(100),
             max_batch_rows: 32,
             max_batch_bytes: 4 * 1024 * 1024,
             max_batch_partitions: 10,
@@ -189,6 +213,10 @@ impl fmt::Debug for StoreConfig {
             .field("buffer_capacity", &self.buffer_capacity)
             .field("buffer_max_bytes", &self.buffer_max_bytes)
             .field("overflow_policy", &self.overflow_policy)
+            .field("buffer_mode", &self.buffer_mode)
+            .field("spool_dir", &self.spool_dir)
+            .field("spool_max_bytes", &self.spool_max_bytes)
+            .field("spool_sync_interval", &self.spool_sync_interval)
             .field("max_batch_rows", &self.max_batch_rows)
             .field("max_batch_bytes", &self.max_batch_bytes)
             .field("max_batch_partitions", &self.max_batch_partitions)
@@ -239,6 +267,10 @@ pub const CONFIG_KEYS: &[&str] = &[
     "buffer_capacity",
     "buffer_max_bytes",
     "overflow_policy",
+    "buffer_mode",
+    "spool_dir",
+    "spool_max_bytes",
+    "spool_sync_interval",
     "max_batch_rows",
     "max_batch_bytes",
     "max_batch_partitions",
@@ -316,6 +348,10 @@ impl StoreConfig {
                 "buffer_capacity" => cfg.buffer_capacity = whole(key, value)?,
                 "buffer_max_bytes" => cfg.buffer_max_bytes = whole(key, value)?,
                 "overflow_policy" => cfg.overflow_policy = policy(key, value)?,
+                "buffer_mode" => cfg.buffer_mode = buffer_mode(key, value)?,
+                "spool_dir" => cfg.spool_dir = optional_text(key, value)?,
+                "spool_max_bytes" => cfg.spool_max_bytes = whole(key, value)?,
+                "spool_sync_interval" => cfg.spool_sync_interval = millis(key, value)?,
                 "max_batch_rows" => cfg.max_batch_rows = whole(key, value)?,
                 "max_batch_bytes" => cfg.max_batch_bytes = whole(key, value)?,
                 "max_batch_partitions" => cfg.max_batch_partitions = whole(key, value)?,
@@ -402,6 +438,22 @@ impl StoreConfig {
                     .to_string(),
                 ),
             ),
+            (
+                "buffer_mode",
+                Text(
+                    match self.buffer_mode {
+                        BufferMode::Memory => "memory",
+                        BufferMode::Disk => "disk",
+                    }
+                    .to_string(),
+                ),
+            ),
+            ("spool_dir", path(&self.spool_dir)),
+            (
+                "spool_max_bytes",
+                Int(i64::try_from(self.spool_max_bytes).unwrap_or(i64::MAX)),
+            ),
+            ("spool_sync_interval", ms(self.spool_sync_interval)),
             ("max_batch_rows", n(self.max_batch_rows)),
             ("max_batch_bytes", n(self.max_batch_bytes)),
             ("max_batch_partitions", n(self.max_batch_partitions)),
@@ -499,6 +551,16 @@ impl StoreConfig {
             ));
         }
         // Every payload accepted must fit into an empty buffer.
+        // A spooled write must fit: a payload at the limit, base64 at worst, plus its fields.
+        if self.spool_dir.is_some() && self.spool_max_bytes < 2 * self.max_payload_bytes as u64 {
+            return Err(invalid(
+                "spool_max_bytes",
+                format!(
+                    "must be at least twice max_payload_bytes ({} bytes)",
+                    2 * self.max_payload_bytes as u64
+                ),
+            ));
+        }
         if self.buffer_max_bytes < self.max_payload_bytes {
             return Err(invalid(
                 "buffer_max_bytes",
@@ -742,6 +804,14 @@ fn consistency_name(c: Consistency) -> String {
             || format!("{c:?}").to_ascii_lowercase(),
             |(n, _)| n.to_string(),
         )
+}
+
+fn buffer_mode(field: &str, v: &ConfigValue) -> Result<BufferMode, StoreError> {
+    match text(field, v)?.trim() {
+        "memory" => Ok(BufferMode::Memory),
+        "disk" => Ok(BufferMode::Disk),
+        other => Err(invalid(field, format!("{other:?} is not memory or disk"))),
+    }
 }
 
 fn policy(field: &str, v: &ConfigValue) -> Result<OverflowPolicy, StoreError> {

@@ -38,6 +38,8 @@ mod retries;
 pub mod schema;
 mod sending;
 mod shared;
+mod spilling;
+mod spool;
 mod statements;
 mod stats;
 mod store;
@@ -49,7 +51,7 @@ mod waiting;
 mod write;
 mod write_pipeline;
 
-pub use config::{OverflowPolicy, StoreConfig};
+pub use config::{BufferMode, OverflowPolicy, StoreConfig};
 pub use error::StoreError;
 pub use msgid::MsgId;
 pub use replay_reads::{PageRequest, ReplayPlan};

@@ -13,6 +13,7 @@ use crate::config::StoreConfig;
 use crate::connection::Connection;
 use crate::error::StoreError;
 use crate::lru::Lru;
+use crate::spool::SpoolSlot;
 use crate::stats::Counters;
 use crate::types::{ConnState, EventSink, StoreEvent};
 use crate::waiting::Waiting;
@@ -76,6 +77,8 @@ pub(crate) struct Inner {
     /// This node's clock against Cassandra's (see `clock`).
     pub(crate) clock: ClockCheck,
     pub(crate) counters: Counters,
+    /// The disk buffer, when `spool_dir` is set (see `spilling`).
+    pub(crate) spool: SpoolSlot,
 }
 
 /// Floor upkeep of one topic (see `floor`).
@@ -130,6 +133,7 @@ impl Inner {
             unreadable_topics: Mutex::new(HashSet::new()),
             clock: ClockCheck::default(),
             counters: Counters::default(),
+            spool: SpoolSlot::default(),
         }
     }
 

@@ -45,13 +45,15 @@ impl Inner {
     }
 
     /// Whether the writer should look after the spool even when idle: records to read
-    /// back, files to delete, appends to sync, or a spool to open.
+    /// back, files to delete, appends to sync, or (disk mode) a spool to open again.
     pub(crate) fn spool_needs_upkeep(&self) -> bool {
         let c = &self.counters;
+        let open = self.spool.open.load(Ordering::Relaxed);
         self.cfg.spool_dir.is_some()
             && (c.spool_bytes.load(Ordering::Relaxed) > 0
                 || c.spool_unsynced.load(Ordering::Relaxed) > 0
-                || !self.spool.open.load(Ordering::Relaxed))
+                // Memory mode only drains a spool found at start.
+                || (!open && self.cfg.buffer_mode == BufferMode::Disk))
     }
 
     /// Why the spool is unusable (memory took over), for the status.
@@ -276,8 +278,12 @@ fn append(inner: &Inner, spool: &mut Spool, p: &Pending) -> io::Result<bool> {
     loop {
         match spool.append(&p.op)? {
             Appended::Stored => {
+                // The gauges before `spooled`: whoever sees the write spooled also sees it
+                // unsynced (until the sync that follows publishes 0).
+                c.spool_unsynced.store(spool.unsynced(), Ordering::SeqCst);
+                c.spool_bytes.store(spool.bytes(), Ordering::SeqCst);
                 Counters::add(&c.spool_appended, 1);
-                Counters::add(&c.spooled, 1);
+                c.spooled.fetch_add(1, Ordering::SeqCst);
                 return Ok(true);
             }
             Appended::Full => {

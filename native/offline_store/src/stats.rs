@@ -78,6 +78,17 @@ pub(crate) struct Counters {
     pub floor_resets: AtomicU64,
     pub sliced_reads: AtomicU64,
     /// Rows replay left out: their msgid is not what EMQX writes (see `reads`).
+    /// The disk buffer (see `spool`): records not read back yet, bytes of its files, records
+    /// not synced yet (gauges); records written to it, found in it at start, torn tails cut,
+    /// times it failed (and memory took over), and writes left in it at stop.
+    pub spooled: AtomicU64,
+    pub spool_bytes: AtomicU64,
+    pub spool_unsynced: AtomicU64,
+    pub spool_appended: AtomicU64,
+    pub spool_recovered: AtomicU64,
+    pub spool_torn: AtomicU64,
+    pub spool_errors: AtomicU64,
+    pub left_in_spool: AtomicU64,
     pub unreadable_rows: AtomicU64,
     pub write_latency: Latency,
     pub read_latency: Latency,
@@ -122,6 +133,14 @@ impl Counters {
             sliced_reads: self.sliced_reads.load(Relaxed),
             unreadable_rows: self.unreadable_rows.load(Relaxed),
             clock_offset_ms: 0,
+            spooled: self.spooled.load(Relaxed),
+            spool_bytes: self.spool_bytes.load(Relaxed),
+            spool_unsynced: self.spool_unsynced.load(Relaxed),
+            spool_appended: self.spool_appended.load(Relaxed),
+            spool_recovered: self.spool_recovered.load(Relaxed),
+            spool_torn: self.spool_torn.load(Relaxed),
+            spool_errors: self.spool_errors.load(Relaxed),
+            left_in_spool: self.left_in_spool.load(Relaxed),
             clock_skewed: 0,
             clock_skews: 0,
             write_latency_p50_us: self.write_latency.quantile_us(0.50),
@@ -194,6 +213,22 @@ pub struct StatsSnapshot {
     pub unreadable_rows: u64,
     /// This node's clock minus Cassandra's at the latest check, ms (0 before the first).
     pub clock_offset_ms: i64,
+    /// Writes in the disk buffer not read back yet (part of `buffered`).
+    pub spooled: u64,
+    /// Bytes of the disk buffer's files.
+    pub spool_bytes: u64,
+    /// Spooled writes not synced to disk yet (0: a crash of the machine loses none).
+    pub spool_unsynced: u64,
+    /// Writes moved to the disk buffer (each time).
+    pub spool_appended: u64,
+    /// Writes found in the disk buffer when the store started (from an earlier run).
+    pub spool_recovered: u64,
+    /// Torn tails (a record cut short by a crash) cut off when the disk buffer was opened.
+    pub spool_torn: u64,
+    /// Times the disk buffer failed (unwritable, full disk) and memory took over.
+    pub spool_errors: u64,
+    /// Writes left in the disk buffer at stop, for the next start.
+    pub left_in_spool: u64,
     /// 1 while that is beyond `max_clock_skew` (floors stay where they are), else 0.
     pub clock_skewed: u64,
     /// Times this node's clock went beyond `max_clock_skew`.
@@ -207,11 +242,12 @@ pub struct StatsSnapshot {
 }
 
 impl StatsSnapshot {
-    /// `accepted == written + failed + evicted + expired + handed_over + in_flight +
-    /// buffered`: nothing vanishes.
+    /// `accepted + spool_recovered == written + failed + evicted + expired + handed_over +
+    /// left_in_spool + in_flight + buffered`: nothing vanishes.
     pub fn is_balanced(&self) -> bool {
-        self.accepted
-            == self.written
+        self.accepted + self.spool_recovered
+            == self.left_in_spool
+                + self.written
                 + self.failed
                 + self.evicted
                 + self.expired

@@ -12,6 +12,7 @@ use crate::config::StoreConfig;
 use crate::error::StoreError;
 use crate::msgid::MsgId;
 use crate::shared::{Inner, lock};
+use crate::spilling;
 use crate::stats::{Counters, StatsSnapshot};
 use crate::supervisor;
 use crate::types::{ConnState, Degraded, EventSink, Message, ShutdownReport};
@@ -66,6 +67,12 @@ impl Store {
         self.inner
             .degraded()
             .map(|(waiting, reason)| Degraded { waiting, reason })
+    }
+
+    /// `Some(why)` while the disk buffer cannot be used (unwritable directory, full disk):
+    /// writes are kept in memory meanwhile.
+    pub fn spool_error(&self) -> Option<String> {
+        self.inner.spool_error()
     }
 
     pub fn config(&self) -> &StoreConfig {
@@ -166,7 +173,8 @@ impl Store {
         let c = &self.inner.counters;
         let buffered = self.inner.rx.len()
             + c.staged.load(Ordering::Relaxed) as usize
-            + c.waiting.load(Ordering::Relaxed) as usize;
+            + c.waiting.load(Ordering::Relaxed) as usize
+            + c.spooled.load(Ordering::Relaxed) as usize;
         let mut s = c.snapshot(buffered);
         let clock = &self.inner.clock;
         s.clock_offset_ms = clock.offset_ms().unwrap_or(0);
@@ -198,7 +206,8 @@ impl Store {
     }
 
     /// Flushes for at most `grace`, then stops the background tasks. Writes not confirmed
-    /// by then are answered with `Shutdown` and counted as failed.
+    /// by then stay in the disk buffer (`buffer_mode = disk`, counted in `spooled`), or are
+    /// answered with `Shutdown` and counted as failed.
     pub async fn shutdown(&self, grace: Duration) -> ShutdownReport {
         let (mut report, left) = self.stop_tasks(grace).await;
         let n = left.len() as u64;
@@ -233,9 +242,10 @@ impl Store {
         refused
     }
 
-    /// Flushes for at most `grace`, stops the tasks, and returns what was still buffered.
+    /// Flushes for at most `grace`, stops the tasks, closes the disk buffer (moving what is
+    /// left in memory there when `to_spool`), and returns what was still buffered.
     /// `abandoned` in the report counts only the writes still in flight.
-    async fn stop_tasks(&self, grace: Duration) -> (ShutdownReport, Vec<Pending>) {
+    async fn stop_tasks(&self, grace: Duration, to_spool: bool) -> (ShutdownReport, Vec<Pending>) {
         let before = self.stats();
         let _ = self.flush(grace).await;
         self.inner.stopped.store(true, Ordering::SeqCst);
@@ -252,6 +262,9 @@ impl Store {
         Counters::sub(&self.inner.counters.waiting, waiting.len() as u64);
         left.extend(waiting);
         left.extend(self.inner.rx.try_iter());
+        let spooled_before = self.inner.counters.left_in_spool.load(Ordering::Relaxed);
+        let left = spilling::close(&self.inner, left, to_spool).await;
+        let spooled = self.inner.counters.left_in_spool.load(Ordering::Relaxed) - spooled_before;
         let in_flight = self.stats().in_flight;
         self.inner
             .conn
@@ -262,6 +275,7 @@ impl Store {
         let report = ShutdownReport {
             flushed: after.written.saturating_sub(before.written),
             abandoned: in_flight,
+            spooled,
         };
         (report, left)
     }

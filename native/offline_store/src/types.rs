@@ -121,6 +121,18 @@ pub enum StoreEvent {
     WritesFailed { count: u64, error: StoreError },
     /// A batch lost its connection and went back to the buffer.
     WritesRequeued { count: u64 },
+    /// The disk buffer in `dir` was opened with writes an earlier run left (`records`, sent
+    /// to Cassandra next), and `torn` tails (a record cut short by a crash, `torn_bytes`)
+    /// were cut off.
+    SpoolRecovered {
+        dir: String,
+        records: u64,
+        torn: u64,
+        torn_bytes: u64,
+    },
+    /// The disk buffer in `dir` cannot be used (`reason`): writes stay in memory, and it is
+    /// tried again in a few seconds.
+    SpoolFailed { dir: String, reason: String },
     /// A read met rows whose msgid is not the 32 upper-case hex digits EMQX writes: they
     /// are left out of replay and stay stored (reported once per topic per store; every
     /// one is counted in `unreadable_rows`). `example` is one such msgid.
@@ -145,6 +157,8 @@ pub struct ShutdownReport {
     pub flushed: u64,
     /// Writes still buffered or in flight when the grace period ended, counted as failed.
     pub abandoned: u64,
+    /// Writes left in the disk buffer for the next start (not abandoned).
+    pub spooled: u64,
 }
 
 #[cfg(test)]

@@ -281,6 +281,7 @@ mod tests {
             }),
             done: None,
             charge: Charge::default(),
+            ticket: None,
         }
     }
 

@@ -70,6 +70,9 @@ pub(crate) struct Pending {
     /// it leaves (written, failed, evicted, expired, handed over).
     #[allow(dead_code, reason = "held for its Drop, which gives the bytes back")]
     pub(crate) charge: Charge,
+    /// Set when the write was read back from the disk buffer: settled when the write is
+    /// done with, so its segment can go (see `spool`).
+    pub(crate) ticket: Option<Ticket>,
 }
 
 /// Bytes reserved on a store's `buffered_bytes` gauge until dropped. `Default` reserves
@@ -100,8 +103,23 @@ impl Drop for Charge {
     }
 }
 
+/// Settles one write read back from the disk buffer: once all the records of a spool
+/// segment are settled, the segment can go. Dropped unsettled (a stop), its record is read
+/// again at the next start.
+#[derive(Debug)]
+pub(crate) struct Ticket(pub(crate) Arc<AtomicU64>);
+
+impl Ticket {
+    pub(crate) fn settle(self) {
+        self.0.fetch_add(1, Ordering::Release);
+    }
+}
+
 impl Pending {
     pub(crate) fn finish(self, outcome: Result<(), StoreError>) {
+        if let Some(ticket) = self.ticket {
+            ticket.settle();
+        }
         if let Some(tx) = self.done {
             let _ = tx.send(outcome);
         }
@@ -127,6 +145,7 @@ pub(crate) mod test_writes {
             }),
             done: None,
             charge: Charge::default(),
+            ticket: None,
         }
     }
 
@@ -139,6 +158,7 @@ pub(crate) mod test_writes {
             },
             done: None,
             charge: Charge::default(),
+            ticket: None,
         }
     }
 

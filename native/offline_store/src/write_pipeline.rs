@@ -14,6 +14,7 @@ use crate::error::StoreError;
 use crate::requests::{ReplicaGroups, Request, RequestLimits};
 use crate::sending::write_request;
 use crate::shared::{Inner, lock};
+use crate::spilling;
 use crate::stats::Counters;
 use crate::types::ConnState;
 use crate::write::{Charge, Op, Pending};
@@ -55,7 +56,12 @@ pub(crate) fn enqueue(
     let capacity = inner.cfg.buffer_capacity;
     let awaited = done.is_some();
     let charge = reserve_bytes(inner, op.held_bytes() as u64)?;
-    let mut pending = Pending { op, done, charge };
+    let mut pending = Pending {
+        op,
+        done,
+        charge,
+        ticket: None,
+    };
     let mut evicted_none = false;
     loop {
         // Writes waiting for a retry (see `waiting`) fill the buffer too.
@@ -238,6 +244,8 @@ pub(crate) async fn run_writer(inner: Arc<Inner>) {
         // is up and the last probe answered.
         let connected = matches!(*state.borrow_and_update(), ConnState::Connected);
         let Some(conn) = inner.current().filter(|_| connected) else {
+    // Writes an earlier run left in the disk buffer are read back once connected.
+    spilling::open(&inner).await;
             tokio::select! {
                 _ = state.changed() => {}
                 _ = shutdown.changed() => return,
@@ -246,9 +254,14 @@ pub(crate) async fn run_writer(inner: Arc<Inner>) {
         };
         if last_give_up_check.elapsed() >= GIVE_UP_CHECK {
             inner.give_up_waiting();
+            // In disk mode the waiting writes move to the spool meanwhile.
             last_give_up_check = Instant::now();
         }
         let next_due = lock(&inner.waiting).next_due();
+                _ = sleep(spilling::SPILL_POLL), if inner.spool_needs_upkeep() || inner.spills() => {
+                    spilling::open(&inner).await;
+                    spilling::spill(&inner, true).await;
+                }
         let retry_due = next_due.is_some_and(|at| at <= Instant::now());
         let staged = inner.refill_staging();
         let lingering = if staged {
@@ -258,6 +271,9 @@ pub(crate) async fn run_writer(inner: Arc<Inner>) {
         };
         let ready = staged && lingering.is_none();
         if !retry_due && !ready {
+        // A backlog moves to the spool; spooled writes come back when there is room.
+        spilling::spill(&inner, false).await;
+        spilling::drain(&inner).await;
             // A parked writer wakes when the next waiting topic is due (at most
             // `reconnect_max_backoff` away; the give-up check runs then too), or when a retry
             // is answered (`wait`, `write_batch` notify).
@@ -293,6 +309,7 @@ pub(crate) async fn run_writer(inner: Arc<Inner>) {
             continue;
         }
         idle_since = Instant::now();
+                    _ = sleep(spilling::UPKEEP_EVERY), if inner.spool_needs_upkeep() => {}
         let permit = tokio::select! {
             p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
             _ = shutdown.changed() => return,

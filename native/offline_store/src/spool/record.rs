@@ -17,11 +17,11 @@ pub(crate) const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 const INSERT: u8 = 1;
 const DELETE: u8 = 2;
 
-/// CRC-32 (IEEE 802.3, reflected), table-driven: about a gigabyte a second, far above what
-/// the disk takes, and no dependency for twenty lines.
+/// CRC-32 (IEEE 802.3, reflected), slicing by 8 (eight bytes per step through eight const
+/// tables): several gigabytes a second, far above what the disk takes, and no dependency.
 pub(crate) fn crc32(parts: &[&[u8]]) -> u32 {
-    const TABLE: [u32; 256] = {
-        let mut table = [0u32; 256];
+    const TABLES: [[u32; 256]; 8] = {
+        let mut t = [[0u32; 256]; 8];
         let mut i = 0;
         while i < 256 {
             let mut c = i as u32;
@@ -34,15 +34,38 @@ pub(crate) fn crc32(parts: &[&[u8]]) -> u32 {
                 };
                 k += 1;
             }
-            table[i] = c;
+            t[0][i] = c;
             i += 1;
         }
-        table
+        let mut i = 0;
+        while i < 256 {
+            let mut s = 1;
+            while s < 8 {
+                let prev = t[s - 1][i];
+                t[s][i] = (prev >> 8) ^ t[0][(prev & 0xFF) as usize];
+                s += 1;
+            }
+            i += 1;
+        }
+        t
     };
     let mut crc = !0u32;
     for part in parts {
-        for &b in *part {
-            crc = TABLE[((crc ^ b as u32) & 0xFF) as usize] ^ (crc >> 8);
+        let mut chunks = part.chunks_exact(8);
+        for c in &mut chunks {
+            let lo = crc ^ u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            let hi = u32::from_le_bytes([c[4], c[5], c[6], c[7]]);
+            crc = TABLES[7][(lo & 0xFF) as usize]
+                ^ TABLES[6][((lo >> 8) & 0xFF) as usize]
+                ^ TABLES[5][((lo >> 16) & 0xFF) as usize]
+                ^ TABLES[4][(lo >> 24) as usize]
+                ^ TABLES[3][(hi & 0xFF) as usize]
+                ^ TABLES[2][((hi >> 8) & 0xFF) as usize]
+                ^ TABLES[1][((hi >> 16) & 0xFF) as usize]
+                ^ TABLES[0][(hi >> 24) as usize];
+        }
+        for &b in chunks.remainder() {
+            crc = TABLES[0][((crc ^ b as u32) & 0xFF) as usize] ^ (crc >> 8);
         }
     }
     !crc
@@ -242,6 +265,27 @@ pub(crate) mod tests {
     fn crc32_is_the_ieee_one() {
         assert_eq!(crc32(&[b"123456789"]), 0xCBF4_3926);
         assert_eq!(crc32(&[b"1234", b"56789"]), 0xCBF4_3926);
+        assert_eq!(crc32(&[b""]), 0);
+        // Long inputs (the eight-byte steps) against the bit-by-bit definition.
+        let data: Vec<u8> = (0..1000u32).map(|i| (i * 7 + 3) as u8).collect();
+        let mut bitwise = !0u32;
+        for &b in &data {
+            bitwise ^= b as u32;
+            for _ in 0..8 {
+                bitwise = if bitwise & 1 != 0 {
+                    0xEDB8_8320 ^ (bitwise >> 1)
+                } else {
+                    bitwise >> 1
+                };
+            }
+        }
+        for split in [0, 1, 7, 8, 9, 500, 999] {
+            assert_eq!(
+                crc32(&[&data[..split], &data[split..]]),
+                !bitwise,
+                "split {split}"
+            );
+        }
     }
 
     #[test]

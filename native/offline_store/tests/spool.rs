@@ -1,0 +1,424 @@
+//! The disk buffer (`buffer_mode = disk`) against the real Cassandra: writes made while it
+//! is away move to the spool, survive a stop of the store (and a torn tail), and are
+//! written when a store on the same spool directory reaches Cassandra; the spool's bound
+//! holds with exact counts; an unusable directory leaves the store working from memory.
+//! "Away" is a TCP proxy in front of the real node that refuses connections (within a
+//! run), or a contact point nothing listens on (across a stop).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use offline_store::{BufferMode, ConnState, OverflowPolicy, StatsSnapshot, Store, StoreConfig};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A directory of its own, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(test: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!(
+            "offline_store_spool_{test}_{}_{}",
+            std::process::id(),
+            now_ms()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        TempDir(dir)
+    }
+    fn path(&self) -> String {
+        self.0.display().to_string()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn disk_config(dir: &TempDir) -> StoreConfig {
+    StoreConfig {
+        buffer_mode: BufferMode::Disk,
+        spool_dir: Some(dir.path()),
+        spool_sync_interval: Duration::from_millis(20),
+        ..config()
+    }
+}
+
+/// The same store config, but pointing at a port nothing listens on: Cassandra is away.
+fn away(cfg: StoreConfig) -> StoreConfig {
+    StoreConfig {
+        contact_points: vec!["127.0.0.1:1".into()],
+        reconnect_max_backoff: Duration::from_millis(200),
+        ..cfg
+    }
+}
+
+async fn wait_until(what: &str, deadline: Duration, mut done: impl FnMut() -> bool) {
+    let end = Instant::now() + scaled(deadline);
+    while !done() {
+        assert!(Instant::now() < end, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn rows_in(topic: &str) -> Vec<String> {
+    let rows = admin()
+        .await
+        .query_unpaged("SELECT msgid FROM mqtt.mqtt_msg WHERE topic = ?", (topic,))
+        .await
+        .unwrap()
+        .into_rows_result()
+        .unwrap();
+    let mut ids: Vec<String> = rows
+        .rows::<(String,)>()
+        .unwrap()
+        .map(|r| r.unwrap().0)
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// Submits `n` messages to `topic`; returns their msgids (sorted: publish order).
+fn publish(store: &Store, topic: &str, n: usize, payload: &[u8]) -> Vec<String> {
+    (0..n)
+        .map(|_| {
+            let m = message(topic, payload);
+            let id = m.msgid.to_string();
+            store.submit_store(m).unwrap();
+            id
+        })
+        .collect()
+}
+
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.map(|e| e.unwrap().path())
+                .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+fn all_spooled_and_synced(s: &StatsSnapshot, n: u64) -> bool {
+    s.spooled == n && s.buffered == n && s.spool_unsynced == 0
+}
+
+/// Publishes `n` with Cassandra away and stops the store once the spool holds them all,
+/// synced. Returns the msgids.
+async fn spool_while_away(dir: &TempDir, topic: &str, n: usize) -> Vec<String> {
+    let store = Store::start(away(disk_config(dir))).unwrap();
+    let ids = publish(&store, topic, n, b"spooled while away");
+    wait_until(
+        "every write is spooled and synced",
+        Duration::from_secs(20),
+        || all_spooled_and_synced(&store.stats(), n as u64),
+    )
+    .await;
+    let s = store.stats();
+    assert!(s.spool_bytes > 100 * n as u64, "{s:?}");
+    let report = store.shutdown(Duration::from_millis(100)).await;
+    assert_eq!((report.spooled, report.abandoned), (n as u64, 0));
+    let s = store.stats();
+    assert_eq!((s.left_in_spool, s.failed), (n as u64, 0));
+    assert!(s.is_balanced(), "{s:?}");
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_spooled_while_away_are_written_by_the_next_store() {
+    let dir = TempDir::new("restart");
+    let topic = unique_topic("spool_restart");
+    let _cleanup = Cleanup::topics(&[&topic]);
+    let ids = spool_while_away(&dir, &topic, 5_000).await;
+    assert!(!segments(&dir.0).is_empty());
+
+    let store = connect_with(disk_config(&dir)).await;
+    wait_until("the spool is drained", Duration::from_secs(60), || {
+        let s = store.stats();
+        s.written == 5_000 && s.buffered == 0
+    })
+    .await;
+    let s = store.stats();
+    assert_eq!((s.spool_recovered, s.spool_torn, s.failed), (5_000, 0, 0));
+    assert!(s.is_balanced(), "{s:?}");
+    assert_eq!(rows_in(&topic).await, ids);
+    // Drained segments are deleted: a later start sends nothing again.
+    wait_until(
+        "drained segments are deleted",
+        Duration::from_secs(10),
+        || segments(&dir.0).is_empty(),
+    )
+    .await;
+    store.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_tail_is_cut_counted_and_every_whole_record_written() {
+    let dir = TempDir::new("torn");
+    let topic = unique_topic("spool_torn");
+    let _cleanup = Cleanup::topics(&[&topic]);
+    let ids = spool_while_away(&dir, &topic, 300).await;
+    let last = segments(&dir.0).pop().unwrap();
+    // Cut the last record in half, as a crash in the middle of a write would.
+    let len = std::fs::metadata(&last).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&last)
+        .unwrap()
+        .set_len(len - 20)
+        .unwrap();
+
+    let store = connect_with(disk_config(&dir)).await;
+    wait_until("the spool is drained", Duration::from_secs(60), || {
+        let s = store.stats();
+        s.written == 299 && s.buffered == 0
+    })
+    .await;
+    let s = store.stats();
+    assert_eq!((s.spool_recovered, s.spool_torn), (299, 1));
+    assert_eq!(rows_in(&topic).await, ids[..299]);
+    store.shutdown(Duration::from_secs(1)).await;
+}
+
+/// The spool's bound with `drop_new`: what does not fit stays in memory up to its bound,
+/// the rest is refused at the door; everything accepted is written, exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_spool_keeps_the_overflow_policy_with_exact_counts() {
+    for policy in [OverflowPolicy::DropNew, OverflowPolicy::DropOldest] {
+        let dir = TempDir::new("full");
+        let topic = unique_topic("spool_full");
+        let _cleanup = Cleanup::topics(&[&topic]);
+        let limits = |cfg: StoreConfig| StoreConfig {
+            max_payload_bytes: 64 * 1024,
+            spool_max_bytes: 256 * 1024,
+            buffer_capacity: 500,
+            overflow_policy: policy,
+            ..cfg
+        };
+        let store = Store::start(away(limits(disk_config(&dir)))).unwrap();
+        let payload = vec![b'x'; 200];
+        let mut accepted = Vec::new();
+        let mut refused = 0;
+        for i in 0..5_000 {
+            let m = message(&topic, &payload);
+            let id = m.msgid.to_string();
+            match store.submit_store(m) {
+                Ok(()) => accepted.push(id),
+                Err(_) => refused += 1,
+            }
+            if i % 100 == 0 {
+                // The writer spills every 10 ms: give it the time it would have.
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+        // Memory holds at most its 500 plus the one write the full spool handed back.
+        wait_until(
+            "the spool is full and synced",
+            Duration::from_secs(20),
+            || {
+                let s = store.stats();
+                s.spool_unsynced == 0 && s.buffered - s.spooled <= 501
+            },
+        )
+        .await;
+        let report = store.shutdown(Duration::from_millis(100)).await;
+        let s = store.stats();
+        assert!(s.is_balanced(), "{policy:?} {s:?}");
+        assert!(s.spool_bytes <= 256 * 1024, "{s:?}");
+        match policy {
+            OverflowPolicy::DropNew => {
+                assert_eq!(s.dropped, refused, "{s:?}");
+                assert_eq!(s.evicted, 0);
+                assert!(refused > 0, "the bounds were never reached");
+            }
+            OverflowPolicy::DropOldest => {
+                assert!(s.evicted > 0, "{s:?}");
+                assert_eq!(s.dropped, s.evicted + refused, "{s:?}");
+            }
+        }
+        // What is left: in the spool, or abandoned from memory at stop (the spool full).
+        assert_eq!(
+            s.accepted,
+            report.spooled + report.abandoned + s.evicted,
+            "{policy:?} {s:?} {report:?}"
+        );
+        assert!(report.spooled > 500, "{report:?}");
+
+        let store = connect_with(limits(disk_config(&dir))).await;
+        wait_until("the spool is drained", Duration::from_secs(60), || {
+            let s = store.stats();
+            s.buffered == 0 && s.in_flight == 0
+        })
+        .await;
+        let s2 = store.stats();
+        assert_eq!(
+            (s2.written, s2.failed),
+            (report.spooled, 0),
+            "{policy:?} {s2:?}"
+        );
+        let rows = rows_in(&topic).await;
+        assert_eq!(rows.len() as u64, report.spooled, "{policy:?}");
+        // Every row is one that was accepted; with drop_oldest the oldest went.
+        assert!(rows.iter().all(|r| accepted.binary_search(r).is_ok()));
+        if policy == OverflowPolicy::DropOldest {
+            assert!(rows[0] > accepted[0], "the oldest should have been evicted");
+        } else {
+            assert_eq!(rows[0], accepted[0], "drop_new keeps the oldest");
+        }
+        store.shutdown(Duration::from_secs(1)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unusable_spool_directory_is_reported_and_memory_takes_the_writes() {
+    let file = TempDir::new("unusable");
+    std::fs::write(&file.0, b"a file where the spool directory should be").unwrap();
+    let topic = unique_topic("spool_unusable");
+    let _cleanup = Cleanup::topics(&[&topic]);
+    let store = connect_with(disk_config(&file)).await;
+    wait_until("the spool error shows", Duration::from_secs(10), || {
+        store.spool_error().is_some()
+    })
+    .await;
+    let why = store.spool_error().unwrap();
+    assert!(why.contains(&file.path()), "{why}");
+    let ids = publish(&store, &topic, 200, b"kept in memory");
+    store.flush(scaled(Duration::from_secs(20))).await.unwrap();
+    let s = store.stats();
+    assert_eq!((s.written, s.spool_appended), (200, 0));
+    assert!(s.spool_errors >= 1);
+    assert_eq!(rows_in(&topic).await, ids);
+    store.shutdown(Duration::from_secs(1)).await;
+    let _ = std::fs::remove_file(&file.0);
+}
+
+/// Cassandra keeps up: nothing touches the disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthy_store_in_disk_mode_writes_nothing_to_the_spool() {
+    let dir = TempDir::new("healthy");
+    let topic = unique_topic("spool_healthy");
+    let _cleanup = Cleanup::topics(&[&topic]);
+    let store = connect_with(disk_config(&dir)).await;
+    for _ in 0..10 {
+        publish(&store, &topic, 100, b"fast path");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    store.flush(scaled(Duration::from_secs(20))).await.unwrap();
+    let s = store.stats();
+    assert_eq!((s.written, s.spool_appended, s.spool_bytes), (1_000, 0, 0));
+    store.shutdown(Duration::from_secs(1)).await;
+    assert!(segments(&dir.0).is_empty());
+}
+
+/// A TCP proxy in front of the test node that can refuse connections and cut the open ones.
+struct Proxy {
+    addr: String,
+    open: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start() -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let open = Arc::new(AtomicBool::new(true));
+        let conns = Arc::new(Mutex::new(Vec::new()));
+        let (open2, conns2) = (open.clone(), conns.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !open2.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let task = tokio::spawn(async move {
+                    if let Ok(mut server) = TcpStream::connect(node()).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                conns2.lock().unwrap().push(task);
+            }
+        });
+        Proxy {
+            addr,
+            open,
+            conns,
+            accept,
+        }
+    }
+
+    fn cut(&self) {
+        self.open.store(false, Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.open.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.accept.abort();
+    }
+}
+
+/// Within one run: Cassandra goes away, writes move to the spool, and are drained into
+/// Cassandra when it answers again, while new writes keep coming.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_spooled_during_an_outage_are_drained_when_cassandra_answers() {
+    let dir = TempDir::new("outage");
+    let topic = unique_topic("spool_outage");
+    let _cleanup = Cleanup::topics(&[&topic]);
+    let proxy = Proxy::start().await;
+    let cfg = StoreConfig {
+        contact_points: vec![proxy.addr.clone()],
+        reconnect_max_backoff: Duration::from_millis(200),
+        request_timeout: Duration::from_secs(2),
+        ..disk_config(&dir)
+    };
+    let store = connect_with(cfg).await;
+    let mut ids = publish(&store, &topic, 100, b"before");
+    store.flush(scaled(Duration::from_secs(20))).await.unwrap();
+    proxy.cut();
+    wait_until(
+        "the store sees Cassandra gone",
+        Duration::from_secs(30),
+        || !matches!(store.state(), ConnState::Connected),
+    )
+    .await;
+    ids.extend(publish(&store, &topic, 3_000, b"during"));
+    wait_until(
+        "the outage's writes are spooled",
+        Duration::from_secs(20),
+        || {
+            let s = store.stats();
+            s.spooled == 3_000 && s.spool_unsynced == 0
+        },
+    )
+    .await;
+    proxy.restore();
+    ids.extend(publish(&store, &topic, 100, b"after"));
+    wait_until("everything is written", Duration::from_secs(60), || {
+        let s = store.stats();
+        s.buffered == 0 && s.in_flight == 0
+    })
+    .await;
+    let s = store.stats();
+    assert_eq!((s.written, s.failed, s.dropped), (3_200, 0, 0), "{s:?}");
+    assert!(s.spool_appended >= 3_000, "{s:?}");
+    assert!(s.is_balanced(), "{s:?}");
+    ids.sort();
+    assert_eq!(rows_in(&topic).await, ids);
+    store.shutdown(Duration::from_secs(1)).await;
+}
