@@ -9,7 +9,7 @@
 %% (StoreConfig::from_map + validate): this module only converts values
 %% and turns the core's key in a reason back into the form's name, both
 %% through the one table in fields/0. The hook-only settings (topics,
-%% max_returned_count, time_range, message_ttl) never reach the core and
+%% max_returned_count, time_range, message_ttl, wildcard_replay) never reach the core and
 %% are checked here.
 %% Pure: no network, no files (on_config_changed runs on every node); the
 %% core's check is a NIF call that returns within microseconds.
@@ -22,7 +22,8 @@
     topics := [binary()],
     max_returned_count := non_neg_integer(),
     time_range_ms := non_neg_integer(),
-    message_ttl_s := non_neg_integer()
+    message_ttl_s := non_neg_integer(),
+    wildcard_replay := all | no_leading_wildcard | none
 }.
 -export_type([settings/0]).
 
@@ -67,6 +68,7 @@ defaults() ->
         <<"max_returned_count">> => 0,
         <<"time_range">> => <<"">>,
         <<"message_ttl">> => <<"">>,
+        <<"wildcard_replay">> => <<"all">>,
         <<"buffer_capacity">> => 100000,
         <<"buffer_max_size">> => <<"256MB">>,
         <<"overflow_policy">> => <<"drop_new">>,
@@ -259,8 +261,19 @@ settings(Conf) ->
             <<"max_returned_count">>, maps:get(<<"max_returned_count">>, Conf), 0, ?MAX_RETURNED_COUNT
         ),
         time_range_ms => duration(<<"time_range">>, maps:get(<<"time_range">>, Conf)),
-        message_ttl_s => message_ttl_s(maps:get(<<"message_ttl">>, Conf))
+        message_ttl_s => message_ttl_s(maps:get(<<"message_ttl">>, Conf)),
+        wildcard_replay => wildcard_replay(maps:get(<<"wildcard_replay">>, Conf))
     }.
+
+%% wildcard_replay: which wildcard subscriptions replay (exact topics
+%% always do).
+wildcard_replay(V) ->
+    case str(<<"wildcard_replay">>, V) of
+        <<"all">> -> all;
+        <<"no_leading_wildcard">> -> no_leading_wildcard;
+        <<"none">> -> none;
+        _ -> throw({invalid, <<"wildcard_replay">>, <<"must be all, no_leading_wildcard or none">>})
+    end.
 
 %% message_ttl: empty (or 0) keeps messages until acknowledged; otherwise
 %% from 1 s (a shorter one would round to 0, which means forever) to 20

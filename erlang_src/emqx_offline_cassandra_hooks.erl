@@ -6,7 +6,7 @@
 %%--------------------------------------------------------------------
 -module(emqx_offline_cassandra_hooks).
 
--export([hook/0, unhook/0, set_settings/1, settings/0, mark_replayed/2, replay_wanted/3]).
+-export([hook/0, unhook/0, set_settings/1, settings/0, mark_replayed/2, replay_wanted/3, wildcard_replay_allows/2]).
 -export([on_message_publish/1, on_session_subscribed/3, on_session_unsubscribed/3, on_message_acked/2]).
 -export([on_delivery_completed/2, on_delivery_dropped/3, on_client_disconnected/3, on_session_resumed/2,
          on_message_delivered/2]).
@@ -172,6 +172,9 @@ on_session_subscribed(ClientInfo, TopicFilter, SubOpts) ->
 %%   copies would never be deleted and every subscribe would redeliver them
 %%   (the 4.x loop); QoS 0 subscribers get no replay;
 %% - filters that can match a configured topic (others have nothing stored);
+%% - wildcard filters as wildcard_replay allows (all; no_leading_wildcard:
+%%   not `#', `+/...'; none: exact topics only), since a QoS 1 `#'
+%%   subscriber is sent, and by its acks deletes, every stored message;
 %% - one member per shared-subscription group on this node (the group gets
 %%   the messages once, not once per member).
 %% - EMQX before 6.1.1 (6.1.1+ replays through its external-subscription
@@ -193,15 +196,30 @@ maybe_replay(ClientInfo, TopicFilter, SubOpts, Settings) ->
 %% @doc {true, Filter} when this subscription replays (see the NOTE above);
 %% takes the shared group's claim when it does.
 -spec replay_wanted(term(), map(), map()) -> {true, binary()} | false.
-replay_wanted(TopicFilter, SubOpts, #{topics := Filters}) ->
+replay_wanted(TopicFilter, SubOpts, #{topics := Filters} = Settings) ->
     {Filter, Group} = emqx_offline_cassandra_compat:parse_subscription(TopicFilter, SubOpts),
     Wanted =
         maps:get(is_new, SubOpts, true) =:= true andalso
             maps:get(qos, SubOpts, 0) > 0 andalso
+            wildcard_replay_allows(maps:get(wildcard_replay, Settings, all), Filter) andalso
             lists:any(fun(F) -> emqx_offline_cassandra_topic:intersects(Filter, F) end, Filters),
     case Wanted andalso first_of_group(Group, Filter) of
         true -> {true, Filter};
         false -> false
+    end.
+
+%% @doc Whether the wildcard_replay setting lets Filter replay: exact
+%% topics always do.
+-spec wildcard_replay_allows(all | no_leading_wildcard | none, binary()) -> boolean().
+wildcard_replay_allows(all, _Filter) ->
+    true;
+wildcard_replay_allows(Policy, Filter) ->
+    Levels = binary:split(Filter, <<"/">>, [global]),
+    Wild = [L || L <- Levels, L =:= <<"+">> orelse L =:= <<"#">>],
+    case {Policy, Wild, Levels} of
+        {_, [], _} -> true;
+        {no_leading_wildcard, _, [First | _]} -> First =/= <<"+">> andalso First =/= <<"#">>;
+        {none, _, _} -> false
     end.
 
 %% A member that leaves its shared group hands the group's replay claim on;

@@ -40,7 +40,7 @@
     nif_store/8,
     nif_store_large/8,
     nif_fetch/5,
-    nif_replay_plan/6,
+    nif_replay_plan/7,
     nif_replay_pages/6,
     nif_insert_awaited/5,
     debug_panicking_fetch/2,
@@ -230,10 +230,13 @@ fetch_sync(Topic, Opts, Timeout) ->
 %% @doc Plans a paced replay of Filter (a topic or a wildcard filter) below
 %% the msgid Below: Pid receives {offline_cassandra, Ref, {ok, {Topics,
 %% From}}}, From the oldest msgid to deliver (undefined: all). Opts: newest
-%% (the newest N only, 0 = all), since (ms since the epoch, 0 = any).
+%% (the newest N only, 0 = all), since (ms since the epoch, 0 = any),
+%% kept_by (the configured topic filters: only topics they match; [] = any).
 -spec replay_plan(pid(), reference(), binary(), map(), binary()) -> ok | {error, reason()}.
 replay_plan(Pid, Ref, Filter, Opts, Below) ->
-    nif_replay_plan(Pid, Ref, Filter, maps:get(newest, Opts, 0), maps:get(since, Opts, 0), hex_msgid(Below)).
+    nif_replay_plan(
+        Pid, Ref, Filter, maps:get(kept_by, Opts, []), maps:get(newest, Opts, 0), maps:get(since, Opts, 0), hex_msgid(Below)
+    ).
 
 %% @doc The next page of each {Topic, After} (After: the last msgid taken,
 %% or undefined): Pid receives {offline_cassandra, Ref, {ok, [{Topic,
@@ -310,7 +313,7 @@ nif_delete(_Topic, _MsgId) -> ?NOT_LOADED.
 nif_spool_status() -> ?NOT_LOADED.
 nif_delete_written(_Topic, _MsgId, _WrittenUs) -> ?NOT_LOADED.
 nif_fetch(_Pid, _Ref, _Topic, _Limit, _SinceMs) -> ?NOT_LOADED.
-nif_replay_plan(_Pid, _Ref, _Filter, _Newest, _SinceMs, _Below) -> ?NOT_LOADED.
+nif_replay_plan(_Pid, _Ref, _Filter, _KeptBy, _Newest, _SinceMs, _Below) -> ?NOT_LOADED.
 nif_replay_pages(_Pid, _Ref, _Requests, _From, _Below, _Limit) -> ?NOT_LOADED.
 nif_stats() -> ?NOT_LOADED.
 nif_admin(_Pid, _Ref, _Op, _Topic) -> ?NOT_LOADED.

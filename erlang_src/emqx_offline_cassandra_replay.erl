@@ -51,15 +51,17 @@ boundary() ->
     {<<Us:64, 0:64>>, Us div 1000}.
 
 %% @doc The backlog options for the settings: the newest N
-%% (max_returned_count, 0 = all), not older than time_range.
+%% (max_returned_count, 0 = all), not older than time_range, only on
+%% topics the `topics' configured now match (a wildcard finds the topics
+%% of rows stored under an older configuration too).
 -spec options(map()) -> map().
-options(#{max_returned_count := Max, time_range_ms := Range}) ->
+options(#{max_returned_count := Max, time_range_ms := Range} = Settings) ->
     Since =
         case Range of
             0 -> 0;
             _ -> erlang:system_time(millisecond) - Range
         end,
-    #{newest => Max, since => Since}.
+    #{newest => Max, since => Since, kept_by => maps:get(topics, Settings, [])}.
 
 %% @doc Replays to the calling channel in a new process; returns at once.
 %% Sub: #{clientid, deliver_topic, filter, qos}. Runs in the channel, after

@@ -11,7 +11,8 @@ defaults_parse_test() ->
     {ok, #{nif := Nif, settings := S}} = ?C:parse(#{}),
     ?assertEqual(<<"127.0.0.1:9042">>, maps:get(<<"servers">>, Nif)),
     ?assertNot(maps:is_key(<<"username">>, Nif)),
-    ?assertEqual(#{topics => [<<"t/#">>], max_returned_count => 0, time_range_ms => 0, message_ttl_s => 0}, S).
+    ?assertEqual(#{topics => [<<"t/#">>], max_returned_count => 0, time_range_ms => 0, message_ttl_s => 0,
+                   wildcard_replay => all}, S).
 
 seed_config_test() ->
     {ok, #{nif := Nif, settings := S}} = ?C:parse(#{
@@ -22,13 +23,14 @@ seed_config_test() ->
         <<"max_returned_count">> => 500,
         <<"time_range">> => <<"2h">>,
         <<"message_ttl">> => <<"7d">>,
+        <<"wildcard_replay">> => <<"no_leading_wildcard">>,
         <<"reconnect_interval">> => <<"2s">>,
         <<"ssl">> => #{<<"enable">> => false}
     }),
     ?assertEqual(<<"root">>, maps:get(<<"username">>, Nif)),
     ?assertEqual(2000, maps:get(<<"reconnect_max_backoff">>, Nif)),
     ?assertEqual(#{topics => [<<"t/#">>, <<"a/+/b">>], max_returned_count => 500,
-                   time_range_ms => 7200000, message_ttl_s => 604800}, S).
+                   time_range_ms => 7200000, message_ttl_s => 604800, wildcard_replay => no_leading_wildcard}, S).
 
 each_bad_value_names_its_field_test_() ->
     Cases = [
@@ -52,6 +54,8 @@ each_bad_value_names_its_field_test_() ->
         {<<"message_ttl">>, <<"50000d">>},
         {<<"message_ttl">>, <<"7301d">>},
         {<<"buffer_capacity">>, 0},
+        {<<"wildcard_replay">>, <<"some">>},
+        {<<"wildcard_replay">>, 1},
         {<<"no_such_field">>, 1}
     ],
     [
@@ -207,7 +211,7 @@ defaults_agree_with_config_hocon_test() ->
 table_covers_the_form_test() ->
     Schema = maps:get(<<"fields">>, priv_json("config_schema.avsc")),
     Names = lists:append([form_names(F) || F <- Schema]),
-    Hook = [<<"topics">>, <<"max_returned_count">>, <<"time_range">>, <<"message_ttl">>],
+    Hook = [<<"topics">>, <<"max_returned_count">>, <<"time_range">>, <<"message_ttl">>, <<"wildcard_replay">>],
     Table = [F || {F, _, _} <- ?C:fields()],
     ?assertEqual(lists:sort(Names -- Hook), lists:sort(Table)),
     ?assertEqual(length(Table), length(lists:usort(Table))).

@@ -299,6 +299,7 @@ fn replay_plan<'a>(
     pid: Term<'a>,
     reference: Term<'a>,
     filter: Term<'a>,
+    kept_by: Term<'a>,
     newest: Term<'a>,
     since_ms: Term<'a>,
     below: Term<'a>,
@@ -309,12 +310,17 @@ fn replay_plan<'a>(
     let request = (|| {
         let pid: LocalPid = input::arg(pid, "pid", "a local pid")?;
         let filter = input::text(filter, "filter")?;
+        let kept_by: Vec<Term> = input::arg(kept_by, "kept_by", "a list of topic filters")?;
+        let kept_by = kept_by
+            .into_iter()
+            .map(|f| input::text(f, "kept_by"))
+            .collect::<Result<Vec<_>, StoreError>>()?;
         let newest: u32 = input::arg(newest, "newest", "a whole number (0 = all)")?;
         let since_ms: i64 = input::arg(since_ms, "since", "an integer (ms since the epoch)")?;
         let below = input::msgid(below)?;
-        Ok::<_, StoreError>((pid, filter, newest, since_ms, below))
+        Ok::<_, StoreError>((pid, filter, kept_by, newest, since_ms, below))
     })();
-    let (pid, filter, newest, since_ms, below) = match request {
+    let (pid, filter, kept_by, newest, since_ms, below) = match request {
         Ok(r) => r,
         Err(e) => return error_term(env, &e),
     };
@@ -326,6 +332,7 @@ fn replay_plan<'a>(
             store
                 .replay_plan(
                     &filter,
+                    &kept_by,
                     (newest > 0).then_some(newest),
                     (since_ms > 0).then_some(since_ms),
                     &below,

@@ -39,18 +39,26 @@ impl Store {
     /// ones stay stored, as `max_returned_count` says); `since_ms` raises the start to a
     /// time. Only msgids are read to find the n-th newest, at most `n` per topic, and at
     /// most `2n` are kept at any time.
+    ///
+    /// `kept_by` (the `topics` filters configured now; empty: no restriction) leaves out
+    /// the topics none of them matches, before the newest n are counted: rows stored
+    /// while an older configuration kept their topic are not replayed through a wildcard
+    /// (their acks would delete nothing a new publish stores, and they would come back
+    /// to every new `#` subscriber forever).
     pub async fn replay_plan(
         &self,
         filter: &str,
+        kept_by: &[String],
         newest: Option<u32>,
         since_ms: Option<i64>,
         below: &MsgId,
     ) -> Result<ReplayPlan, StoreError> {
-        let topics = if crate::topic::is_wildcard(filter) {
+        let mut topics = if crate::topic::is_wildcard(filter) {
             self.topics_matching(filter).await?
         } else {
             vec![filter.to_owned()]
         };
+        topics.retain(|topic| kept(topic, kept_by));
         let since = since_ms.map(MsgId::lower_bound_for_time_ms);
         let Some(n) = newest.filter(|&n| n > 0) else {
             return Ok(ReplayPlan {
@@ -179,6 +187,11 @@ impl Store {
     }
 }
 
+/// True when a configured filter in `kept_by` matches `topic` (or there are none).
+fn kept(topic: &str, kept_by: &[String]) -> bool {
+    kept_by.is_empty() || kept_by.iter().any(|f| crate::topic::matches(topic, f))
+}
+
 /// Keeps the newest `n` ids, oldest first.
 fn keep_newest_ids(ids: &mut Vec<MsgId>, n: usize) {
     ids.sort_unstable();
@@ -191,6 +204,15 @@ fn keep_newest_ids(ids: &mut Vec<MsgId>, n: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kept_topics_are_those_a_configured_filter_matches() {
+        let filters = ["t/#".to_owned(), "+/cmd".to_owned()];
+        assert!(kept("t/1", &filters));
+        assert!(kept("d1/cmd", &filters));
+        assert!(!kept("u/1", &filters));
+        assert!(kept("u/1", &[]));
+    }
 
     #[test]
     fn keep_newest_ids_keeps_the_newest_oldest_first() {
