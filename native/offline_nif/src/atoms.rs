@@ -7,7 +7,7 @@ rustler::atoms! {
     offline_cassandra,
     topic, msgid, sender, qos, retain, payload, arrived, ttl,
     accepted, written, failed, dropped, evicted, rejected, in_flight, buffered,
-    batches, requests_split, retries, fetches, fetch_failures, fetched_rows,
+    batches, requests_split, cancelled, retries, fetches, fetch_failures, fetched_rows,
     floor_scans, floor_resets, sliced_reads,
     flushed, abandoned, handed_over, invalid_config, requeued,
     offline_cassandra_event, state_changed, writes_failed, writes_requeued, writes_waiting,

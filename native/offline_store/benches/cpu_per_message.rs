@@ -472,7 +472,14 @@ fn measure(rate: u64) -> Figures {
         100.0 * idle.cassandra / idle.wall,
     );
     f.insert("idle_hook_pct".into(), 100.0 * idle.hook / idle.wall);
-    f.insert("rows_per_request".into(), writes as f64 / requests.max(1.0));
+    // Writes that cancelled out before they were sent (an insert and its ack's delete) took
+    // no request; the baseline's stats have no such field.
+    let cancelled = stat_field(&after, "cancelled") - stat_field(&before, "cancelled");
+    f.insert(
+        "rows_per_request".into(),
+        (writes - cancelled) as f64 / requests.max(1.0),
+    );
+    f.insert("cancelled_per_msg".into(), cancelled as f64 / n);
     f.insert("requests_per_msg".into(), requests / n);
     f.insert(
         "floor_scans".into(),
@@ -735,4 +742,20 @@ fn report(runs: &[(String, u64, Figures)], here: &str, there: &str) {
             ),
         );
     }
+}
+
+/// A counter of the stats by name, read from their `Debug` form so that the same benchmark
+/// builds against a tree whose stats lack it (0 then).
+fn stat_field(stats: &impl std::fmt::Debug, name: &str) -> u64 {
+    let text = format!("{stats:?}");
+    let key = format!("{name}: ");
+    text.find(&key)
+        .and_then(|at| {
+            text[at + key.len()..]
+                .split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
 }

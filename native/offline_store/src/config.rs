@@ -1036,7 +1036,12 @@ mod tests {
 
     #[test]
     fn local_datacenter_is_optional_text() {
-        assert_eq!(levels("local_quorum", "local_quorum", "", true).unwrap().local_datacenter, None);
+        assert_eq!(
+            levels("local_quorum", "local_quorum", "", true)
+                .unwrap()
+                .local_datacenter,
+            None
+        );
         let cfg = levels("each_quorum", "local_quorum", " dc-east ", true).unwrap();
         assert_eq!(cfg.local_datacenter.as_deref(), Some("dc-east"));
         let err = StoreConfig::from_map(&map(&[("local_datacenter", Bool(true))])).unwrap_err();
@@ -1072,7 +1077,11 @@ mod tests {
             for key in ["write_consistency", "replay_floor"] {
                 assert!(text.contains(key), "{w}/{r}: {text}");
             }
-            let expected = if w == "any" { "write_consistency" } else { "read_consistency" };
+            let expected = if w == "any" {
+                "write_consistency"
+            } else {
+                "read_consistency"
+            };
             assert_eq!(field_of(err), expected, "{w}/{r}");
             // Without the floor a missed row only shows later: allowed (but ANY reads).
             levels(w, r, "", false).unwrap();
@@ -1105,7 +1114,10 @@ mod tests {
             ("one", "one"),
         ] {
             let err = levels(w, r, "dc1", true).unwrap_err();
-            assert!(err.to_string().contains("every datacenter"), "{w}/{r}: {err}");
+            assert!(
+                err.to_string().contains("every datacenter"),
+                "{w}/{r}: {err}"
+            );
             assert_eq!(field_of(err), "read_consistency", "{w}/{r}");
             levels(w, r, "dc1", false).unwrap();
         }

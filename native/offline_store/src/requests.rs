@@ -11,7 +11,7 @@ use tokio::time::{Duration, Instant};
 use crate::connection::Connection;
 use crate::schema::TABLE;
 use crate::shared::Staging;
-use crate::write::Pending;
+use crate::write::{Op, Pending};
 
 /// How many rows, bytes and partitions one request may carry.
 #[derive(Clone, Copy, Debug)]
@@ -107,6 +107,46 @@ impl Staging {
         }
         parts
     }
+}
+
+/// Takes out of `request` every delete whose insert is in the same part (its message was
+/// acknowledged before its row was sent), and that insert: together they would leave no
+/// row, so neither needs Cassandra. With subscribers online, most acks come within the
+/// writer's linger of their publish, and this saves the insert, the tombstone, and the
+/// compaction work of both. Deletes of rows read back (`written_us`) have no insert here.
+pub(crate) fn cancel_acknowledged(request: &mut Request) -> Vec<Pending> {
+    let mut cancelled = Vec::new();
+    for part in request.iter_mut() {
+        let mixed = part.iter().any(|p| p.op.is_insert()) && part.iter().any(|p| !p.op.is_insert());
+        if !mixed {
+            continue;
+        }
+        let mut i = 0;
+        while i < part.len() {
+            let insert = match &part[i].op {
+                Op::Delete {
+                    msgid,
+                    written_us: None,
+                    ..
+                } => part
+                    .iter()
+                    .position(|p| matches!(&p.op, Op::Insert(m) if m.msgid == *msgid)),
+                _ => None,
+            };
+            let Some(j) = insert else {
+                i += 1;
+                continue;
+            };
+            cancelled.push(part.remove(i.max(j)));
+            cancelled.push(part.remove(i.min(j)));
+            // The next write moved to `i`, or to `i - 1` when the insert was before it.
+            if j < i {
+                i -= 1;
+            }
+        }
+    }
+    request.retain(|part| !part.is_empty());
+    cancelled
 }
 
 /// How long a topic's replica group is trusted before it is looked up again (the ring
@@ -309,5 +349,51 @@ mod tests {
         .collect();
         // 1.33 MB each: three fit in 4 MiB; the 8 MB one goes alone; order is kept.
         assert_eq!(sizes, [3, 3, 1, 1, 1]);
+    }
+
+    #[test]
+    fn an_insert_and_the_delete_of_its_ack_cancel_out_when_both_wait_unsent() {
+        let mut request = vec![
+            vec![
+                insert("a", 1),
+                insert("a", 2),
+                delete("a", 1),
+                insert("a", 3),
+            ],
+            vec![delete("b", 9), insert("b", 4), delete("b", 4)],
+            vec![delete("c", 5)],
+        ];
+        let cancelled = cancel_acknowledged(&mut request);
+        let mut gone = shape(cancelled);
+        gone.sort();
+        assert_eq!(
+            gone,
+            [
+                ("a".into(), false, 1),
+                ("a".into(), true, 1),
+                ("b".into(), false, 4),
+                ("b".into(), true, 4)
+            ]
+        );
+        let left: Vec<_> = request.into_iter().map(shape).collect();
+        assert_eq!(
+            left,
+            [
+                vec![("a".into(), true, 2), ("a".into(), true, 3)],
+                vec![("b".into(), false, 9)],
+                vec![("c".into(), false, 5)]
+            ]
+        );
+    }
+
+    #[test]
+    fn a_delete_of_a_row_read_back_is_always_sent() {
+        let mut read_back = delete("a", 1);
+        if let Op::Delete { written_us, .. } = &mut read_back.op {
+            *written_us = Some(5);
+        }
+        let mut request = vec![vec![insert("a", 1), read_back]];
+        assert!(cancel_acknowledged(&mut request).is_empty());
+        assert_eq!(request[0].len(), 2);
     }
 }

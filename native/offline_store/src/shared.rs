@@ -129,9 +129,9 @@ impl Inner {
             writer: Mutex::new(None),
             indexed: Mutex::new(Lru::new(INDEXED_TOPICS_REMEMBERED)),
             floor_scans: Mutex::new(HashMap::new()),
-            events: Mutex::new(None),
             unreadable_topics: Mutex::new(HashSet::new()),
             clock: ClockCheck::default(),
+            events: Mutex::new(None),
             counters: Counters::default(),
             spool: SpoolSlot::default(),
         }

@@ -1,6 +1,11 @@
-//! The statements a batch becomes: one prepared statement for a single write, an unlogged
-//! batch of them otherwise, with the write timestamps that let a delete win over its insert.
+//! The statements a request becomes: one prepared statement for a single write, an unlogged
+//! batch of them otherwise (inserts and deletes mixed), with the write timestamps that let a delete win over its insert.
 
+use std::borrow::Cow;
+
+use scylla::serialize::SerializationError;
+use scylla::serialize::row::{RowSerializationContext, SerializeRow};
+use scylla::serialize::writers::RowWriter;
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::value::CqlTimestamp;
 
@@ -11,69 +16,88 @@ use crate::payload;
 use crate::types::Message;
 use crate::write::{Op, Pending};
 
+/// Writes the rows of `parts` (one partition each): a single row as its prepared
+/// statement, more as one unlogged batch. A batch of one partition is applied as one
+/// mutation; one across partitions is kept by `requests` under Cassandra's thresholds for
+/// those.
 pub(crate) async fn execute(
     conn: &Connection,
-    batch: &[Pending],
+    parts: &[&[Pending]],
     consistency: scylla::statement::Consistency,
 ) -> Result<(), scylla::errors::ExecutionError> {
     let session = &conn.session;
     let now = expiry::now_ms();
-    let ttl = |m: &Message| expiry::row_ttl(m.ttl_secs, m.arrived_ms, now, conn.expiry_limit);
-    if let [single] = batch {
-        return match &single.op {
-            Op::Insert(m) => {
-                session
-                    .execute_unpaged(&conn.insert, insert_values(m, ttl(m)))
-                    .await
-            }
-            Op::Delete {
-                topic,
-                msgid,
-                written_us,
-            } => {
-                session
-                    .execute_unpaged(&conn.delete, delete_values(topic, msgid, *written_us))
-                    .await
-            }
+    let row = |p| row_values(p, now, conn.expiry_limit);
+    let rows = parts.iter().map(|part| part.len()).sum::<usize>();
+    if rows == 1
+        && let Some(single) = parts.iter().find_map(|part| part.first())
+    {
+        return match row(single) {
+            RowValues::Insert(v) => session.execute_unpaged(&conn.insert, v).await,
+            RowValues::Delete(v) => session.execute_unpaged(&conn.delete, v).await,
         }
         .map(|_| ());
     }
-    // One partition, so the batch is applied as one mutation and is exempt from
-    // Cassandra's multi-partition batch warnings.
     let mut b = Batch::new(BatchType::Unlogged);
     b.set_consistency(consistency);
     b.set_is_idempotent(true);
-    if batch[0].op.is_insert() {
-        let mut values = Vec::with_capacity(batch.len());
-        for p in batch {
-            if let Op::Insert(m) = &p.op {
-                b.append_statement(conn.insert.clone());
-                values.push(insert_values(m, ttl(m)));
-            }
-        }
-        session.batch(&b, values).await.map(|_| ())
-    } else {
-        let mut values = Vec::with_capacity(batch.len());
-        for p in batch {
-            if let Op::Delete {
-                topic,
-                msgid,
-                written_us,
-            } = &p.op
-            {
-                b.append_statement(conn.delete.clone());
-                values.push(delete_values(topic, msgid, *written_us));
-            }
-        }
-        session.batch(&b, values).await.map(|_| ())
+    let mut values = Vec::with_capacity(rows);
+    for p in parts.iter().flat_map(|part| part.iter()) {
+        let statement = if p.op.is_insert() {
+            &conn.insert
+        } else {
+            &conn.delete
+        };
+        b.append_statement(statement.clone());
+        values.push(row(p));
+    }
+    session.batch(&b, values).await.map(|_| ())
+}
+
+fn row_values(p: &Pending, now: i64, limit: expiry::ExpiryLimit) -> RowValues<'_> {
+    match &p.op {
+        Op::Insert(m) => RowValues::Insert(insert_values(
+            m,
+            expiry::row_ttl(m.ttl_secs, m.arrived_ms, now, limit),
+        )),
+        Op::Delete {
+            topic,
+            msgid,
+            written_us,
+        } => RowValues::Delete(delete_values(topic, msgid, *written_us)),
     }
 }
+
+/// The values of one row of a batch, which may mix inserts and deletes.
+enum RowValues<'a> {
+    Insert(InsertValues<'a>),
+    Delete(DeleteValues<'a>),
+}
+
+impl SerializeRow for RowValues<'_> {
+    fn serialize(
+        &self,
+        ctx: &RowSerializationContext<'_>,
+        writer: &mut RowWriter,
+    ) -> Result<(), SerializationError> {
+        match self {
+            RowValues::Insert(v) => v.serialize(ctx, writer),
+            RowValues::Delete(v) => v.serialize(ctx, writer),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+type DeleteValues<'a> = (i64, &'a str, &'a str);
 
 type InsertValues<'a> = (
     &'a str,
     &'a str,
     CqlTimestamp,
-    String,
+    Cow<'a, str>,
     i32,
     i32,
     &'a str,
@@ -107,7 +131,7 @@ pub(crate) fn delete_values<'a>(
     topic: &'a str,
     msgid: &'a MsgId,
     written_us: Option<i64>,
-) -> (i64, &'a str, &'a str) {
+) -> DeleteValues<'a> {
     let inserted = (msgid.timestamp_us() as i64).max(written_us.unwrap_or(i64::MIN));
     (inserted + 1, topic, msgid.as_str())
 }

@@ -63,6 +63,7 @@ pub(crate) struct Counters {
     pub handed_over: AtomicU64,
     pub batches: AtomicU64,
     pub requests_split: AtomicU64,
+    pub cancelled: AtomicU64,
     pub retries: AtomicU64,
     pub requeued: AtomicU64,
     /// Writes waiting for a retry after Cassandra could not take them (see `waiting`).
@@ -77,7 +78,6 @@ pub(crate) struct Counters {
     pub floor_scans: AtomicU64,
     pub floor_resets: AtomicU64,
     pub sliced_reads: AtomicU64,
-    /// Rows replay left out: their msgid is not what EMQX writes (see `reads`).
     /// The disk buffer (see `spool`): records not read back yet, bytes of its files, records
     /// not synced yet (gauges); records written to it, found in it at start, torn tails cut,
     /// times it failed (and memory took over), and writes left in it at stop.
@@ -89,6 +89,7 @@ pub(crate) struct Counters {
     pub spool_torn: AtomicU64,
     pub spool_errors: AtomicU64,
     pub left_in_spool: AtomicU64,
+    /// Rows replay left out: their msgid is not what EMQX writes (see `reads`).
     pub unreadable_rows: AtomicU64,
     pub write_latency: Latency,
     pub read_latency: Latency,
@@ -118,6 +119,7 @@ impl Counters {
             buffered: buffered as u64,
             batches: self.batches.load(Relaxed),
             requests_split: self.requests_split.load(Relaxed),
+            cancelled: self.cancelled.load(Relaxed),
             retries: self.retries.load(Relaxed),
             requeued: self.requeued.load(Relaxed),
             waiting: self.waiting.load(Relaxed),
@@ -131,8 +133,6 @@ impl Counters {
             floor_scans: self.floor_scans.load(Relaxed),
             floor_resets: self.floor_resets.load(Relaxed),
             sliced_reads: self.sliced_reads.load(Relaxed),
-            unreadable_rows: self.unreadable_rows.load(Relaxed),
-            clock_offset_ms: 0,
             spooled: self.spooled.load(Relaxed),
             spool_bytes: self.spool_bytes.load(Relaxed),
             spool_unsynced: self.spool_unsynced.load(Relaxed),
@@ -141,6 +141,8 @@ impl Counters {
             spool_torn: self.spool_torn.load(Relaxed),
             spool_errors: self.spool_errors.load(Relaxed),
             left_in_spool: self.left_in_spool.load(Relaxed),
+            unreadable_rows: self.unreadable_rows.load(Relaxed),
+            clock_offset_ms: 0,
             clock_skewed: 0,
             clock_skews: 0,
             write_latency_p50_us: self.write_latency.quantile_us(0.50),
@@ -183,6 +185,9 @@ pub struct StatsSnapshot {
     /// Requests across partitions Cassandra did not take, sent again one partition at a
     /// time (see `requests`).
     pub requests_split: u64,
+    /// The part of `written` that needed no request: inserts whose message was acknowledged
+    /// before they were sent, and the deletes of those acks (see `requests`).
+    pub cancelled: u64,
     /// Requests sent again after a transient failure.
     pub retries: u64,
     /// Writes put back into the buffer because Cassandra went away while they were sent.
@@ -208,11 +213,6 @@ pub struct StatsSnapshot {
     pub floor_resets: u64,
     /// Reads that Cassandra aborted for tombstones and that were redone in msgid slices.
     pub sliced_reads: u64,
-    /// Rows left out of replay because their msgid is not the 32 upper-case hex digits
-    /// EMQX writes (they stay stored).
-    pub unreadable_rows: u64,
-    /// This node's clock minus Cassandra's at the latest check, ms (0 before the first).
-    pub clock_offset_ms: i64,
     /// Writes in the disk buffer not read back yet (part of `buffered`).
     pub spooled: u64,
     /// Bytes of the disk buffer's files.
@@ -229,6 +229,11 @@ pub struct StatsSnapshot {
     pub spool_errors: u64,
     /// Writes left in the disk buffer at stop, for the next start.
     pub left_in_spool: u64,
+    /// Rows left out of replay because their msgid is not the 32 upper-case hex digits
+    /// EMQX writes (they stay stored).
+    pub unreadable_rows: u64,
+    /// This node's clock minus Cassandra's at the latest check, ms (0 before the first).
+    pub clock_offset_ms: i64,
     /// 1 while that is beyond `max_clock_skew` (floors stay where they are), else 0.
     pub clock_skewed: u64,
     /// Times this node's clock went beyond `max_clock_skew`.

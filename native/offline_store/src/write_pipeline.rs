@@ -11,7 +11,7 @@ use tokio::time::{Instant, sleep, sleep_until};
 
 use crate::config::OverflowPolicy;
 use crate::error::StoreError;
-use crate::requests::{ReplicaGroups, Request, RequestLimits};
+use crate::requests::{ReplicaGroups, Request, RequestLimits, cancel_acknowledged};
 use crate::sending::write_request;
 use crate::shared::{Inner, lock};
 use crate::spilling;
@@ -214,12 +214,20 @@ impl Inner {
             max_partitions: self.cfg.max_batch_partitions,
             max_multi_partition_bytes: self.cfg.max_multi_partition_batch_bytes,
         };
-        let request = lock(&self.staging).take_request(&limits, group_of);
+        let mut request = lock(&self.staging).take_request(&limits, group_of);
+        let cancelled = cancel_acknowledged(&mut request);
         let n = request.iter().map(Vec::len).sum::<usize>() as u64;
+        let c = &self.counters;
         // in_flight first, then staged: a concurrent `stats()` may count a write twice for
-        // a moment, never zero times (flush relies on that).
-        Counters::add(&self.counters.in_flight, n);
-        Counters::sub(&self.counters.staged, n);
+        // a moment, never zero times (flush relies on that). Cancelled writes count as
+        // written (Cassandra ends as if both had been).
+        Counters::add(&c.in_flight, n);
+        Counters::add(&c.written, cancelled.len() as u64);
+        Counters::add(&c.cancelled, cancelled.len() as u64);
+        Counters::sub(&c.staged, n + cancelled.len() as u64);
+        for p in cancelled {
+            p.finish(Ok(()));
+        }
         request
     }
 }
@@ -236,6 +244,8 @@ pub(crate) async fn run_writer(inner: Arc<Inner>) {
     let mut groups = ReplicaGroups::default();
     // An idle writer looks at the buffer this often (a write waits for its linger anyway).
     let idle_poll = inner.cfg.batch_linger.max(IDLE_POLL);
+    // Writes an earlier run left in the disk buffer are read back once connected.
+    spilling::open(&inner).await;
     loop {
         if inner.stopped() {
             return;
@@ -244,25 +254,26 @@ pub(crate) async fn run_writer(inner: Arc<Inner>) {
         // is up and the last probe answered.
         let connected = matches!(*state.borrow_and_update(), ConnState::Connected);
         let Some(conn) = inner.current().filter(|_| connected) else {
-    // Writes an earlier run left in the disk buffer are read back once connected.
-    spilling::open(&inner).await;
+            // In disk mode the waiting writes move to the spool meanwhile.
             tokio::select! {
                 _ = state.changed() => {}
                 _ = shutdown.changed() => return,
+                _ = sleep(spilling::SPILL_POLL), if inner.spool_needs_upkeep() || inner.spills() => {
+                    spilling::open(&inner).await;
+                    spilling::spill(&inner, true).await;
+                }
             }
             continue;
         };
         if last_give_up_check.elapsed() >= GIVE_UP_CHECK {
             inner.give_up_waiting();
-            // In disk mode the waiting writes move to the spool meanwhile.
             last_give_up_check = Instant::now();
         }
         let next_due = lock(&inner.waiting).next_due();
-                _ = sleep(spilling::SPILL_POLL), if inner.spool_needs_upkeep() || inner.spills() => {
-                    spilling::open(&inner).await;
-                    spilling::spill(&inner, true).await;
-                }
         let retry_due = next_due.is_some_and(|at| at <= Instant::now());
+        // A backlog moves to the spool; spooled writes come back when there is room.
+        spilling::spill(&inner, false).await;
+        spilling::drain(&inner).await;
         let staged = inner.refill_staging();
         let lingering = if staged {
             inner.ready_to_send().err()
@@ -271,9 +282,6 @@ pub(crate) async fn run_writer(inner: Arc<Inner>) {
         };
         let ready = staged && lingering.is_none();
         if !retry_due && !ready {
-        // A backlog moves to the spool; spooled writes come back when there is room.
-        spilling::spill(&inner, false).await;
-        spilling::drain(&inner).await;
             // A parked writer wakes when the next waiting topic is due (at most
             // `reconnect_max_backoff` away; the give-up check runs then too), or when a retry
             // is answered (`wait`, `write_batch` notify).
@@ -301,6 +309,7 @@ pub(crate) async fn run_writer(inner: Arc<Inner>) {
                 tokio::select! {
                     _ = inner.work.notified() => {}
                     _ = sleep_until(due), if next_due.is_some() => {}
+                    _ = sleep(spilling::UPKEEP_EVERY), if inner.spool_needs_upkeep() => {}
                     _ = shutdown.changed() => return,
                 }
             }
@@ -309,7 +318,6 @@ pub(crate) async fn run_writer(inner: Arc<Inner>) {
             continue;
         }
         idle_since = Instant::now();
-                    _ = sleep(spilling::UPKEEP_EVERY), if inner.spool_needs_upkeep() => {}
         let permit = tokio::select! {
             p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
             _ = shutdown.changed() => return,
@@ -336,9 +344,11 @@ pub(crate) async fn run_writer(inner: Arc<Inner>) {
             }
         };
         let inner = inner.clone();
-        tokio::spawn(async move {
+        // Boxed: the request's future is large (the driver's request state), and a task
+        // moves its future several times on the way in.
+        tokio::spawn(Box::pin(async move {
             write_request(&inner, &conn, request, retry).await;
             drop(permit);
-        });
+        }));
     }
 }
