@@ -128,9 +128,11 @@ pub(crate) fn cancel_acknowledged(request: &mut Request) -> Vec<Pending> {
                     msgid,
                     written_us: None,
                     ..
-                } => part
-                    .iter()
-                    .position(|p| matches!(&p.op, Op::Insert(m) if m.msgid == *msgid)),
+                } => part.iter().position(|p| {
+                    // An insert read back from the disk buffer may have been written before a
+                    // restart (its segment was not deleted yet): its delete must be sent.
+                    p.ticket.is_none() && matches!(&p.op, Op::Insert(m) if m.msgid == *msgid)
+                }),
                 _ => None,
             };
             let Some(j) = insert else {
@@ -384,6 +386,15 @@ mod tests {
                 vec![("c".into(), false, 5)]
             ]
         );
+    }
+
+    #[test]
+    fn a_delete_of_an_insert_from_the_disk_buffer_is_always_sent() {
+        let mut spooled = insert("a", 1);
+        spooled.ticket = Some(crate::write::Ticket(Default::default()));
+        let mut request = vec![vec![spooled, delete("a", 1)]];
+        assert!(cancel_acknowledged(&mut request).is_empty());
+        assert_eq!(request[0].len(), 2);
     }
 
     #[test]
