@@ -256,8 +256,10 @@ outage_rss(NV, Config, Secs) ->
     {ok, Proxy} = emqx_offline_cassandra_tcp_proxy:start(list_to_integer(Port)),
     Addr = iolist_to_binary([Host, ":", integer_to_list(emqx_offline_cassandra_tcp_proxy:port(Proxy))]),
     Cap = 100000,
+    %% The memory buffer's bound is what this measures: the disk buffer stays off.
     persistent_term:put({emqx_double, plugin_config, NV},
-                        Config#{<<"servers">> => Addr, <<"buffer_capacity">> => Cap}),
+                        Config#{<<"servers">> => Addr, <<"buffer_capacity">> => Cap,
+                                <<"buffer_mode">> => <<"memory">>}),
     ok = ?D:start_plugin(NV),
     try
         ok = emqx_offline_cassandra_test_util:wait_until(fun() -> ?D:health(NV) =:= ok end, 30000),
@@ -312,7 +314,8 @@ outage_large(NV, Config, Secs) ->
     Addr = iolist_to_binary([Host, ":", integer_to_list(emqx_offline_cassandra_tcp_proxy:port(Proxy))]),
     MaxSize = list_to_binary(os:getenv("BENCH_BUFFER_MAX_SIZE", "64MB")),
     persistent_term:put({emqx_double, plugin_config, NV},
-                        Config#{<<"servers">> => Addr, <<"buffer_max_size">> => MaxSize}),
+                        Config#{<<"servers">> => Addr, <<"buffer_max_size">> => MaxSize,
+                                <<"buffer_mode">> => <<"memory">>}),
     ok = ?D:start_plugin(NV),
     Topic = iolist_to_binary(["t/bench/outage_large/", integer_to_list(erlang:system_time(millisecond))]),
     try
