@@ -69,6 +69,7 @@ defaults() ->
         <<"time_range">> => <<"">>,
         <<"message_ttl">> => <<"">>,
         <<"wildcard_replay">> => <<"all">>,
+        <<"max_concurrent_replay_reads">> => 32,
         <<"buffer_capacity">> => 100000,
         <<"buffer_max_size">> => <<"256MB">>,
         <<"overflow_policy">> => <<"drop_new">>,
@@ -114,7 +115,8 @@ fields() ->
         {<<"spool_max_size">>, <<"spool_max_bytes">>, size},
         {<<"spool_sync_interval">>, <<"spool_sync_interval">>, duration},
         {<<"replay_floor">>, <<"replay_floor">>, boolean},
-        {<<"max_payload_size">>, <<"max_payload_bytes">>, size}
+        {<<"max_payload_size">>, <<"max_payload_bytes">>, size},
+        {<<"max_concurrent_replay_reads">>, <<"max_concurrent_replay_reads">>, integer}
     ].
 
 %% Core keys the plugin derives from a form field (see derived/1), with

@@ -133,6 +133,9 @@ pub fn stats_term<'a>(env: Env<'a>, store: &Store) -> Term<'a> {
         (atoms::floor_resets(), s.floor_resets),
         (atoms::sliced_reads(), s.sliced_reads),
         (atoms::unreadable_rows(), s.unreadable_rows),
+        (atoms::replay_reads(), s.replay_reads),
+        (atoms::replay_reads_peak(), s.replay_reads_peak),
+        (atoms::replay_read_retries(), s.replay_read_retries),
         (atoms::clock_skewed(), s.clock_skewed),
         (atoms::clock_skews(), s.clock_skews),
         (

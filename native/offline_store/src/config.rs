@@ -92,6 +92,10 @@ pub struct StoreConfig {
     pub topic_index_ttl: Duration,
     /// Most topics one wildcard replay reads.
     pub max_wildcard_topics: usize,
+    /// Replay reads (a plan, or one topic's page) this node sends to Cassandra at once,
+    /// over all subscribers: after a network blip thousands reconnect at the same moment,
+    /// and the rest queue for a turn instead of overloading Cassandra (see `replay_limit`).
+    pub max_concurrent_replay_reads: usize,
     /// TLS to Cassandra; `None` is plain text.
     pub tls: Option<TlsConfig>,
     /// Most rows in one (single-partition, unlogged) batch.
@@ -161,6 +165,7 @@ impl Default for StoreConfig {
             topic_index: true,
             topic_index_ttl: Duration::from_secs(30 * 86_400),
             max_wildcard_topics: 10_000,
+            max_concurrent_replay_reads: 32,
             tls: None,
             max_payload_bytes: 8 * 1024 * 1024,
             buffer_capacity: 100_000,
@@ -208,6 +213,10 @@ impl fmt::Debug for StoreConfig {
             .field("topic_index", &self.topic_index)
             .field("topic_index_ttl", &self.topic_index_ttl)
             .field("max_wildcard_topics", &self.max_wildcard_topics)
+            .field(
+                "max_concurrent_replay_reads",
+                &self.max_concurrent_replay_reads,
+            )
             .field("tls", &self.tls)
             .field("max_payload_bytes", &self.max_payload_bytes)
             .field("buffer_capacity", &self.buffer_capacity)
@@ -257,6 +266,7 @@ pub const CONFIG_KEYS: &[&str] = &[
     "topic_index",
     "topic_index_ttl",
     "max_wildcard_topics",
+    "max_concurrent_replay_reads",
     "tls_enable",
     "tls_ca_file",
     "tls_cert_file",
@@ -338,6 +348,9 @@ impl StoreConfig {
                 "topic_index" => cfg.topic_index = boolean(key, value)?,
                 "topic_index_ttl" => cfg.topic_index_ttl = millis(key, value)?,
                 "max_wildcard_topics" => cfg.max_wildcard_topics = whole(key, value)?,
+                "max_concurrent_replay_reads" => {
+                    cfg.max_concurrent_replay_reads = whole(key, value)?
+                }
                 "tls_enable" => tls_enable = boolean(key, value)?,
                 "tls_ca_file" => tls.ca_file = optional_text(key, value)?,
                 "tls_cert_file" => tls.cert_file = optional_text(key, value)?,
@@ -419,6 +432,10 @@ impl StoreConfig {
             ("topic_index", Bool(self.topic_index)),
             ("topic_index_ttl", ms(self.topic_index_ttl)),
             ("max_wildcard_topics", n(self.max_wildcard_topics)),
+            (
+                "max_concurrent_replay_reads",
+                n(self.max_concurrent_replay_reads),
+            ),
             ("tls_enable", Bool(self.tls.is_some())),
             ("tls_ca_file", path(&tls.ca_file)),
             ("tls_cert_file", path(&tls.cert_file)),
@@ -609,6 +626,11 @@ impl StoreConfig {
             ("buffer_capacity", self.buffer_capacity, 10_000_000),
             ("pool_size", self.pool_size, 64),
             ("max_wildcard_topics", self.max_wildcard_topics, 1_000_000),
+            (
+                "max_concurrent_replay_reads",
+                self.max_concurrent_replay_reads,
+                10_000,
+            ),
             ("max_batch_rows", self.max_batch_rows, 1_000),
             ("max_batch_bytes", self.max_batch_bytes, 1 << 30),
             ("max_batch_partitions", self.max_batch_partitions, 1_000),
@@ -883,6 +905,7 @@ mod tests {
             ("topic_index", Bool(false)),
             ("topic_index_ttl", Int(0)),
             ("max_wildcard_topics", Int(50)),
+            ("max_concurrent_replay_reads", Int(4)),
             ("max_payload_bytes", Int(1024 * 1024)),
             ("buffer_capacity", Int(10)),
             ("buffer_max_bytes", Int(64 * 1024 * 1024)),
@@ -913,6 +936,7 @@ mod tests {
         assert!(!cfg.auto_reconnect && !cfg.topic_index);
         assert_eq!(cfg.topic_index_ttl, Duration::ZERO);
         assert_eq!(cfg.max_wildcard_topics, 50);
+        assert_eq!(cfg.max_concurrent_replay_reads, 4);
         assert_eq!(cfg.max_payload_bytes, 1024 * 1024);
         assert_eq!(cfg.buffer_max_bytes, 64 * 1024 * 1024);
         assert_eq!(cfg.overflow_policy, OverflowPolicy::DropOldest);

@@ -32,6 +32,7 @@ mod lru;
 pub mod msgid;
 pub mod payload;
 mod reads;
+mod replay_limit;
 mod replay_reads;
 mod requests;
 mod retries;

@@ -45,7 +45,21 @@ impl Store {
     /// while an older configuration kept their topic are not replayed through a wildcard
     /// (their acks would delete nothing a new publish stores, and they would come back
     /// to every new `#` subscriber forever).
+    ///
+    /// One replay read: it waits for a turn and is retried (see `replay_limit`).
     pub async fn replay_plan(
+        &self,
+        filter: &str,
+        kept_by: &[String],
+        newest: Option<u32>,
+        since_ms: Option<i64>,
+        below: &MsgId,
+    ) -> Result<ReplayPlan, StoreError> {
+        self.replay_read(|| self.plan_once(filter, kept_by, newest, since_ms, below))
+            .await
+    }
+
+    async fn plan_once(
         &self,
         filter: &str,
         kept_by: &[String],
@@ -90,6 +104,7 @@ impl Store {
     /// The next page of each requested topic: up to `limit` rows oldest first, strictly
     /// after its cursor, at or above `from` (and the topic's replay floor), below `below`.
     /// A topic that returns fewer than `limit` rows has nothing more below `below`.
+    /// Each topic's page is one replay read (see `replay_limit`).
     pub async fn replay_pages(
         &self,
         requests: Vec<PageRequest>,
@@ -109,7 +124,7 @@ impl Store {
                 let store = self.clone();
                 reads.spawn(async move {
                     let rows = store
-                        .replay_page(&topic, from, after, &below, limit)
+                        .replay_read(|| store.replay_page(&topic, from, after, &below, limit))
                         .await?;
                     Ok::<_, StoreError>((topic, rows))
                 });

@@ -77,6 +77,8 @@ pub(crate) struct Inner {
     /// This node's clock against Cassandra's (see `clock`).
     pub(crate) clock: ClockCheck,
     pub(crate) counters: Counters,
+    /// Turns for replay reads, `max_concurrent_replay_reads` of them (see `replay_limit`).
+    pub(crate) replay_reads: tokio::sync::Semaphore,
     /// The disk buffer, when `spool_dir` is set (see `spilling`).
     pub(crate) spool: SpoolSlot,
 }
@@ -111,6 +113,7 @@ impl Inner {
         });
         let (shutdown, _) = watch::channel(false);
         let (tx, rx) = crossbeam_channel::bounded(cfg.buffer_capacity);
+        let replay_reads = tokio::sync::Semaphore::new(cfg.max_concurrent_replay_reads);
         Inner {
             cfg,
             conn: RwLock::new(None),
@@ -133,6 +136,7 @@ impl Inner {
             clock: ClockCheck::default(),
             events: Mutex::new(None),
             counters: Counters::default(),
+            replay_reads,
             spool: SpoolSlot::default(),
         }
     }

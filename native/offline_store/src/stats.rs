@@ -91,6 +91,11 @@ pub(crate) struct Counters {
     pub left_in_spool: AtomicU64,
     /// Rows replay left out: their msgid is not what EMQX writes (see `reads`).
     pub unreadable_rows: AtomicU64,
+    /// Replay reads running now (gauge), the most that ever ran at once, and the reads
+    /// retried after a transient failure (see `replay_limit`).
+    pub replay_reads: AtomicU64,
+    pub replay_reads_peak: AtomicU64,
+    pub replay_read_retries: AtomicU64,
     pub write_latency: Latency,
     pub read_latency: Latency,
 }
@@ -142,6 +147,9 @@ impl Counters {
             spool_errors: self.spool_errors.load(Relaxed),
             left_in_spool: self.left_in_spool.load(Relaxed),
             unreadable_rows: self.unreadable_rows.load(Relaxed),
+            replay_reads: self.replay_reads.load(Relaxed),
+            replay_reads_peak: self.replay_reads_peak.load(Relaxed),
+            replay_read_retries: self.replay_read_retries.load(Relaxed),
             clock_offset_ms: 0,
             clock_skewed: 0,
             clock_skews: 0,
@@ -232,6 +240,13 @@ pub struct StatsSnapshot {
     /// Rows left out of replay because their msgid is not the 32 upper-case hex digits
     /// EMQX writes (they stay stored).
     pub unreadable_rows: u64,
+    /// Replay reads (a plan, or a page of one topic) running now: at most
+    /// `max_concurrent_replay_reads`; more wait for a turn.
+    pub replay_reads: u64,
+    /// The most replay reads that ever ran at once.
+    pub replay_reads_peak: u64,
+    /// Replay reads tried again after a transient failure (not connected, timed out).
+    pub replay_read_retries: u64,
     /// This node's clock minus Cassandra's at the latest check, ms (0 before the first).
     pub clock_offset_ms: i64,
     /// 1 while that is beyond `max_clock_skew` (floors stay where they are), else 0.
