@@ -18,6 +18,7 @@ mod admin;
 mod bench_api;
 #[cfg(feature = "bench_api")]
 mod bench_index;
+mod claims;
 mod clock;
 pub mod config;
 mod connection;
@@ -52,6 +53,7 @@ mod waiting;
 mod write;
 mod write_pipeline;
 
+pub use claims::Claim;
 pub use config::{BufferMode, OverflowPolicy, StoreConfig};
 pub use error::StoreError;
 pub use msgid::MsgId;

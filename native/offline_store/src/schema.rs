@@ -26,6 +26,10 @@ pub const ROOTS_PARTITION: &str = "\u{0}";
 /// leave below it are never walked again. Design and safety argument: docs/tombstones.md.
 pub const FLOOR_TABLE: &str = "mqtt_msg_floor";
 
+/// The third side table: which node replays a shared subscription group's backlog (see
+/// `claims`). Created by the first claim.
+pub const CLAIMS_TABLE: &str = "mqtt_msg_replay_claims";
+
 /// One column as `system_schema.columns` describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ColumnInfo {
@@ -149,6 +153,17 @@ pub fn create_floor_table_cql(keyspace: &str) -> String {
     format!(
         "CREATE TABLE IF NOT EXISTS {keyspace}.{FLOOR_TABLE} (topic text PRIMARY KEY, msgid text) \
          WITH comment = 'emqx_offline_cassandra: per topic, every mqtt_msg row below msgid is deleted'"
+    )
+}
+
+/// `CREATE TABLE IF NOT EXISTS` for the shared-group replay claims: one row per group and
+/// filter, written with a TTL by lightweight transactions.
+pub fn create_claims_table_cql(keyspace: &str) -> String {
+    let keyspace = keyspace_cql(keyspace);
+    format!(
+        "CREATE TABLE IF NOT EXISTS {keyspace}.{CLAIMS_TABLE} (grp text, filter text, holder text, \
+         PRIMARY KEY ((grp, filter))) WITH gc_grace_seconds = 10800 \
+         AND comment = 'emqx_offline_cassandra: the node replaying a shared group, while it does'"
     )
 }
 
