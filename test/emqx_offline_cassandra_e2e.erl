@@ -49,6 +49,7 @@ scenario(Mode) ->
                 {"3 online subscribers ack one message: one delete", fun one_delete_for_three_acks/1},
                 {"acks of messages never stored send no delete (other topic then, refused)", fun no_delete_when_never_stored/1},
                 {"a replayed message's ack deletes even after this node deleted it once", fun replayed_ack_always_deletes/1},
+                {"rows EMQX 4.x wrote (plain INSERT, no timestamp) replay in order among ours; acks remove them", fun legacy_rows_replayed_and_deleted/1},
                 {"shared subscription: replayed once for the group", fun shared_once/1},
                 {"message keeps msgid, qos, retain, sender and timestamp", fun message_fields_kept/1},
                 {"not stored: QoS 0, $SYS, other topics, allow_publish = false", fun not_stored/1},
@@ -328,6 +329,36 @@ replayed_ack_always_deletes(Ctx) ->
     end)),
     ok = wait(fun() -> stored(T) =:= 0 end, 10000),
     [?D:disconnect(C) || C <- [Pub, B]].
+
+%% Issue 16: EMQX 4.x inserted without USING TIMESTAMP, so Cassandra
+%% stamped each row when it landed, after the publish time in its msgid;
+%% the usual delete (msgid time + 1 us) would lose to it. Inserted here
+%% through cqlsh as 4.x did (upper-case hex GUID, retain 0/1, arrived in
+%% ms), before and after one of ours.
+legacy_rows_replayed_and_deleted(Ctx) ->
+    T = topic(Ctx, <<"legacy">>),
+    Legacy = fun(Payload) ->
+        Us = erlang:system_time(microsecond) - 2000,
+        Hex = binary_to_list(binary:encode_hex(<<Us:64, 16#4A4A4A:48, 0:16>>)),
+        _ = cql(io_lib:format(
+            "INSERT INTO mqtt.mqtt_msg (topic, msgid, sender, qos, payload, arrived, retain) "
+            "VALUES ('~ts', '~s', 'client-4x', 1, '~s', ~b, 0)",
+            [T, Hex, Payload, Us div 1000]
+        )),
+        timer:sleep(5)
+    end,
+    Legacy("4x-first"),
+    Pub = ?D:connect(<<"publisher-legacy">>),
+    ensure_routed(?D:publish(Pub, T, <<"ours">>, 1)),
+    ok = wait(fun() -> stored(T) =:= 2 end, 10000),
+    Legacy("4x-last"),
+    Sub = ?D:connect(<<"subscriber-legacy">>),
+    ok = ?D:subscribe(Sub, T, 1),
+    ok = wait(fun() -> length(?D:received(Sub)) =:= 3 end, 5000),
+    ?assertEqual([<<"4x-first">>, <<"ours">>, <<"4x-last">>], [emqx_message:payload(M) || {_, M} <- ?D:received(Sub)]),
+    {ok, 3} = ?D:ack_all(Sub),
+    ok = wait(fun() -> cql_count(binary_to_list(T)) =:= 0 end, 10000),
+    [?D:disconnect(C) || C <- [Pub, Sub]].
 
 shared_once(Ctx) ->
     T = topic(Ctx, <<"shared">>),
