@@ -17,6 +17,8 @@
 
 -define(SERVER, ?MODULE).
 -define(TAB, emqx_offline_cassandra_groups).
+%% The cluster claims' keepers (emqx_offline_cassandra_cluster_claims).
+-define(KEEPERS, emqx_offline_cassandra_cluster_keepers).
 
 -spec start_link() -> {ok, pid()} | {error, term()}.
 start_link() ->
@@ -41,13 +43,19 @@ claim(Group, Filter, Pid) ->
 %% @doc Ends Pid's claim on Group and Filter, if it holds it.
 -spec release(binary(), binary(), pid()) -> ok.
 release(Group, Filter, Pid) ->
-    _ = (catch ets:delete_object(?TAB, {{Group, Filter}, Pid})),
-    ok.
+    case catch ets:lookup(?TAB, {Group, Filter}) of
+        [{_, Pid}] ->
+            _ = (catch ets:delete_object(?TAB, {{Group, Filter}, Pid})),
+            emqx_offline_cassandra_cluster_claims:release(Group, Filter);
+        _ ->
+            ok
+    end.
 
 %%--------------------------------------------------------------------
 
 init([]) ->
     _ = ets:new(?TAB, [named_table, public, set]),
+    _ = ets:new(?KEEPERS, [named_table, public, set]),
     {ok, #{}}.
 
 handle_call(_Req, _From, Watched) ->

@@ -182,10 +182,12 @@ on_session_subscribed(ClientInfo, TopicFilter, SubOpts) ->
 maybe_replay(ClientInfo, TopicFilter, SubOpts, Settings) ->
     case emqx_offline_cassandra_compat:replay_path() =:= deliver andalso replay_wanted(TopicFilter, SubOpts, Settings) of
         {true, Filter} ->
+            {_, Group} = emqx_offline_cassandra_compat:parse_subscription(TopicFilter, SubOpts),
             Sub = #{
                 clientid => maps:get(clientid, ClientInfo, undefined),
                 deliver_topic => TopicFilter,
                 filter => Filter,
+                group => Group,
                 qos => maps:get(qos, SubOpts, 1)
             },
             emqx_offline_cassandra_replay:start(self(), Sub, Settings);

@@ -9,7 +9,7 @@
 -export([init/0, reset/0, inc/1, inc/2, all/0]).
 
 -define(KEY, {?MODULE, counters}).
--define(NAMES, [stored, store_refused, replays, replayed, replay_failed, replay_dropped, deleted, delete_refused, delete_skipped]).
+-define(NAMES, [stored, store_refused, replays, replayed, replay_failed, replay_dropped, replay_claimed_elsewhere, deleted, delete_refused, delete_skipped]).
 
 -spec init() -> ok.
 init() ->

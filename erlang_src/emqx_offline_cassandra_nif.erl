@@ -30,6 +30,7 @@
     fetch_sync/3,
     replay_plan/5,
     replay_pages/5,
+    replay_claim/6,
     count/2,
     purge/2,
     stats/0
@@ -42,6 +43,7 @@
     nif_fetch/5,
     nif_replay_plan/7,
     nif_replay_pages/6,
+    nif_replay_claim/7,
     nif_insert_awaited/5,
     debug_panicking_fetch/2,
     debug_sleeping_fetch/3,
@@ -246,6 +248,16 @@ replay_plan(Pid, Ref, Filter, Opts, Below) ->
 replay_pages(Pid, Ref, Requests, {From, Below}, Limit) ->
     nif_replay_pages(Pid, Ref, Requests, From, hex_msgid(Below), Limit).
 
+%% @doc Op (claim | refresh | release) on the cluster-wide claim of a
+%% shared group's replay (Key: {Group, Filter}) for Holder, with a TTL:
+%% Pid receives {offline_cassandra, Ref, Reply}; Reply {ok, held} | {ok,
+%% {held_by, Other}} for claim, {ok, boolean()} for refresh (false: lost),
+%% {ok, true} for release, or {error, Reason}.
+-spec replay_claim(pid(), reference(), claim | refresh | release, {binary(), binary()}, binary(), pos_integer()) ->
+    ok | {error, reason()}.
+replay_claim(Pid, Ref, Op, {Group, Filter}, Holder, TtlMs) ->
+    nif_replay_claim(Pid, Ref, Op, Group, Filter, Holder, TtlMs).
+
 %% @doc Live rows of a topic (waits at most Timeout ms).
 -spec count(binary(), timeout()) -> {ok, non_neg_integer()} | {error, reason()}.
 count(Topic, Timeout) ->
@@ -315,6 +327,7 @@ nif_delete_written(_Topic, _MsgId, _WrittenUs) -> ?NOT_LOADED.
 nif_fetch(_Pid, _Ref, _Topic, _Limit, _SinceMs) -> ?NOT_LOADED.
 nif_replay_plan(_Pid, _Ref, _Filter, _KeptBy, _Newest, _SinceMs, _Below) -> ?NOT_LOADED.
 nif_replay_pages(_Pid, _Ref, _Requests, _From, _Below, _Limit) -> ?NOT_LOADED.
+nif_replay_claim(_Pid, _Ref, _Op, _Group, _Filter, _Holder, _TtlMs) -> ?NOT_LOADED.
 nif_stats() -> ?NOT_LOADED.
 nif_admin(_Pid, _Ref, _Op, _Topic) -> ?NOT_LOADED.
 nif_insert_awaited(_Pid, _Ref, _Topic, _MsgId, _Payload) -> ?NOT_LOADED.

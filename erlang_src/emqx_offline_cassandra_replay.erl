@@ -91,12 +91,18 @@ run(#{channel := Channel, clientid := ClientId, filter := Filter, settings := Se
         end,
     MRef = erlang:monitor(process, Channel),
     Opts = (options(Settings))#{replay => self()},
-    case emqx_offline_cassandra_backlog:open(Filter, Opts, binary:encode_hex(Below), BelowMs) of
-        {ok, Backlog} ->
-            loop(St#{backlog => Backlog, mref => MRef, outstanding => 0, connected => true, sent => 0});
-        {error, Reason} ->
-            emqx_offline_cassandra_replays:unregister(ClientId),
-            failed(Reason, Filter)
+    %% A shared group replays on one node of the cluster.
+    case emqx_offline_cassandra_cluster_claims:for_replay(maps:get(group, St, undefined), Filter, Channel) of
+        elsewhere ->
+            emqx_offline_cassandra_replays:unregister(ClientId);
+        ours ->
+            case emqx_offline_cassandra_backlog:open(Filter, Opts, binary:encode_hex(Below), BelowMs) of
+                {ok, Backlog} ->
+                    loop(St#{backlog => Backlog, mref => MRef, outstanding => 0, connected => true, sent => 0});
+                {error, Reason} ->
+                    emqx_offline_cassandra_replays:unregister(ClientId),
+                    failed(Reason, Filter)
+            end
     end.
 
 %% Done once every row is sent: the session owns what it holds.

@@ -19,6 +19,7 @@ use rustler::{Atom, Encoder, Env, LocalPid, Term};
 mod atoms;
 #[cfg(feature = "bench_api")]
 mod bench;
+mod claims;
 mod config;
 mod events;
 #[cfg(feature = "fault_injection")]
