@@ -294,6 +294,8 @@ fn fetch<'a>(
 /// `Newest` (0 = all) and `SinceMs` (0 = any) bound where it starts. `Pid` later receives
 /// `{offline_cassandra, Ref, {ok, {Topics, From}}}` with `From` the oldest msgid to
 /// deliver or `undefined` (from the beginning), or `{error, Reason}`.
+// One argument per part of the Erlang call `nif_replay_plan/7`.
+#[allow(clippy::too_many_arguments)]
 #[rustler::nif(name = "nif_replay_plan")]
 fn replay_plan<'a>(
     env: Env<'a>,
