@@ -209,7 +209,7 @@ impl Store {
     /// by then stay in the disk buffer (`buffer_mode = disk`, counted in `spooled`), or are
     /// answered with `Shutdown` and counted as failed.
     pub async fn shutdown(&self, grace: Duration) -> ShutdownReport {
-        let (mut report, left) = self.stop_tasks(grace).await;
+        let (mut report, left) = self.stop_tasks(grace, true).await;
         let n = left.len() as u64;
         for p in left {
             p.finish(Err(StoreError::Shutdown));
@@ -222,7 +222,7 @@ impl Store {
     /// Like `shutdown`, but hands the writes still buffered to the caller instead of
     /// failing them, for a new store to `adopt` (a configuration change loses nothing).
     pub async fn shutdown_with_handover(&self, grace: Duration) -> (ShutdownReport, Handover) {
-        let (report, left) = self.stop_tasks(grace).await;
+        let (report, left) = self.stop_tasks(grace, false).await;
         Counters::add(&self.inner.counters.handed_over, left.len() as u64);
         (report, Handover(left))
     }
