@@ -151,9 +151,10 @@ handle_save_subopts(#{tf := TF, filter := Filter, boundary := Boundary, done := 
 
 %%--------------------------------------------------------------------
 
-start(#{send := Send} = _Ctx, TF, Filter, Settings, Boundary0, Position) ->
+start(#{send := Send} = Ctx, TF, Filter, Settings, Boundary0, Position) ->
     emqx_offline_cassandra_metrics:inc(replays),
-    Job = #{channel => self(), send => Send, filter => Filter, settings => Settings, position => Position},
+    Job = #{channel => self(), send => Send, filter => Filter, settings => Settings, position => Position,
+            group => group_of(TF, Ctx)},
     Reader = proc_lib:spawn(?MODULE, reader, [Job]),
     %% A new replay is watched for live messages before its boundary is
     %% taken; a resumed one keeps the boundary it had.
@@ -172,6 +173,13 @@ start(#{send := Send} = _Ctx, TF, Filter, Settings, Boundary0, Position) ->
               asked => true, done => false},
     Reader ! {more, ?BUFFER_SIZE},
     {ok, State}.
+
+%% The shared group of the subscription (undefined: not shared).
+group_of(TF, Ctx) ->
+    case catch emqx_offline_cassandra_compat:parse_subscription(TF, maps:get(subopts, Ctx, #{})) of
+        {_Filter, Group} -> Group;
+        _ -> undefined
+    end.
 
 %% Demand is a level (the buffer size, or 0): one page at a time.
 ask(#{asked := false, done := false, reader := Reader} = State, #{desired_message_count := N}) when N > 0 ->
@@ -195,7 +203,7 @@ saved(_) ->
     undefined.
 
 %% @private The reader: one page per request, sent back through the channel.
-reader(#{channel := Channel, send := Send, filter := Filter, settings := Settings, position := Position}) ->
+reader(#{channel := Channel, send := Send, filter := Filter, settings := Settings, position := Position} = Job) ->
     ok = emqx_offline_cassandra_replays:register(undefined),
     MRef = erlang:monitor(process, Channel),
     {Below, BelowMs} =
@@ -203,11 +211,18 @@ reader(#{channel := Channel, send := Send, filter := Filter, settings := Setting
             {boundary, B, BMs} -> {B, BMs}
         end,
     Opts = (emqx_offline_cassandra_replay:options(Settings))#{replay => self()},
-    case emqx_offline_cassandra_backlog:open(Filter, Opts, binary:encode_hex(Below), BelowMs) of
-        {ok, Backlog} ->
-            serve(emqx_offline_cassandra_backlog:skip_to(Position, Backlog), Send, MRef);
-        {error, Reason} ->
-            Send({failed, self(), Reason})
+    %% A shared group replays on one node of the cluster: elsewhere, this
+    %% handler ends with nothing to deliver.
+    case emqx_offline_cassandra_cluster_claims:for_replay(maps:get(group, Job, undefined), Filter, Channel) of
+        elsewhere ->
+            Send({page, self(), [], true});
+        ours ->
+            case emqx_offline_cassandra_backlog:open(Filter, Opts, binary:encode_hex(Below), BelowMs) of
+                {ok, Backlog} ->
+                    serve(emqx_offline_cassandra_backlog:skip_to(Position, Backlog), Send, MRef);
+                {error, Reason} ->
+                    Send({failed, self(), Reason})
+            end
     end.
 
 serve(Backlog, Send, MRef) ->

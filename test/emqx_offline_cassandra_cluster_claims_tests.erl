@@ -1,6 +1,6 @@
 %%--------------------------------------------------------------------
 %% A shared group replays once in a cluster (issue 15 part 4), against the
-%% real local Cassandra and the EMQX double (5.x path). The other EMQX node
+%% real local Cassandra and the EMQX double (both paths). The other EMQX node
 %% is played by claims made through the NIF under another node's name
 %% (`node-b@elsewhere'), on the same Cassandra table the plugin uses:
 %% - while node B holds the group's claim, a member here gets nothing and
@@ -22,15 +22,19 @@
 -define(OTHER, <<"node-b@elsewhere">>).
 
 cluster_claims_test_() ->
-    {foreach, fun setup/0, fun cleanup/1, [
-        {"a group claimed by another node replays here only after it let go",
-         {timeout, scaled(120), fun claimed_elsewhere_then_here/0}}
-    ]}.
+    [
+        {atom_to_list(Path), {foreach, fun() -> setup(Path) end, fun cleanup/1, [
+            {"a group claimed by another node replays here only after it let go",
+             {timeout, scaled(120), fun claimed_elsewhere_then_here/0}}
+        ]}}
+     || Path <- [deliver, extsub]
+    ].
 
-setup() ->
-    ok = ?D:start(#{mode => '5.10'}),
+setup(Path) ->
+    Mode = case Path of deliver -> '5.10'; extsub -> '6.2' end,
+    ok = ?D:start(#{mode => Mode}),
     persistent_term:erase(?FEATURES),
-    #{replay_path := deliver} = emqx_offline_cassandra_compat:detect(),
+    #{replay_path := Path} = emqx_offline_cassandra_compat:detect(),
     emqx_offline_cassandra_metrics:init(),
     emqx_offline_cassandra_metrics:reset(),
     Servers = [start_unlinked(M) || M <- [emqx_offline_cassandra_replays, emqx_offline_cassandra_acked,
