@@ -415,10 +415,26 @@ async fn prepare_all(session: Session, cfg: &StoreConfig) -> Result<Connection, 
     let prepare = |cql: String, read: bool| {
         let session = &session;
         async move {
-            let mut stmt = session
-                .prepare(cql)
-                .await
-                .map_err(|e| StoreError::from_driver(e, timeout))?;
+            // A side table another node has just created can be listed in system_schema a
+            // moment before the coordinator prepares statements on it ("does not exist" in
+            // 5.0, "unconfigured table" in 4.x): seen with two stores connecting at once to
+            // a fresh keyspace. Such a refusal is tried again for up to 2 s.
+            let mut attempts = 0;
+            let mut stmt = loop {
+                match session.prepare(cql.as_str()).await {
+                    Ok(stmt) => break stmt,
+                    Err(e) => {
+                        let text = e.to_string();
+                        let missing =
+                            text.contains("does not exist") || text.contains("unconfigured table");
+                        attempts += 1;
+                        if !missing || attempts >= 20 {
+                            return Err(StoreError::from_driver(e, timeout));
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            };
             // Fixed keys, explicit timestamps: replaying any of these is harmless.
             stmt.set_is_idempotent(true);
             if read {
