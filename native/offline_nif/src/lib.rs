@@ -291,6 +291,7 @@ fn fetch<'a>(
 }
 
 /// Plans a paced replay of `Filter` (a topic or a wildcard) below the msgid `Below`:
+/// `KeptBy` (the configured `topics` filters; `[]`: any topic) restricts the topics read,
 /// `Newest` (0 = all) and `SinceMs` (0 = any) bound where it starts. `Pid` later receives
 /// `{offline_cassandra, Ref, {ok, {Topics, From}}}` with `From` the oldest msgid to
 /// deliver or `undefined` (from the beginning), or `{error, Reason}`.
