@@ -111,7 +111,7 @@ handle_delivered(#{done := true, tf := TF} = State, #{unacked_count := 0} = Ctx,
 handle_delivered(State, Ctx, _Msg, _RC) ->
     {ok, ask(State, Ctx)}.
 
-handle_info(#{reader := Reader} = State, _Ctx, {page, Reader, Rows, Done}) ->
+handle_info(#{reader := Reader} = State, Ctx, {page, Reader, Rows, Done}) ->
     #{settings := Settings, tf := TF} = State,
     Now = erlang:system_time(millisecond),
     Msgs = lists:filtermap(
@@ -127,6 +127,10 @@ handle_info(#{reader := Reader} = State, _Ctx, {page, Reader, Rows, Done}) ->
     case {Done, Msgs} of
         %% Nothing (more) to deliver, nothing will complete: end here.
         {true, []} -> {destroy, [TF]};
+        %% Nothing to hand over, so no delivery will ask for the next page:
+        %% ask now while there is demand (a lost wake-up otherwise stalls the
+        %% replay for good).
+        {false, []} -> {ok, ask(State#{asked := false, done := false}, Ctx)};
         _ -> {ok, State#{asked := false, done := Done}, Msgs}
     end;
 handle_info(#{reader := Reader, filter := Filter, tf := TF}, _Ctx, {failed, Reader, Reason}) ->

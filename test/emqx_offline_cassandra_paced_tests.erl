@@ -161,7 +161,7 @@ received_ids(Sub) ->
 
 %% Waits until the client got N PUBLISHes that are not DUP resends.
 wait_received(Sub, N) ->
-    ok = wait_until(fun() -> #{received := R, dups := D} = ?D:stats(Sub), R - D >= N end, 600000).
+    ok = wait_until(fun() -> #{received := R, dups := D} = ?D:stats(Sub), R - D >= N end, scaled(180000)).
 
 assert_exactly(Expected, Got) ->
     ?assertEqual(length(Expected), length(Got)),
