@@ -23,7 +23,7 @@ use scylla::statement::SerialConsistency;
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlValue, Row};
 
-use crate::connection::{Connection, db_err};
+use crate::connection::{Connection, db_err, prepare_once_visible};
 use crate::error::StoreError;
 use crate::schema;
 use crate::store::Store;
@@ -168,11 +168,8 @@ impl Store {
         cql: String,
     ) -> Result<PreparedStatement, StoreError> {
         let timeout = self.inner.cfg.request_timeout;
-        let mut stmt = conn
-            .session
-            .prepare(cql)
-            .await
-            .map_err(|e| StoreError::from_driver(e, timeout))?;
+        // The table may be one another node created a moment ago.
+        let mut stmt = prepare_once_visible(&conn.session, &cql, timeout).await?;
         stmt.set_consistency(self.inner.cfg.write_consistency);
         // One datacenter decides: LOCAL_SERIAL with local_datacenter, SERIAL otherwise.
         stmt.set_serial_consistency(Some(if self.inner.cfg.local_datacenter.is_some() {

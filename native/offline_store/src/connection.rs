@@ -408,6 +408,33 @@ async fn read_columns(
     .collect()
 }
 
+/// Prepares `cql`, trying again for up to 10 s while Cassandra answers that its table does
+/// not exist. A side table another store has just created can be listed in system_schema
+/// (and pass schema agreement) a moment before the coordinator prepares statements on it
+/// ("does not exist" in 5.0, "unconfigured table" in 4.x): seen with two stores connecting
+/// or claiming at once against a fresh keyspace on a loaded machine.
+pub(crate) async fn prepare_once_visible(
+    session: &Session,
+    cql: &str,
+    timeout: Duration,
+) -> Result<PreparedStatement, StoreError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match session.prepare(cql).await {
+            Ok(stmt) => return Ok(stmt),
+            Err(e) => {
+                let text = e.to_string();
+                let missing =
+                    text.contains("does not exist") || text.contains("unconfigured table");
+                if !missing || tokio::time::Instant::now() >= deadline {
+                    return Err(StoreError::from_driver(e, timeout));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
 async fn prepare_all(session: Session, cfg: &StoreConfig) -> Result<Connection, StoreError> {
     let ks = &schema::keyspace_cql(&cfg.keyspace);
     let t = schema::TABLE;
@@ -415,26 +442,7 @@ async fn prepare_all(session: Session, cfg: &StoreConfig) -> Result<Connection, 
     let prepare = |cql: String, read: bool| {
         let session = &session;
         async move {
-            // A side table another node has just created can be listed in system_schema a
-            // moment before the coordinator prepares statements on it ("does not exist" in
-            // 5.0, "unconfigured table" in 4.x): seen with two stores connecting at once to
-            // a fresh keyspace. Such a refusal is tried again for up to 2 s.
-            let mut attempts = 0;
-            let mut stmt = loop {
-                match session.prepare(cql.as_str()).await {
-                    Ok(stmt) => break stmt,
-                    Err(e) => {
-                        let text = e.to_string();
-                        let missing =
-                            text.contains("does not exist") || text.contains("unconfigured table");
-                        attempts += 1;
-                        if !missing || attempts >= 20 {
-                            return Err(StoreError::from_driver(e, timeout));
-                        }
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                }
-            };
+            let mut stmt = prepare_once_visible(session, &cql, timeout).await?;
             // Fixed keys, explicit timestamps: replaying any of these is harmless.
             stmt.set_is_idempotent(true);
             if read {
