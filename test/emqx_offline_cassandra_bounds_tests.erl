@@ -37,7 +37,7 @@ start_and_cut(Proxy, Config) ->
     ok = ?NIF:start(Config),
     ok = wait_until(fun() -> ?NIF:status() =:= connected end, 20000),
     ok = ?PROXY:cut(Proxy),
-    ok = wait_until(fun() -> ?NIF:status() =/= connected end, 3000).
+    ok = wait_until(fun() -> ?NIF:status() =/= connected end, 15000).
 
 restore_and_flush(Proxy) ->
     ok = ?PROXY:restore(Proxy),

@@ -171,7 +171,7 @@ seed_subscribe_and_ack(_Ctx) ->
     [MsgId] = cql_msgids("t/1"),
     Sub = ?D:connect(<<"subscriber-1">>),
     ok = ?D:subscribe(Sub, <<"t/1">>, 1),
-    ok = wait(fun() -> length(?D:received(Sub)) =:= 1 end, 5000),
+    ok = wait(fun() -> length(?D:received(Sub)) =:= 1 end, 30000),
     [{PacketId, Msg}] = ?D:received(Sub),
     ?assertEqual(<<"hello">>, emqx_message:payload(Msg)),
     ?assertEqual(MsgId, binary:encode_hex(emqx_message:id(Msg))),
@@ -213,7 +213,7 @@ wildcard_replay(Ctx) ->
     Sub = ?D:connect(<<"subscriber-3">>),
     Filter = <<Base/binary, "/#">>,
     ok = ?D:subscribe(Sub, Filter, 2),
-    ok = wait(fun() -> length(?D:received(Sub)) =:= 3 end, 5000),
+    ok = wait(fun() -> length(?D:received(Sub)) =:= 3 end, 30000),
     Got = [{emqx_message:topic(M), emqx_message:payload(M)} || {_, M} <- ?D:received(Sub)],
     ?assertEqual([{<<Base/binary, "/1">>, <<"one">>}, {<<Base/binary, "/2/x">>, <<"two-x">>},
                   {<<Base/binary, "/1">>, <<"one-again">>}], Got),
@@ -242,7 +242,7 @@ qos0_no_loop(Ctx) ->
     ?assertEqual(1, stored(T)),
     Sub1 = ?D:connect(<<"qos1-subscriber">>),
     ok = ?D:subscribe(Sub1, T, 1),
-    ok = wait(fun() -> length(?D:received(Sub1)) =:= 1 end, 5000),
+    ok = wait(fun() -> length(?D:received(Sub1)) =:= 1 end, 30000),
     {ok, 1} = ?D:ack_all(Sub1),
     ok = wait(fun() -> stored(T) =:= 0 end, 10000),
     [?D:disconnect(C) || C <- [Pub, Sub1]].
@@ -254,7 +254,7 @@ consume_once(Ctx) ->
     ok = wait(fun() -> stored(T) =:= 1 end, 10000),
     A = ?D:connect(<<"first">>),
     ok = ?D:subscribe(A, T, 1),
-    ok = wait(fun() -> length(?D:received(A)) =:= 1 end, 5000),
+    ok = wait(fun() -> length(?D:received(A)) =:= 1 end, 30000),
     {ok, 1} = ?D:ack_all(A),
     ok = wait(fun() -> stored(T) =:= 0 end, 10000),
     B = ?D:connect(<<"second">>),
@@ -281,7 +281,7 @@ one_delete_for_three_acks(Ctx) ->
     Pub = ?D:connect(<<"publisher-3s">>),
     Counted = counted([deleted, delete_skipped], fun() ->
         ensure_routed(?D:publish(Pub, T, <<"to three">>, 1)),
-        [ok = wait(fun() -> length(?D:received(S)) =:= 1 end, 5000) || S <- Subs],
+        [ok = wait(fun() -> length(?D:received(S)) =:= 1 end, 30000) || S <- Subs],
         [{ok, 1} = ?D:ack_all(S) || S <- Subs]
     end),
     ?assertEqual(#{deleted => 1, delete_skipped => 2}, Counted),
@@ -297,7 +297,7 @@ no_delete_when_never_stored(#{name_vsn := NV} = Ctx) ->
     Pub = ?D:connect(<<"publisher-never">>),
     %% Published while o/# is not stored; acked once it is.
     ensure_routed(?D:publish(Pub, Other, <<"not stored">>, 1)),
-    ok = wait(fun() -> length(?D:received(Sub)) =:= 1 end, 5000),
+    ok = wait(fun() -> length(?D:received(Sub)) =:= 1 end, 30000),
     with_config(NV, #{<<"topics">> => [<<"t/#">>, <<"o/#">>], <<"max_payload_size">> => <<"1KB">>}, fun() ->
         ?assertEqual(#{deleted => 0, delete_skipped => 1}, counted([deleted, delete_skipped], fun() ->
             {ok, 1} = ?D:ack_all(Sub)
@@ -306,7 +306,7 @@ no_delete_when_never_stored(#{name_vsn := NV} = Ctx) ->
         ?assertEqual(#{deleted => 0, delete_skipped => 1, store_refused => 1},
             counted([deleted, delete_skipped, store_refused], fun() ->
                 ensure_routed(?D:publish(Pub, Large, binary:copy(<<"x">>, 2048), 1)),
-                ok = wait(fun() -> length(?D:received(Sub)) =:= 2 end, 5000),
+                ok = wait(fun() -> length(?D:received(Sub)) =:= 2 end, 30000),
                 {ok, 1} = ?D:ack_all(Sub)
             end))
     end),
@@ -324,7 +324,7 @@ replayed_ack_always_deletes(Ctx) ->
     B = ?D:connect(<<"replayed-again">>),
     ?assertEqual(#{deleted => 1, delete_skipped => 0}, counted([deleted, delete_skipped], fun() ->
         ok = ?D:subscribe(B, T, 1),
-        ok = wait(fun() -> length(?D:received(B)) =:= 1 end, 5000),
+        ok = wait(fun() -> length(?D:received(B)) =:= 1 end, 30000),
         {ok, 1} = ?D:ack_all(B)
     end)),
     ok = wait(fun() -> stored(T) =:= 0 end, 10000),
@@ -354,7 +354,7 @@ legacy_rows_replayed_and_deleted(Ctx) ->
     Legacy("4x-last"),
     Sub = ?D:connect(<<"subscriber-legacy">>),
     ok = ?D:subscribe(Sub, T, 1),
-    ok = wait(fun() -> length(?D:received(Sub)) =:= 3 end, 5000),
+    ok = wait(fun() -> length(?D:received(Sub)) =:= 3 end, 30000),
     ?assertEqual([<<"4x-first">>, <<"ours">>, <<"4x-last">>], [emqx_message:payload(M) || {_, M} <- ?D:received(Sub)]),
     {ok, 3} = ?D:ack_all(Sub),
     ok = wait(fun() -> cql_count(binary_to_list(T)) =:= 0 end, 10000),
@@ -386,7 +386,7 @@ message_fields_kept(Ctx) ->
     timer:sleep(20),
     Sub = ?D:connect(<<"field-subscriber">>),
     ok = ?D:subscribe(Sub, T, 2),
-    ok = wait(fun() -> length(?D:raw_delivered(Sub)) =:= 1 end, 5000),
+    ok = wait(fun() -> length(?D:raw_delivered(Sub)) =:= 1 end, 30000),
     [{T, Msg}] = ?D:raw_delivered(Sub),
     ?assertEqual(MsgId, binary:encode_hex(emqx_message:id(Msg))),
     ?assertEqual(2, emqx_message:qos(Msg)),
@@ -428,7 +428,7 @@ max_returned_count(#{name_vsn := NV} = Ctx) ->
         ok = wait(fun() -> stored(T) =:= 5 end, 10000),
         Sub = ?D:connect(<<"subscriber-8">>),
         ok = ?D:subscribe(Sub, T, 1),
-        ok = wait(fun() -> length(?D:received(Sub)) =:= 2 end, 5000),
+        ok = wait(fun() -> length(?D:received(Sub)) =:= 2 end, 30000),
         ?assertEqual([<<"4">>, <<"5">>], [emqx_message:payload(M) || {_, M} <- ?D:received(Sub)]),
         {ok, 2} = ?D:ack_all(Sub),
         ok = wait(fun() -> stored(T) =:= 3 end, 10000),
@@ -446,7 +446,7 @@ time_range(#{name_vsn := NV} = Ctx) ->
         ok = wait(fun() -> stored(T) =:= 2 end, 10000),
         Sub = ?D:connect(<<"subscriber-9">>),
         ok = ?D:subscribe(Sub, T, 1),
-        ok = wait(fun() -> length(?D:received(Sub)) =:= 1 end, 5000),
+        ok = wait(fun() -> length(?D:received(Sub)) =:= 1 end, 30000),
         timer:sleep(200),
         ?assertEqual([<<"new">>], [emqx_message:payload(M) || {_, M} <- ?D:received(Sub)]),
         cql("DELETE FROM mqtt.mqtt_msg WHERE topic = '" ++ binary_to_list(T) ++ "'"),
@@ -463,7 +463,7 @@ expiry(Ctx) ->
     timer:sleep(max(0, T0 + 3000 - erlang:monotonic_time(millisecond))),
     Sub = ?D:connect(<<"subscriber-10">>),
     ok = ?D:subscribe(Sub, T, 1),
-    ok = wait(fun() -> length(?D:raw_delivered(Sub)) >= 1 end, 5000),
+    ok = wait(fun() -> length(?D:raw_delivered(Sub)) >= 1 end, 30000),
     timer:sleep(200),
     [{_, Msg}] = ?D:raw_delivered(Sub),
     ?assertEqual(<<"long">>, emqx_message:payload(Msg)),

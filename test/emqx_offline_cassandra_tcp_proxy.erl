@@ -113,19 +113,28 @@ pipe(Client, Up) ->
 pipe_loop(Client, Up) ->
     receive
         {tcp, Client, Data} ->
-            ok = gen_tcp:send(Up, Data),
-            pipe_loop(Client, Up);
+            forward(Client, Up, Up, Data);
         {tcp, Up, Data} ->
             case get(delay_ms) of
                 D when is_integer(D), D > 0 -> timer:sleep(D);
                 _ -> ok
             end,
-            ok = gen_tcp:send(Client, Data),
-            pipe_loop(Client, Up);
+            forward(Client, Up, Client, Data);
         {delay_ms, Ms} ->
             put(delay_ms, Ms),
             pipe_loop(Client, Up);
         {tcp_closed, _} ->
+            gen_tcp:close(Client),
+            gen_tcp:close(Up)
+    end.
+
+%% Sends Data to To; a side that has gone away closes both, as a real
+%% network connection would end.
+forward(Client, Up, To, Data) ->
+    case gen_tcp:send(To, Data) of
+        ok ->
+            pipe_loop(Client, Up);
+        {error, _} ->
             gen_tcp:close(Client),
             gen_tcp:close(Up)
     end.
