@@ -23,7 +23,8 @@
 //! BENCH_CPU_IDLE_SECS (10), BENCH_CPU_ROUNDS (1), BENCH_TOPICS (100), BENCH_PAYLOAD (128),
 //! BENCH_ACK_DELAY_MS (50), BENCH_WORKERS (2, the NIF's default), BENCH_CASSANDRA_PID (found
 //! from the CQL port when unset), BENCH_BASELINE_BIN, BENCH_BASELINE_LABEL, BENCH_TREE_LABEL,
-//! BENCH_RESULTS (default bench-results/cpu.jsonl).
+//! BENCH_RESULTS (default bench-results/cpu.jsonl), BENCH_STORE_CONFIG (core keys over the
+//! defaults, `key=value,...`; see `store_config`).
 
 mod common;
 
@@ -321,13 +322,31 @@ fn is_runtime_thread(name: &str) -> bool {
     !name.is_empty() && RUNTIME_THREAD.starts_with(name)
 }
 
+/// The store's defaults, logged in to `node`, with `BENCH_STORE_CONFIG` on top: core keys
+/// as `key=value,key=value` (numbers are milliseconds or counts, as in the NIF's map), to
+/// compare settings within one run (e.g. `batch_linger=100`, `compression=lz4`).
 fn store_config(node: &str) -> StoreConfig {
-    StoreConfig {
-        contact_points: vec![node.to_string()],
-        username: Some("root".into()),
-        password: Some("public".into()),
-        ..StoreConfig::default()
+    use offline_store::config::ConfigValue;
+    let mut map = std::collections::HashMap::from([
+        ("servers".to_string(), ConfigValue::Text(node.to_string())),
+        ("username".to_string(), ConfigValue::Text("root".into())),
+        ("password".to_string(), ConfigValue::Text("public".into())),
+    ]);
+    let extra = std::env::var("BENCH_STORE_CONFIG").unwrap_or_default();
+    for pair in extra.split(',').filter(|p| !p.trim().is_empty()) {
+        let (key, value) = pair
+            .split_once('=')
+            .unwrap_or_else(|| panic!("BENCH_STORE_CONFIG: {pair:?} is not key=value"));
+        let value = match value.trim() {
+            "true" => ConfigValue::Bool(true),
+            "false" => ConfigValue::Bool(false),
+            v => v
+                .parse::<i64>()
+                .map_or_else(|_| ConfigValue::Text(v.to_string()), ConfigValue::Int),
+        };
+        map.insert(key.trim().to_string(), value);
     }
+    StoreConfig::from_map(&map).unwrap_or_else(|e| panic!("BENCH_STORE_CONFIG: {e}"))
 }
 
 fn runtime() -> tokio::runtime::Runtime {

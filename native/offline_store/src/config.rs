@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
 
+use scylla::client::Compression;
 use scylla::statement::Consistency;
 
 use crate::consistency::{self, Scope};
@@ -82,6 +83,10 @@ pub struct StoreConfig {
     pub spool_sync_interval: Duration,
     /// Connections per Cassandra node (the driver multiplexes requests on each).
     pub pool_size: usize,
+    /// Compression of CQL frames on the wire. `None` by default: the writer's requests are a
+    /// few KiB, where LZ4 costs both sides more CPU than the bytes it saves (its hash table
+    /// is allocated and cleared per frame); worth it for large payloads over slow links.
+    pub compression: Option<Compression>,
     /// Keep retrying when no node answers (with backoff). When false, the first failed
     /// attempt is final and the state shows why.
     pub auto_reconnect: bool,
@@ -161,6 +166,7 @@ impl Default for StoreConfig {
             reconnect_max_backoff: Duration::from_secs(2),
             create_table_if_missing: false,
             pool_size: 8,
+            compression: None,
             auto_reconnect: true,
             topic_index: true,
             topic_index_ttl: Duration::from_secs(30 * 86_400),
@@ -209,6 +215,7 @@ impl fmt::Debug for StoreConfig {
             .field("reconnect_max_backoff", &self.reconnect_max_backoff)
             .field("create_table_if_missing", &self.create_table_if_missing)
             .field("pool_size", &self.pool_size)
+            .field("compression", &self.compression)
             .field("auto_reconnect", &self.auto_reconnect)
             .field("topic_index", &self.topic_index)
             .field("topic_index_ttl", &self.topic_index_ttl)
@@ -262,6 +269,7 @@ pub const CONFIG_KEYS: &[&str] = &[
     "reconnect_max_backoff",
     "create_table_if_missing",
     "pool_size",
+    "compression",
     "auto_reconnect",
     "topic_index",
     "topic_index_ttl",
@@ -344,6 +352,7 @@ impl StoreConfig {
                 "reconnect_max_backoff" => cfg.reconnect_max_backoff = millis(key, value)?,
                 "create_table_if_missing" => cfg.create_table_if_missing = boolean(key, value)?,
                 "pool_size" => cfg.pool_size = whole(key, value)?,
+                "compression" => cfg.compression = compression(key, value)?,
                 "auto_reconnect" => cfg.auto_reconnect = boolean(key, value)?,
                 "topic_index" => cfg.topic_index = boolean(key, value)?,
                 "topic_index_ttl" => cfg.topic_index_ttl = millis(key, value)?,
@@ -428,6 +437,17 @@ impl StoreConfig {
                 Bool(self.create_table_if_missing),
             ),
             ("pool_size", n(self.pool_size)),
+            (
+                "compression",
+                Text(
+                    match self.compression {
+                        None => "none",
+                        Some(Compression::Lz4) => "lz4",
+                        Some(Compression::Snappy) => "snappy",
+                    }
+                    .to_string(),
+                ),
+            ),
             ("auto_reconnect", Bool(self.auto_reconnect)),
             ("topic_index", Bool(self.topic_index)),
             ("topic_index_ttl", ms(self.topic_index_ttl)),
@@ -828,6 +848,18 @@ fn consistency_name(c: Consistency) -> String {
         )
 }
 
+fn compression(field: &str, v: &ConfigValue) -> Result<Option<Compression>, StoreError> {
+    match text(field, v)?.trim() {
+        "none" => Ok(None),
+        "lz4" => Ok(Some(Compression::Lz4)),
+        "snappy" => Ok(Some(Compression::Snappy)),
+        other => Err(invalid(
+            field,
+            format!("{other:?} is not none, lz4 or snappy"),
+        )),
+    }
+}
+
 fn buffer_mode(field: &str, v: &ConfigValue) -> Result<BufferMode, StoreError> {
     match text(field, v)?.trim() {
         "memory" => Ok(BufferMode::Memory),
@@ -901,6 +933,7 @@ mod tests {
             ("reconnect_max_backoff", Int(60_000)),
             ("create_table_if_missing", Bool(true)),
             ("pool_size", Int(2)),
+            ("compression", t("lz4")),
             ("auto_reconnect", Bool(false)),
             ("topic_index", Bool(false)),
             ("topic_index_ttl", Int(0)),
@@ -933,6 +966,7 @@ mod tests {
         assert_eq!(cfg.reconnect_max_backoff, Duration::from_secs(60));
         assert!(cfg.create_table_if_missing);
         assert_eq!(cfg.pool_size, 2);
+        assert_eq!(cfg.compression, Some(Compression::Lz4));
         assert!(!cfg.auto_reconnect && !cfg.topic_index);
         assert_eq!(cfg.topic_index_ttl, Duration::ZERO);
         assert_eq!(cfg.max_wildcard_topics, 50);
@@ -976,6 +1010,7 @@ mod tests {
             ("max_batch_bytes", Int(2 << 30)),
             ("pool_size", Int(65)),
             ("pool_size", t("8")),
+            ("compression", t("zstd")),
             ("auto_reconnect", Int(1)),
             ("replay_floor_lag", Int(5_000)),
             ("replay_floor_lag", Int(31 * 86_400_000)),
@@ -1176,6 +1211,7 @@ mod tests {
                 ..TlsConfig::default()
             }),
             pool_size: 3,
+            compression: Some(Compression::Snappy),
             reconnect_max_backoff: Duration::from_secs(7),
             write_consistency: Consistency::EachQuorum,
             local_datacenter: Some("dc2".into()),

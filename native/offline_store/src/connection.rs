@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use std::num::NonZeroUsize;
 
+use scylla::client::PoolSize;
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
-use scylla::client::{Compression, PoolSize};
 use scylla::policies::load_balancing::DefaultPolicy;
 use scylla::statement::prepared::PreparedStatement;
 
@@ -130,7 +130,7 @@ pub(crate) async fn connect_once(cfg: &StoreConfig) -> Result<Connection, StoreE
     let mut builder = SessionBuilder::new()
         .known_nodes(&cfg.contact_points)
         .connection_timeout(cfg.connect_timeout)
-        .compression(Some(Compression::Lz4))
+        .compression(cfg.compression)
         .pool_size(PoolSize::PerHost(
             NonZeroUsize::new(cfg.pool_size).unwrap_or(NonZeroUsize::MIN),
         ))
