@@ -225,10 +225,8 @@ node41=127.0.0.1:${CASSANDRA41_PORT:-9045}
 suite "start Cassandra 4.1" cassandra41 start
 if [ "$last_rc" = 0 ]; then
     suite "cassandra.sh behaviour on 4.1" test/cassandra/test_cassandra_sh.sh 4.1
-    # live's 200,000-tombstone floor test is version-independent logic (it runs on 5.0) and
-    # on 4.1 under a busy machine's load it missed its deadline once: left out here.
     suite "Rust against Cassandra 4.1: live" env CASSANDRA_NODE="$node41" \
-        cargo test -p offline_store --test live -- --skip replay_survives_two_hundred_thousand_acked_rows
+        cargo test -p offline_store --test live
     suite "Rust against Cassandra 4.1: expiry" env CASSANDRA_NODE="$node41" \
         cargo test -p offline_store --test expiry
     if [ "$package_rc" = 0 ]; then
