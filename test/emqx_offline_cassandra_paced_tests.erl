@@ -165,7 +165,35 @@ received_ids(Sub) ->
 
 %% Waits until the client got N PUBLISHes that are not DUP resends.
 wait_received(Sub, N) ->
-    ok = wait_until(fun() -> #{received := R, dups := D} = ?D:stats(Sub), R - D >= N end, scaled(180000)).
+    case wait_until(fun() -> #{received := R, dups := D} = ?D:stats(Sub), R - D >= N end, scaled(180000)) of
+        ok -> ok;
+        Timeout -> error({stalled, N, Timeout, stall_report(Sub)})
+    end.
+
+%% What a stalled replay looks like: the subscriber's counts, the double's
+%% extsub state in its channel (buffer, unacked, delivering, handler
+%% states) and every replay reader (where it waits, what it holds).
+stall_report(Sub) ->
+    Extsub =
+        case erlang:process_info(Sub, dictionary) of
+            {dictionary, Dict} ->
+                case proplists:get_value(extsub_st, Dict) of
+                    undefined -> undefined;
+                    #{buffer := B} = St -> St#{buffer := gb_trees:size(B)}
+                end;
+            _ -> undefined
+        end,
+    Readers = [
+        {P, erlang:process_info(P, [current_stacktrace, message_queue_len, messages])}
+     || P <- erlang:processes(),
+        case proc_lib:initial_call(P) of
+            {emqx_offline_cassandra_extsub, reader, _} -> true;
+            {emqx_offline_cassandra_replay, _, _} -> true;
+            _ -> false
+        end
+    ],
+    #{stats => catch ?D:stats(Sub), extsub => Extsub, readers => Readers,
+      nif => catch ?NIF:stats()}.
 
 assert_exactly(Expected, Got) ->
     ?assertEqual(length(Expected), length(Got)),
