@@ -102,9 +102,11 @@ handle_terminate(State) ->
     ok.
 
 %% A message left the session (PUBACK, PUBCOMP): ask for more when EMQX
-%% wants more; done once the reader is done and nothing is pending.
-handle_delivered(#{done := true, tf := TF} = State, #{unacked_count := 0} = Ctx, _Msg, _RC) ->
-    case maps:get(delivering_count, Ctx, 0) of
+%% wants more; done once the reader is done and nothing of this handler's
+%% is pending (delivering_count: handed over and not completed; the
+%% channel-wide unacked_count stands in where a release lacks it).
+handle_delivered(#{done := true, tf := TF} = State, Ctx, _Msg, _RC) ->
+    case maps:get(delivering_count, Ctx, maps:get(unacked_count, Ctx, 0)) of
         0 -> {destroy, [TF]};
         _ -> {ok, State}
     end;
@@ -125,8 +127,16 @@ handle_info(#{reader := Reader} = State, Ctx, {page, Reader, Rows, Done}) ->
     ),
     emqx_offline_cassandra_metrics:inc(replayed, length(Msgs)),
     case {Done, Msgs} of
-        %% Nothing (more) to deliver, nothing will complete: end here.
-        {true, []} -> {destroy, [TF]};
+        %% Nothing more to read. Ends here only when nothing handed over
+        %% earlier is still on its way: a destroyed handler's buffered
+        %% messages are dropped (the double's stall: the last page came back
+        %% empty while 19 of the page before still waited for inflight room).
+        %% Otherwise the last completion ends it (handle_delivered/4).
+        {true, []} ->
+            case maps:get(delivering_count, Ctx, 0) of
+                0 -> {destroy, [TF]};
+                _ -> {ok, State#{asked := false, done := true}}
+            end;
         %% Nothing to hand over, so no delivery will ask for the next page:
         %% ask now while there is demand (a lost wake-up otherwise stalls the
         %% replay for good).
