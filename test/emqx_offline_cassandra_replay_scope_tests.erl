@@ -13,7 +13,6 @@
 -define(NIF, emqx_offline_cassandra_nif).
 -define(D, emqx_double).
 -define(H, emqx_offline_cassandra_hooks).
--define(FEATURES, {emqx_offline_cassandra_compat, features}).
 
 %%--------------------------------------------------------------------
 %% The policy alone (no Cassandra)
@@ -58,36 +57,10 @@ scope_test_() ->
     ].
 
 setup(Path) ->
-    Mode = case Path of deliver -> '5.10'; extsub -> '6.2' end,
-    ok = ?D:start(#{mode => Mode}),
-    persistent_term:erase(?FEATURES),
-    #{replay_path := Path} = emqx_offline_cassandra_compat:detect(),
-    emqx_offline_cassandra_metrics:init(),
-    emqx_offline_cassandra_metrics:reset(),
-    Servers = [start_unlinked(M) || M <- [emqx_offline_cassandra_replays, emqx_offline_cassandra_acked]],
-    ok = ?NIF:start(emqx_offline_cassandra_test_util:node_config(emqx_offline_cassandra_test_util:node_addr())),
-    ok = wait_until(fun() -> ?NIF:status() =:= connected end, 20000),
-    Servers.
+    emqx_offline_cassandra_test_util:plugin_setup(Path, #{}).
 
 cleanup(Servers) ->
-    ?H:unhook(),
-    persistent_term:erase({emqx_offline_cassandra_hooks, settings}),
-    persistent_term:erase(?FEATURES),
-    [stop_server(P) || P <- Servers],
-    ?D:stop(),
-    emqx_offline_cassandra_test_util:stop_nif().
-
-start_unlinked(M) ->
-    {ok, Pid} = M:start_link(),
-    unlink(Pid),
-    Pid.
-
-stop_server(Pid) ->
-    MRef = erlang:monitor(process, Pid),
-    exit(Pid, shutdown),
-    receive
-        {'DOWN', MRef, process, Pid, _} -> ok
-    end.
+    emqx_offline_cassandra_test_util:plugin_cleanup(Servers).
 
 scaled(T) -> emqx_offline_cassandra_test_util:scaled(T).
 

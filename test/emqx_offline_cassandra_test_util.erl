@@ -8,6 +8,7 @@
 
 -export([wait_until/2, scaled/1, time_scale/0, stop_nif/0, log_to_file/1]).
 -export([node_addr/0, node_config/1, with_proxy/1]).
+-export([plugin_setup/2, plugin_cleanup/1]).
 
 %% @doc Polls Pred (which may crash: that counts as false) every 10 ms until
 %% it holds, or returns {timeout, What} after scaled(Ms), with the NIF's
@@ -90,3 +91,46 @@ with_proxy(Fun) ->
         catch emqx_offline_cassandra_nif:stop(0),
         emqx_offline_cassandra_tcp_proxy:stop(Proxy)
     end.
+
+%% @doc The plugin as its application runs it, in the EMQX double: the
+%% double in the mode of the replay path (deliver: 5.10, extsub: 6.2), the
+%% version detected, the metrics, the servers Servers (unlinked from the
+%% caller) and, unless Opts says #{nif => false}, the NIF connected to the
+%% local Cassandra. Returns what plugin_cleanup/1 takes. The hooks are the
+%% test's to set (emqx_offline_cassandra_hooks:set_settings/1, hook/0).
+-spec plugin_setup(deliver | extsub, #{servers => [module()], nif => boolean()}) -> [pid()].
+plugin_setup(Path, Opts) ->
+    Mode = case Path of deliver -> '5.10'; extsub -> '6.2' end,
+    ok = emqx_double:start(#{mode => Mode}),
+    persistent_term:erase({emqx_offline_cassandra_compat, features}),
+    #{replay_path := Path} = emqx_offline_cassandra_compat:detect(),
+    emqx_offline_cassandra_metrics:init(),
+    emqx_offline_cassandra_metrics:reset(),
+    Mods = maps:get(servers, Opts, [emqx_offline_cassandra_replays, emqx_offline_cassandra_acked]),
+    Servers = [begin {ok, Pid} = M:start_link(), unlink(Pid), Pid end || M <- Mods],
+    case maps:get(nif, Opts, true) of
+        true ->
+            ok = emqx_offline_cassandra_nif:start(node_config(node_addr())),
+            ok = wait_until(fun() -> emqx_offline_cassandra_nif:status() =:= connected end, 20000);
+        false ->
+            ok
+    end,
+    Servers.
+
+%% @doc Undoes plugin_setup/2 (and the test's hooks), whatever the test
+%% left behind.
+-spec plugin_cleanup([pid()]) -> ok.
+plugin_cleanup(Servers) ->
+    emqx_offline_cassandra_hooks:unhook(),
+    persistent_term:erase({emqx_offline_cassandra_hooks, settings}),
+    persistent_term:erase({emqx_offline_cassandra_compat, features}),
+    lists:foreach(
+        fun(Pid) ->
+            MRef = erlang:monitor(process, Pid),
+            exit(Pid, shutdown),
+            receive {'DOWN', MRef, process, Pid, _} -> ok end
+        end,
+        Servers
+    ),
+    emqx_double:stop(),
+    stop_nif().

@@ -76,16 +76,8 @@ node_setup(Opts) ->
     end.
 
 set_up(#{path := Path, filter := Filter}) ->
-    Mode = case Path of deliver -> '5.10'; extsub -> '6.2' end,
-    ok = ?D:start(#{mode => Mode}),
-    persistent_term:erase({emqx_offline_cassandra_compat, features}),
-    #{replay_path := Path} = emqx_offline_cassandra_compat:detect(),
-    emqx_offline_cassandra_metrics:init(),
-    emqx_offline_cassandra_metrics:reset(),
-    [begin {ok, Pid} = M:start_link(), unlink(Pid) end
-     || M <- [emqx_offline_cassandra_replays, emqx_offline_cassandra_acked, emqx_offline_cassandra_groups]],
-    ok = ?NIF:start(emqx_offline_cassandra_test_util:node_config(emqx_offline_cassandra_test_util:node_addr())),
-    ok = wait_until(fun() -> ?NIF:status() =:= connected end, 20000),
+    _ = emqx_offline_cassandra_test_util:plugin_setup(Path, #{servers => [emqx_offline_cassandra_replays,
+        emqx_offline_cassandra_acked, emqx_offline_cassandra_groups]}),
     ok = ?H:set_settings(#{topics => [Filter], max_returned_count => 0, time_range_ms => 0,
                            message_ttl_s => 0, wildcard_replay => all}),
     ok = ?H:hook().
