@@ -21,7 +21,8 @@
 %% Rows one topic read returns at most.
 -define(MAX_PAGE, 500).
 -define(MIN_PAGE, 2).
--define(REPLY_TIMEOUT_MS, 30000).
+%% Above the 60 s a replay read keeps retrying in the core (replay_limit.rs).
+-define(REPLY_TIMEOUT_MS, 90000).
 %% A topic read that comes back short is only the end of that topic when it
 %% started this long after the subscription: a row published just before it
 %% can still be on its way to Cassandra (the write pipeline lingers, retries).
