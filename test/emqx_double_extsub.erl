@@ -16,6 +16,9 @@
 %%   handler's delivering count (buffered + unacked) is below it, else 0;
 %% - delivery.completed of its message calls handle_delivered/4 ({ok, St} |
 %%   {destroy, TFs} | destroy);
+%% - destroying a handler drops its messages still in the buffer, as EMQX
+%%   does (emqx_extsub_handler_registry: destroy/3 unsubscribes, and the
+%%   last topic filter's unsubscribe calls emqx_extsub_buffer:drop_handler/2);
 %% - a disconnect saves handle_save_subopts/3's term in the subscription
 %%   and ends the handlers (handle_unsubscribe(disconnect, ..),
 %%   handle_terminate/1); session.resumed subscribes them again with
