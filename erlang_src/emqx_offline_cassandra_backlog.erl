@@ -178,16 +178,6 @@ pop(#{topics := Topics} = B) ->
 is_live(#{replay := undefined}, _Id) -> false;
 is_live(#{replay := Replay}, Id) -> emqx_offline_cassandra_replays:is_live(Replay, Id).
 
-%% One NIF request and its reply, in this process.
+%% One NIF request and its reply.
 call(Request) ->
-    Ref = make_ref(),
-    case Request(self(), Ref) of
-        ok ->
-            receive
-                {offline_cassandra, Ref, Reply} -> Reply
-            after ?REPLY_TIMEOUT_MS ->
-                {error, timeout}
-            end;
-        {error, _} = Error ->
-            Error
-    end.
+    emqx_offline_cassandra_nif:await_reply(Request, ?REPLY_TIMEOUT_MS).

@@ -99,14 +99,7 @@ keep_loop(Group, Filter, MRef) ->
     end.
 
 call(Op, Group, Filter) ->
-    Ref = make_ref(),
-    case emqx_offline_cassandra_nif:replay_claim(self(), Ref, Op, {Group, Filter}, holder(), ?TTL_MS) of
-        ok ->
-            receive
-                {offline_cassandra, Ref, Reply} -> Reply
-            after ?REPLY_TIMEOUT_MS ->
-                {error, timeout}
-            end;
-        {error, _} = Error ->
-            Error
-    end.
+    emqx_offline_cassandra_nif:await_reply(
+        fun(Pid, Ref) -> emqx_offline_cassandra_nif:replay_claim(Pid, Ref, Op, {Group, Filter}, holder(), ?TTL_MS) end,
+        ?REPLY_TIMEOUT_MS
+    ).

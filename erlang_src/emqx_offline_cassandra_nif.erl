@@ -33,6 +33,7 @@
     replay_claim/6,
     count/2,
     purge/2,
+    await_reply/2,
     stats/0
 ]).
 
@@ -227,7 +228,7 @@ fetch(Pid, Ref, Topic, Opts) ->
 %% caller's mailbox.
 -spec fetch_sync(binary(), fetch_opts(), timeout()) -> {ok, [row()]} | {error, reason()}.
 fetch_sync(Topic, Opts, Timeout) ->
-    await_in_helper(fun(Pid, Ref) -> fetch(Pid, Ref, Topic, Opts) end, Timeout).
+    await_reply(fun(Pid, Ref) -> fetch(Pid, Ref, Topic, Opts) end, Timeout).
 
 %% @doc Plans a paced replay of Filter (a topic or a wildcard filter) below
 %% the msgid Below: Pid receives {offline_cassandra, Ref, {ok, {Topics,
@@ -269,11 +270,13 @@ purge(Topic, Timeout) ->
     admin_sync(purge, Topic, Timeout).
 
 admin_sync(Op, Topic, Timeout) ->
-    await_in_helper(fun(Pid, Ref) -> nif_admin(Pid, Ref, Op, Topic) end, Timeout).
+    await_reply(fun(Pid, Ref) -> nif_admin(Pid, Ref, Op, Topic) end, Timeout).
 
-%% Runs Request(HelperPid, Ref) in a helper process and waits for its one
-%% reply, so a late reply never lands in the caller's mailbox.
-await_in_helper(Request, Timeout) ->
+%% @doc Runs Request(HelperPid, Ref) (one of the replying calls above) in
+%% a helper process and waits at most Timeout ms for its one reply, so a
+%% late reply never lands in the caller's mailbox.
+-spec await_reply(fun((pid(), reference()) -> ok | {error, reason()}), timeout()) -> term().
+await_reply(Request, Timeout) ->
     {Pid, MRef} = spawn_monitor(fun() ->
         Ref = make_ref(),
         Result =
