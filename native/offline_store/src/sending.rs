@@ -201,7 +201,7 @@ enum Sent {
 }
 
 /// Sends the batch; errors that are neither a transient of the coordinator, nor a refusal,
-/// nor a lost connection are tried `write_attempts` times.
+/// nor a lost connection are tried `write_attempts` times, then wait if transient.
 async fn send(inner: &Arc<Inner>, conn: &Connection, batch: &[Pending]) -> Sent {
     let c = &inner.counters;
     let timeout = inner.cfg.request_timeout;
@@ -242,8 +242,17 @@ async fn send(inner: &Arc<Inner>, conn: &Connection, batch: &[Pending]) -> Sent 
             }
             return Sent::Disconnected(e);
         }
-        if !e.is_transient() || attempt >= inner.cfg.write_attempts {
+        if !e.is_transient() {
             return Sent::Failed(e);
+        }
+        if attempt >= inner.cfg.write_attempts {
+            // Still transient after its quick retries (a broken connection to a replica's
+            // node, a coordinator's server error while peers restart): the write waits for
+            // its topic's retry like a coordinator's transient, and fails only after
+            // `write_give_up_after`. Failing it here lost writes a restarted node would take.
+            return Sent::Wait {
+                reason: e.to_string(),
+            };
         }
         Counters::add(&c.retries, 1);
         sleep(inner.cfg.reconnect_min_backoff * attempt).await;

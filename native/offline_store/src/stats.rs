@@ -168,7 +168,8 @@ pub struct StatsSnapshot {
     pub accepted: u64,
     /// Writes Cassandra confirmed.
     pub written: u64,
-    /// Writes given up after `write_attempts` (or abandoned at shutdown).
+    /// Writes that failed: refused for their content, a non-transient error (credentials,
+    /// TLS), given up after `write_give_up_after`, or abandoned at shutdown.
     pub failed: u64,
     /// Writes lost to a full buffer: refused (`drop_new`) plus evicted (`drop_oldest`).
     pub dropped: u64,

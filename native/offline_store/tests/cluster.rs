@@ -16,12 +16,12 @@ use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use common::{message, scaled};
-use offline_store::{ConnState, StatsSnapshot, Store, StoreConfig};
+use offline_store::{ConnState, StatsSnapshot, Store, StoreConfig, StoreEvent};
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use scylla::statement::Consistency;
@@ -214,10 +214,30 @@ fn store_config(keyspace: &str) -> StoreConfig {
     }
 }
 
+/// A store on the cluster that prints what it reports (state changes, failed and waiting
+/// writes) with the time since it connected: when a test fails, its output says why.
 async fn connect(cfg: StoreConfig) -> Store {
-    Store::connect(cfg, scaled(Duration::from_secs(30)))
+    let store = Store::connect(cfg, scaled(Duration::from_secs(30)))
         .await
-        .unwrap_or_else(|e| panic!("the store cannot reach the cluster: {e}"))
+        .unwrap_or_else(|e| panic!("the store cannot reach the cluster: {e}"));
+    let since = Instant::now();
+    // Each batch that fails or starts waiting reports it: the first few say enough.
+    let (failed_reports, waiting_reports) = (AtomicU32::new(0), AtomicU32::new(0));
+    store.set_event_sink(Box::new(move |event| {
+        let print = match event {
+            StoreEvent::StateChanged(_) => true,
+            StoreEvent::WritesFailed { .. } => failed_reports.fetch_add(1, Ordering::Relaxed) < 20,
+            StoreEvent::WritesWaiting { .. } => waiting_reports.fetch_add(1, Ordering::Relaxed) < 5,
+            _ => false,
+        };
+        if print {
+            eprintln!(
+                "  {:5.1}s store event: {event:?}",
+                since.elapsed().as_secs_f64()
+            );
+        }
+    }));
+    store
 }
 
 /// A message the publisher handed to the store.

@@ -4,7 +4,9 @@
 //! land once the keyspace is altered to RF 1; past `write_give_up_after` they are failed.
 //! Also: a batch is capped in bytes, so 40 one-megabyte binary payloads queued behind an
 //! outage are all stored; and without the cap, the batch Cassandra refuses as too big is
-//! halved until every row is stored.
+//! halved until every row is stored. A write Cassandra refuses with another transient
+//! error past its quick attempts (here `Unauthorized`: MODIFY revoked while the store runs)
+//! waits too, and lands once the permission is back.
 
 mod common;
 
@@ -243,5 +245,94 @@ async fn a_batch_cassandra_refuses_as_too_big_is_halved_until_every_row_is_store
     assert!(s.batches > 2, "nothing was halved: {s:?}");
     assert_eq!(rows_in("mqtt", &topic).await, 40);
     newest_three_are(&store, &topic, &payloads).await;
+    store.shutdown(scaled(Duration::from_secs(5))).await;
+}
+
+/// MODIFY revoked from the store's role after it connected: each write is refused with
+/// `Unauthorized`, tried `write_attempts` times, then waits (none failed) with the server's
+/// words as the reason; granted again, every write lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_refused_for_a_revoked_permission_wait_and_land_once_it_is_granted() {
+    const PASSWORD: &str = "degraded-revoked-pw";
+    let ks = format!("degraded_revoked_{}", now_ms());
+    let role = "offline_test_revoked_modify";
+    let _cleanup = Cleanup::keyspace(&ks).and_role(role);
+    let admin = admin().await;
+    common::recreate_keyspace(&admin, &ks, 1).await;
+    let run = |cql: String| {
+        let admin = &admin;
+        async move {
+            admin
+                .query_unpaged(cql.clone(), ())
+                .await
+                .unwrap_or_else(|e| panic!("{cql}: {e}"));
+        }
+    };
+    run(offline_store::schema::create_table_cql(&ks)).await;
+    run(format!("DROP ROLE IF EXISTS {role}")).await;
+    run(format!(
+        "CREATE ROLE {role} WITH PASSWORD = '{PASSWORD}' AND LOGIN = true"
+    ))
+    .await;
+    run(format!("GRANT SELECT ON KEYSPACE {ks} TO {role}")).await;
+    run(format!("GRANT MODIFY ON KEYSPACE {ks} TO {role}")).await;
+    let store = connect_with(StoreConfig {
+        keyspace: ks.clone(),
+        username: Some(role.into()),
+        password: Some(PASSWORD.into()),
+        topic_index: false,
+        replay_floor: false,
+        ..config()
+    })
+    .await;
+
+    run(format!("REVOKE MODIFY ON KEYSPACE {ks} FROM {role}")).await;
+    // Permissions are cached for a moment (permissions_validity, 2 s by default): writes go
+    // out until one is refused, then the next ones wait behind it.
+    let topic = unique_topic("revoked");
+    let mut sent = 0u64;
+    let end = Instant::now() + scaled(Duration::from_secs(30));
+    while store.stats().waiting == 0 {
+        assert!(
+            Instant::now() < end,
+            "no write refused 30 s after REVOKE: {:?}",
+            store.stats()
+        );
+        store
+            .submit_store(message(&topic, format!("m{sent}").as_bytes()))
+            .unwrap();
+        sent += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for i in 0..10 {
+        store
+            .submit_store(message(&topic, format!("after{i}").as_bytes()))
+            .unwrap();
+    }
+    sent += 10;
+    // Past their quick attempts and a few backoffs, all still wait (or are being retried),
+    // none failed.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let s = store.stats();
+    assert_eq!(s.failed, 0, "{s:?}");
+    assert!(s.retries >= 2, "{s:?}");
+    let degraded = store.degraded().expect("degraded while writes wait");
+    assert_eq!(degraded.waiting + s.written, sent, "{degraded:?} {s:?}");
+    assert!(
+        degraded.reason.contains("MODIFY") || degraded.reason.contains("permission"),
+        "the reason does not name the permission: {degraded:?}"
+    );
+
+    run(format!("GRANT MODIFY ON KEYSPACE {ks} TO {role}")).await;
+    wait_until(
+        "every write landed after the grant",
+        Duration::from_secs(60),
+        || store.stats().written == sent,
+    )
+    .await;
+    let s = store.stats();
+    assert_eq!((s.waiting, s.failed, s.buffered), (0, 0, 0), "{s:?}");
+    assert_eq!(store.degraded(), None);
+    assert_eq!(rows_in(&ks, &topic).await as u64, sent);
     store.shutdown(scaled(Duration::from_secs(5))).await;
 }
