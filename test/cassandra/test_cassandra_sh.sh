@@ -28,16 +28,27 @@ if [ "${1:-}" = cluster ]; then
     check "cluster status: $nodes pids" test "$(wc -w <<<"$first_pids")" = "$nodes"
     out=$("$C" cluster start 2>&1)
     check "second cluster start keeps the same processes" test "$(cluster_pids)" = "$first_pids"
+    contains "$out" "cluster whole" || echo "$out"
     check "second cluster start waits until the cluster is whole" contains "$out" "cluster whole"
+    # cluster_cql I QUERY: node I's answer; on a busy machine cqlsh's connection may time out,
+    # so it is asked again for up to 30 s, and a last failure's words are kept in the output.
+    cluster_cql() {
+        local n out
+        for n in 1 2 3 4 5 6; do
+            out=$("$C" cluster cqlsh "$1" -e "$2" 2>&1) && { echo "$out"; return 0; }
+            sleep 5
+        done
+        echo "$out"
+    }
     for ((i = 1; i <= nodes; i++)); do
-        local_row=$("$C" cluster cqlsh "$i" -e "SELECT rpc_address, tokens FROM system.local" 2>/dev/null)
+        local_row=$(cluster_cql "$i" "SELECT rpc_address, tokens FROM system.local")
         check "node $i answers on its own address 127.0.0.$i" contains "$local_row" "127.0.0.$i "
-        peers=$("$C" cluster cqlsh "$i" -e "SELECT peer FROM system.peers_v2" 2>/dev/null)
+        peers=$(cluster_cql "$i" "SELECT peer FROM system.peers_v2")
         check "node $i knows the $((nodes - 1)) others" contains "$peers" "($((nodes - 1)) rows)"
     done
-    token1=$("$C" cluster cqlsh 1 -e "SELECT tokens FROM system.local" 2>/dev/null)
+    token1=$(cluster_cql 1 "SELECT tokens FROM system.local")
     check "node 1 holds the lowest token (evenly spaced, one per node)" contains "$token1" "{'-9223372036854775808'}"
-    auth=$("$C" cluster cqlsh 2 -e "SELECT replication FROM system_schema.keyspaces WHERE keyspace_name = 'system_auth'" 2>/dev/null)
+    auth=$(cluster_cql 2 "SELECT replication FROM system_schema.keyspaces WHERE keyspace_name = 'system_auth'")
     check "system_auth is on every node (rf $((nodes < 3 ? nodes : 3)))" contains "$auth" "'replication_factor': '$((nodes < 3 ? nodes : 3))'"
     if CQL_USER=root CQL_PASSWORD=wrong "$C" cluster cqlsh 3 -e "SELECT * FROM system.local" >/dev/null 2>&1; then
         check "cluster: wrong password is refused" false
@@ -49,7 +60,17 @@ if [ "${1:-}" = cluster ]; then
             contains "$("$C" cqlsh -e "SELECT rpc_address FROM system.local" 2>&1)" "127.0.0.1"
     fi
     check "a node that does not exist is a clear error" contains "$("$C" cluster kill 9 2>&1 || true)" "no cluster node '9'"
-    [ "$failures" = 0 ] || { echo "$failures check(s) failed"; exit 1; }
+    if [ "$failures" != 0 ]; then
+        # What the failed checks met: each node's state and the end of its log.
+        echo "$failures check(s) failed; the cluster now:"
+        "$C" cluster status || true
+        for ((i = 1; i <= nodes; i++)); do
+            echo "--- node $i, cqlsh: $("$C" cluster cqlsh "$i" -e "SELECT peer FROM system.peers_v2" 2>&1 | tail -n 3)"
+            echo "--- node $i, last lines of its log:"
+            "$C" cluster log "$i" 25 || true
+        done
+        exit 1
+    fi
     exit 0
 fi
 
