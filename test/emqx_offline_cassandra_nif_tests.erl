@@ -114,8 +114,19 @@ round_trip() ->
         Row
     ),
     ?assertEqual(binary:encode_hex(Guid), maps:get(msgid, Row)),
+    %% The GUID as EMQX holds it, for the replayed message.
+    ?assertEqual(Guid, maps:get(guid, Row)),
     ?assertEqual(maps:get(arrived, Msg), maps:get(arrived, Row)),
     ?assertEqual(ok, ?NIF:delete(Topic, Guid)),
+    flush(),
+    ?assertEqual({ok, []}, ?NIF:fetch_sync(Topic, #{}, scaled(5000))),
+    %% The 16-byte GUID and its 32 hex digits name the same row.
+    Hex = binary:encode_hex(guid()),
+    ?assertEqual(ok, ?NIF:store((message(Topic, <<"by hex">>))#{msgid => Hex})),
+    flush(),
+    {ok, [#{msgid := Hex, guid := HexGuid}]} = ?NIF:fetch_sync(Topic, #{}, scaled(5000)),
+    ?assertEqual(binary:decode_hex(Hex), HexGuid),
+    ?assertEqual(ok, ?NIF:delete(Topic, HexGuid)),
     flush(),
     ?assertEqual({ok, []}, ?NIF:fetch_sync(Topic, #{}, scaled(5000))),
     stop().
@@ -289,6 +300,9 @@ bad_arguments_are_invalid_input() ->
     Invalid(?NIF:fetch(self(), make_ref(), Topic, #{since => yesterday}), <<"since">>),
     Invalid(?NIF:count(<<255>>, 5000), <<"topic">>),
     ?assertMatch({error, {invalid_msgid, _}}, ?NIF:delete(Topic, <<"not-a-guid">>)),
+    %% 16 bytes are a GUID; 15 or 17 are neither that nor 32 hex digits.
+    ?assertMatch({error, {invalid_msgid, _}}, ?NIF:delete(Topic, <<1:120>>)),
+    ?assertMatch({error, {invalid_msgid, _}}, ?NIF:delete(Topic, <<1:136>>)),
     ?assertEqual(0, stat(accepted)),
     ok = ?NIF:store(message(Topic, <<"x">>)),
     ?assertEqual(1, stat(accepted)),

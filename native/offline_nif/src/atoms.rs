@@ -18,5 +18,5 @@ rustler::atoms! {
     spool_errors, left_in_spool, spool_max_bytes, spool_failed, none,
     expired, buffered_bytes, buffer_max_bytes,
     claim, refresh, release, held, held_by,
-    written_us, unreadable_rows, replay_reads, replay_reads_peak, replay_read_retries, clock_offset_ms, clock_skewed, clock_skews, clock_skew_limit_ms,
+    written_us, guid, unreadable_rows, replay_reads, replay_reads_peak, replay_read_retries, clock_offset_ms, clock_skewed, clock_skews, clock_skew_limit_ms,
 }

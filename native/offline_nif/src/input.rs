@@ -40,10 +40,15 @@ pub fn qos(term: Term) -> Result<u8, StoreError> {
     }
 }
 
-/// A msgid argument: a binary of 32 hex digits. What the binary holds is the core's to
-/// judge (`invalid_msgid`); bytes that are not UTF-8 reach it as replacement characters.
+/// A msgid argument: EMQX's 16-byte GUID as `emqx_message:id/1` holds it, or a binary of
+/// 32 hex digits (the CLI, tests). What a hex binary holds is the core's to judge
+/// (`invalid_msgid`); bytes that are not UTF-8 reach it as replacement characters.
 pub fn msgid(term: Term) -> Result<MsgId, StoreError> {
-    MsgId::parse(&String::from_utf8_lossy(bytes(term, "msgid")?.as_slice()))
+    let id = bytes(term, "msgid")?;
+    match <&[u8; 16]>::try_from(id.as_slice()) {
+        Ok(guid) => Ok(MsgId::from_guid_bytes(guid)),
+        Err(_) => MsgId::parse(&String::from_utf8_lossy(id.as_slice())),
+    }
 }
 
 /// A msgid argument, or the atom `undefined` for none.

@@ -1,6 +1,6 @@
 //! Rust values to Erlang terms: error reasons, the connection status, fetched rows, counters.
 
-use offline_store::{ConnState, Store, StoreError, StoredMessage};
+use offline_store::{ConnState, MsgId, Store, StoreError, StoredMessage};
 use rustler::{Atom, Binary, Encoder, Env, NewBinary, Term};
 
 use crate::atoms;
@@ -73,6 +73,7 @@ pub fn rows_term<'a>(env: Env<'a>, rows: &[StoredMessage]) -> Term<'a> {
                 atoms::arrived().encode(env),
                 atoms::ttl().encode(env),
                 atoms::written_us().encode(env),
+                atoms::guid().encode(env),
             ];
             let values = [
                 r.topic.encode(env),
@@ -88,6 +89,14 @@ pub fn rows_term<'a>(env: Env<'a>, rows: &[StoredMessage]) -> Term<'a> {
                 },
                 match r.written_us {
                     Some(w) => w.encode(env),
+                    None => atoms::undefined().encode(env),
+                },
+                // The id as EMQX holds it, for the replayed message (no hex decoding in
+                // the BEAM); `undefined` for a msgid that is not EMQX's.
+                match MsgId::parse_stored(&r.msgid) {
+                    Some(id) => {
+                        Binary::from(NewBinary::from_slice(env, &id.guid_bytes())).encode(env)
+                    }
                     None => atoms::undefined().encode(env),
                 },
             ];

@@ -47,10 +47,34 @@ impl MsgId {
 
     /// The id of the raw 16-byte EMQX GUID.
     pub fn from_guid(guid: u128) -> Self {
-        let text = format!("{guid:032X}");
+        Self::from_guid_bytes(&guid.to_be_bytes())
+    }
+
+    /// The id of the GUID as EMQX keeps it (`emqx_message:id/1`, 16 bytes): the hooks pass
+    /// it as it is, so the BEAM does not hex-encode every stored and acked message.
+    pub fn from_guid_bytes(guid: &[u8; 16]) -> Self {
+        const HEX: &[u8; 16] = b"0123456789ABCDEF";
         let mut out = [0u8; 32];
-        out.copy_from_slice(text.as_bytes());
+        for (pair, b) in out.chunks_exact_mut(2).zip(guid) {
+            pair[0] = HEX[usize::from(b >> 4)];
+            pair[1] = HEX[usize::from(b & 0x0F)];
+        }
         MsgId(out)
+    }
+
+    /// The 16-byte GUID this id spells (what `emqx_message:id/1` holds): a replayed row's
+    /// message gets it without the BEAM decoding hex.
+    pub fn guid_bytes(&self) -> [u8; 16] {
+        let digit = |c: u8| match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            _ => c - b'A' + 10,
+        };
+        let mut out = [0u8; 16];
+        for (o, pair) in out.iter_mut().zip(self.0.chunks_exact(2)) {
+            *o = (digit(pair[0]) << 4) | digit(pair[1]);
+        }
+        out
     }
 
     /// Builds an id the way EMQX does: publish time (µs), node part (48 bits), sequence.
@@ -112,6 +136,27 @@ mod tests {
                 "invalid_msgid",
                 "{bad}"
             );
+        }
+    }
+
+    #[test]
+    fn the_16_byte_guid_and_its_hex_are_one_id_both_ways() {
+        let guid: [u8; 16] = [
+            0x00, 0x05, 0xF1, 0xA2, 0xB3, 0xC4, 0xD5, 0xE6, 0xF7, 0x08, 0x19, 0x2A, 0x3B, 0x4C,
+            0x5D, 0x6E,
+        ];
+        let id = MsgId::from_guid_bytes(&guid);
+        assert_eq!(id.as_str(), "0005F1A2B3C4D5E6F708192A3B4C5D6E");
+        assert_eq!(id, MsgId::from_guid(u128::from_be_bytes(guid)));
+        assert_eq!(id.guid_bytes(), guid);
+        assert_eq!(
+            MsgId::parse("0005f1a2b3c4d5e6f708192a3b4c5d6e")
+                .unwrap()
+                .guid_bytes(),
+            guid
+        );
+        for b in [[0u8; 16], [0xFF; 16]] {
+            assert_eq!(MsgId::from_guid_bytes(&b).guid_bytes(), b);
         }
     }
 
