@@ -5,14 +5,22 @@
 %% A wildcard's topics each keep a cursor and a small buffer; take/2 merges
 %% their heads by msgid, so rows come out in msgid (publish) order across
 %% topics, and the position of the whole replay is one msgid: everything up
-%% to it was taken. Memory: at most max(?ROW_BUDGET, 2 x topics) rows.
+%% to it was taken.
+%%
+%% Read-ahead: after each take, the topics whose buffer is down to a page
+%% are read in the background (one request for all of them, one such
+%% request at a time), so the next page is there, or on its way, when the
+%% replay needs it: reading and delivering overlap instead of taking turns
+%% (a 500-row read takes milliseconds, as long as delivering the page).
+%% A topic holds at most two pages. Memory: at most max(?ROW_BUDGET,
+%% 4 x topics) rows.
 %%
 %% Runs in a replay process, never in a channel: it waits for the NIF's
 %% replies.
 %%--------------------------------------------------------------------
 -module(emqx_offline_cassandra_backlog).
 
--export([open/4, skip_to/2, take/2, is_done/1, position/1, topic_count/1]).
+-export([open/4, skip_to/2, take/2, is_done/1, position/1, topic_count/1, held/1]).
 
 -export_type([backlog/0]).
 
@@ -35,7 +43,10 @@
     below := binary(),
     below_ms := integer(),
     page := pos_integer(),
-    position := binary() | undefined
+    position := binary() | undefined,
+    %% The read-ahead in flight: its request, its topics, and whether it
+    %% started after the settle time (a short page is then the end).
+    ahead := none | {emqx_offline_cassandra_nif:pending_reply(), [binary()], boolean()}
 }.
 
 %% @doc Plans the replay of Filter below Below (a 32-hex msgid): which
@@ -46,7 +57,7 @@ open(Filter, Opts, Below, BelowMs) ->
     case call(fun(Pid, Ref) -> emqx_offline_cassandra_nif:replay_plan(Pid, Ref, Filter, Opts, Below) end) of
         {ok, {Topics, From}} ->
             N = max(1, length(Topics)),
-            Page = max(?MIN_PAGE, min(?MAX_PAGE, ?ROW_BUDGET div N)),
+            Page = max(?MIN_PAGE, min(?MAX_PAGE, ?ROW_BUDGET div (2 * N))),
             {ok, #{
                 topics => maps:from_list([{T, {undefined, [], more}} || T <- Topics]),
                 from => From,
@@ -54,6 +65,7 @@ open(Filter, Opts, Below, BelowMs) ->
                 below_ms => BelowMs,
                 page => Page,
                 position => undefined,
+                ahead => none,
                 replay => maps:get(replay, Opts, undefined)
             }};
         {error, _} = Error ->
@@ -64,7 +76,8 @@ open(Filter, Opts, Below, BelowMs) ->
 -spec skip_to(binary() | undefined, backlog()) -> backlog().
 skip_to(undefined, B) ->
     B;
-skip_to(Position, #{topics := Topics} = B) ->
+skip_to(Position, #{topics := Topics} = B0) ->
+    B = cancel_ahead(B0),
     B#{
         topics := maps:map(fun(_T, {_After, _Buf, _Status}) -> {Position, [], more} end, Topics),
         position := Position
@@ -74,22 +87,30 @@ skip_to(Position, #{topics := Topics} = B) ->
 %% when the rest must wait for the settle time (only an empty take waits).
 -spec take(non_neg_integer(), backlog()) -> {ok, [map()], backlog()} | {error, term(), backlog()}.
 take(N, B) ->
-    take(N, B, []).
+    case take(N, B, [], true) of
+        {ok, Rows, B1} -> {ok, Rows, read_ahead(B1)};
+        Error -> Error
+    end.
 
-take(0, B, Acc) ->
+%% Refill: a topic's buffer ran empty, so it is read before the next pop
+%% (only then are the heads the oldest rows of every open topic).
+take(0, B, Acc, _Refill) ->
     {ok, lists:reverse(Acc), B};
-take(N, B0, Acc) ->
+take(N, B0, Acc, true) ->
     case refill(B0, Acc =:= []) of
         {ok, B} ->
-            case pop(B) of
-                {Row, B1} -> take(N - 1, B1, [Row | Acc]);
-                empty -> {ok, lists:reverse(Acc), B}
-            end;
+            take(N, B, Acc, false);
         {error, Reason, B} when Acc =:= [] ->
             {error, Reason, B};
         {error, _Reason, B} ->
             %% What was taken goes out; the next take meets the error again.
             {ok, lists:reverse(Acc), B}
+    end;
+take(N, B, Acc, false) ->
+    case pop(B) of
+        {live, Refill, B1} -> take(N, B1, Acc, Refill);
+        {Row, Refill, B1} -> take(N - 1, B1, [Row | Acc], Refill);
+        empty -> {ok, lists:reverse(Acc), B}
     end.
 
 %% @doc True when every row below the boundary was taken.
@@ -104,12 +125,23 @@ position(#{position := P}) -> P.
 -spec topic_count(backlog()) -> non_neg_integer().
 topic_count(#{topics := T}) -> map_size(T).
 
+%% @doc Rows read and not yet taken: what the replay holds in memory.
+-spec held(backlog()) -> non_neg_integer().
+held(#{topics := T}) -> maps:fold(fun(_, {_, Buf, _}, N) -> N + length(Buf) end, 0, T).
+
 %%--------------------------------------------------------------------
 
 %% Reads the next page of every topic whose buffer ran empty (one request
-%% for all of them), so that each topic still open shows its oldest row.
-%% When only topics waiting to settle are left, waits for that first.
-refill(#{topics := Topics} = B, CanWait) ->
+%% for all of them), so that each topic still open shows its oldest row;
+%% a topic the read-ahead is reading waits for that instead. When only
+%% topics waiting to settle are left, waits for that first.
+refill(B0, CanWait) ->
+    case collect_ahead(B0) of
+        {ok, B} -> refill_due(B, CanWait);
+        {error, _, _} = Error -> Error
+    end.
+
+refill_due(#{topics := Topics} = B, CanWait) ->
     Now = erlang:system_time(millisecond),
     Settled = Now >= settled_at(B),
     Due = [{T, After} || {T, {After, [], Status}} <- maps:to_list(Topics), due(Status, Settled)],
@@ -118,7 +150,7 @@ refill(#{topics := Topics} = B, CanWait) ->
     case {Due, Buffered, Settling} of
         {[], [], [_ | _]} when CanWait ->
             timer:sleep(max(0, settled_at(B) - Now)),
-            refill(B, CanWait);
+            refill_due(B, CanWait);
         {[], _, _} ->
             {ok, B};
         _ ->
@@ -129,20 +161,64 @@ due(more, _Settled) -> true;
 due(settle, Settled) -> Settled;
 due(done, _Settled) -> false.
 
-read(Due, Settled, #{topics := Topics, from := From, below := Below, page := Page} = B) ->
-    Request = fun(Pid, Ref) -> emqx_offline_cassandra_nif:replay_pages(Pid, Ref, Due, {From, Below}, Page) end,
-    case call(Request) of
-        {ok, Pages} ->
-            {ok, B#{topics := lists:foldl(fun(P, Acc) -> fill(P, Page, Settled, Acc) end, Topics, Pages)}};
-        {error, Reason} ->
-            {error, Reason, B}
+read(Due, Settled, B) ->
+    case emqx_offline_cassandra_nif:await_reply(pages_request(Due, B), ?REPLY_TIMEOUT_MS) of
+        {ok, Pages} -> {ok, fill_all(Pages, Settled, B)};
+        {error, Reason} -> {error, Reason, B}
     end.
+
+pages_request(Due, #{from := From, below := Below, page := Page}) ->
+    fun(Pid, Ref) -> emqx_offline_cassandra_nif:replay_pages(Pid, Ref, Due, {From, Below}, Page) end.
+
+fill_all(Pages, Settled, #{topics := Topics, page := Page} = B) ->
+    B#{topics := lists:foldl(fun(P, Acc) -> fill(P, Page, Settled, Acc) end, Topics, Pages)}.
+
+%% Starts reading the next page of the topics whose buffer is down to a
+%% page and that have more, unless a read-ahead is already in flight.
+read_ahead(#{ahead := none, topics := Topics, page := Page} = B) ->
+    Low = [{T, After} || {T, {After, Buf, more}} <- maps:to_list(Topics), length(Buf) =< Page],
+    case Low of
+        [] ->
+            B;
+        _ ->
+            Settled = erlang:system_time(millisecond) >= settled_at(B),
+            Pending = emqx_offline_cassandra_nif:start_request(pages_request(Low, B), ?REPLY_TIMEOUT_MS),
+            B#{ahead := {Pending, [T || {T, _} <- Low], Settled}}
+    end;
+read_ahead(B) ->
+    B.
+
+%% Takes in the read-ahead's pages: waits for them when one of its topics
+%% ran empty, else only if they are already there. Its error is the
+%% replay's only when the replay waited for it; otherwise its topics are
+%% read again when due.
+collect_ahead(#{ahead := none} = B) ->
+    {ok, B};
+collect_ahead(#{ahead := {Pending, AheadTopics, Settled}, topics := Topics} = B) ->
+    Needed = lists:any(fun(T) -> element(2, maps:get(T, Topics)) =:= [] end, AheadTopics),
+    Wait =
+        case Needed of
+            true -> infinity;
+            false -> 0
+        end,
+    case emqx_offline_cassandra_nif:collect_reply(Pending, Wait) of
+        pending -> {ok, B};
+        {done, {ok, Pages}} -> {ok, fill_all(Pages, Settled, B#{ahead := none})};
+        {done, {error, Reason}} when Needed -> {error, Reason, B#{ahead := none}};
+        {done, {error, _}} -> {ok, B#{ahead := none}}
+    end.
+
+cancel_ahead(#{ahead := none} = B) ->
+    B;
+cancel_ahead(#{ahead := {Pending, _, _}} = B) ->
+    ok = emqx_offline_cassandra_nif:cancel_request(Pending),
+    B#{ahead := none}.
 
 %% A full page: more may follow. A short one ends its topic once settled;
 %% before, the topic is read once more after the settle time (only then
-%% can its end be trusted).
+%% can its end be trusted). A read-ahead's rows go behind what is left.
 fill({Topic, Rows}, Page, Settled, Topics) ->
-    {After, [], _} = maps:get(Topic, Topics),
+    {After, Buf, _} = maps:get(Topic, Topics),
     Last =
         case Rows of
             [] -> After;
@@ -154,11 +230,13 @@ fill({Topic, Rows}, Page, Settled, Topics) ->
             Settled -> done;
             true -> settle
         end,
-    Topics#{Topic := {Last, Rows, Status}}.
+    Topics#{Topic := {Last, Buf ++ Rows, Status}}.
 
 settled_at(#{below_ms := BelowMs}) -> BelowMs + ?SETTLE_MS.
 
-%% The oldest head among the topics' buffers.
+%% The oldest head among the topics' buffers, `live' for one its
+%% subscriber got live (not again), and whether its topic must be read
+%% before the next pop (its buffer ran empty, and more may follow).
 pop(#{topics := Topics} = B) ->
     Heads = [{maps:get(msgid, Row), T} || {T, {_, [Row | _], _}} <- maps:to_list(Topics)],
     case Heads of
@@ -168,10 +246,10 @@ pop(#{topics := Topics} = B) ->
             {Id, T} = lists:min(Heads),
             {After, [Row | Rest], Status} = maps:get(T, Topics),
             B1 = B#{topics := Topics#{T := {After, Rest, Status}}, position := Id},
+            Refill = Rest =:= [] andalso Status =/= done,
             case is_live(B1, Id) of
-                %% Its subscriber got it live: not again.
-                true -> pop(B1);
-                false -> {Row, B1}
+                true -> {live, Refill, B1};
+                false -> {Row, Refill, B1}
             end
     end.
 

@@ -34,6 +34,9 @@
     count/2,
     purge/2,
     await_reply/2,
+    start_request/2,
+    collect_reply/2,
+    cancel_request/1,
     stats/0
 ]).
 
@@ -74,7 +77,10 @@
     ttl := integer() | undefined,
     %% the row's write time (µs) when later than its msgid's: a row EMQX 4.x
     %% wrote (Cassandra stamped it); its delete goes through delete/3
-    written_us := integer() | undefined
+    written_us := integer() | undefined,
+    %% the msgid as EMQX holds it (16 bytes), undefined when msgid is not
+    %% the 32 upper-case hex digits EMQX writes
+    guid := binary() | undefined
 }.
 -type message() :: #{
     topic := binary(),
@@ -90,7 +96,9 @@
     ttl => non_neg_integer()
 }.
 -type fetch_opts() :: #{limit => non_neg_integer(), since => non_neg_integer()}.
--export_type([reason/0, row/0, message/0, fetch_opts/0]).
+%% A request running in its helper process (start_request/2).
+-opaque pending_reply() :: {pid(), reference()}.
+-export_type([reason/0, row/0, message/0, fetch_opts/0, pending_reply/0]).
 
 %%--------------------------------------------------------------------
 %% Loading
@@ -187,7 +195,7 @@ spool_status() ->
 store(#{topic := Topic, msgid := MsgId, payload := Payload} = Msg) ->
     Args = [
         Topic,
-        hex_msgid(MsgId),
+        MsgId,
         maps:get(sender, Msg, <<>>),
         maps:get(qos, Msg, 1),
         maps:get(retain, Msg, false),
@@ -203,7 +211,7 @@ store(#{topic := Topic, msgid := MsgId, payload := Payload} = Msg) ->
 %% @doc Hands the delete of one acknowledged message to the pipeline.
 -spec delete(binary(), binary()) -> ok | {error, reason()}.
 delete(Topic, MsgId) ->
-    nif_delete(Topic, hex_msgid(MsgId)).
+    nif_delete(Topic, MsgId).
 
 %% @doc The delete of a replayed row whose write time WrittenUs (the row's
 %% written_us) is later than its msgid's: written just after it, so it
@@ -212,7 +220,7 @@ delete(Topic, MsgId) ->
 delete(Topic, MsgId, undefined) ->
     delete(Topic, MsgId);
 delete(Topic, MsgId, WrittenUs) ->
-    nif_delete_written(Topic, hex_msgid(MsgId), WrittenUs).
+    nif_delete_written(Topic, MsgId, WrittenUs).
 
 %% @doc Asks for the newest `limit' messages of Topic - a topic, or a filter
 %% with `+'/`#' whose topics come from the topic index - (0 or absent: the
@@ -238,7 +246,7 @@ fetch_sync(Topic, Opts, Timeout) ->
 -spec replay_plan(pid(), reference(), binary(), map(), binary()) -> ok | {error, reason()}.
 replay_plan(Pid, Ref, Filter, Opts, Below) ->
     nif_replay_plan(
-        Pid, Ref, Filter, maps:get(kept_by, Opts, []), maps:get(newest, Opts, 0), maps:get(since, Opts, 0), hex_msgid(Below)
+        Pid, Ref, Filter, maps:get(kept_by, Opts, []), maps:get(newest, Opts, 0), maps:get(since, Opts, 0), Below
     ).
 
 %% @doc The next page of each {Topic, After} (After: the last msgid taken,
@@ -247,7 +255,7 @@ replay_plan(Pid, Ref, Filter, Opts, Below) ->
 -spec replay_pages(pid(), reference(), [{binary(), binary() | undefined}], {binary() | undefined, binary()},
                    pos_integer()) -> ok | {error, reason()}.
 replay_pages(Pid, Ref, Requests, {From, Below}, Limit) ->
-    nif_replay_pages(Pid, Ref, Requests, From, hex_msgid(Below), Limit).
+    nif_replay_pages(Pid, Ref, Requests, From, Below, Limit).
 
 %% @doc Op (claim | refresh | release) on the cluster-wide claim of a
 %% shared group's replay (Key: {Group, Filter}) for Holder, with a TTL:
@@ -277,7 +285,15 @@ admin_sync(Op, Topic, Timeout) ->
 %% late reply never lands in the caller's mailbox.
 -spec await_reply(fun((pid(), reference()) -> ok | {error, reason()}), timeout()) -> term().
 await_reply(Request, Timeout) ->
-    {Pid, MRef} = spawn_monitor(fun() ->
+    {done, Result} = collect_reply(start_request(Request, Timeout), infinity),
+    Result.
+
+%% @doc await_reply/2 in two steps: starts Request in its helper process
+%% and returns at once, for a caller with other work meanwhile (a replay
+%% reads its next page while it delivers the current one).
+-spec start_request(fun((pid(), reference()) -> ok | {error, reason()}), timeout()) -> pending_reply().
+start_request(Request, Timeout) ->
+    spawn_monitor(fun() ->
         Ref = make_ref(),
         Result =
             case Request(self(), Ref) of
@@ -290,11 +306,23 @@ await_reply(Request, Timeout) ->
                     Error
             end,
         exit({reply, Result})
-    end),
+    end).
+
+%% @doc The reply of a started request, waiting at most Wait ms for it.
+-spec collect_reply(pending_reply(), timeout()) -> {done, term()} | pending.
+collect_reply({Pid, MRef}, Wait) ->
     receive
-        {'DOWN', MRef, process, Pid, {reply, Result}} -> Result;
-        {'DOWN', MRef, process, Pid, Other} -> {error, {crashed, Other}}
+        {'DOWN', MRef, process, Pid, {reply, Result}} -> {done, Result};
+        {'DOWN', MRef, process, Pid, Other} -> {done, {error, {crashed, Other}}}
+    after Wait -> pending
     end.
+
+%% @doc Forgets a started request: its reply is dropped with the helper.
+-spec cancel_request(pending_reply()) -> ok.
+cancel_request({Pid, MRef}) ->
+    erlang:demonitor(MRef, [flush]),
+    exit(Pid, kill),
+    ok.
 
 %% @doc Counters (README, Counters): accepted, written, failed, dropped,
 %% evicted, rejected, expired, in_flight, buffered, buffered_bytes, batches,
@@ -303,10 +331,6 @@ await_reply(Request, Timeout) ->
 -spec stats() -> {ok, #{atom() => non_neg_integer()}} | {error, reason()}.
 stats() ->
     nif_stats().
-
-%% EMQX's msgid is a 16-byte GUID; the table stores it as 32 upper-case hex.
-hex_msgid(<<_:128>> = Guid) -> binary:encode_hex(Guid);
-hex_msgid(Hex) when is_binary(Hex) -> Hex.
 
 %%--------------------------------------------------------------------
 %% NIF stubs (replaced when the library loads)

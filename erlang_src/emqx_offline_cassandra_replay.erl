@@ -216,8 +216,8 @@ failed(Reason, Filter) ->
 %% (emqx_message:make/7 would reset the timestamp): {message, Id, QoS, From,
 %% Flags, Headers, Topic, Payload, Timestamp, Extra}.
 -spec to_message(map(), map()) -> {ok, tuple()} | {error, term()}.
-to_message(#{msgid := Hex} = Row, Settings) ->
-    case guid(Hex) of
+to_message(Row, Settings) ->
+    case guid(Row) of
         {ok, Id} ->
             #{topic := Topic, sender := Sender, qos := QoS, retain := Retain, payload := Payload, arrived := Arrived} =
                 Row,
@@ -229,16 +229,20 @@ to_message(#{msgid := Hex} = Row, Settings) ->
             Extra = emqx_offline_cassandra_compat:message_extra(),
             {ok, {message, Id, QoS, Sender, #{retain => Retain}, Headers, Topic, Payload, Arrived, Extra}};
         error ->
-            {error, {not_an_emqx_msgid, Hex}}
+            {error, {not_an_emqx_msgid, maps:get(msgid, Row)}}
     end.
 
-guid(Hex) when byte_size(Hex) =:= 32 ->
+%% The NIF gives the GUID with each row it reads (guid); rows built
+%% elsewhere carry the hex only.
+guid(#{guid := <<_:128>> = Guid}) ->
+    {ok, Guid};
+guid(#{msgid := Hex}) when byte_size(Hex) =:= 32 ->
     try
         {ok, binary:decode_hex(Hex)}
     catch
         error:badarg -> error
     end;
-guid(_) ->
+guid(_Row) ->
     error.
 
 %% A row with a TTL (Cassandra's TTL(): the seconds it has left) gives the
