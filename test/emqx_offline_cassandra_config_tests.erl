@@ -131,8 +131,8 @@ sizes_test() ->
 %% The NIF gets typed values: whole milliseconds, whole bytes, booleans.
 typed_values_for_the_core_test() ->
     {ok, #{nif := Nif}} = ?C:parse(#{<<"request_timeout">> => <<"3s">>, <<"max_payload_size">> => <<"1MB">>,
-                                     <<"reconnect_interval">> => <<"50ms">>}),
-    ?assertMatch(#{<<"request_timeout">> := 3000, <<"max_payload_bytes">> := 1048576,
+                                     <<"reconnect_interval">> => <<"50ms">>, <<"batch_linger">> => <<"250ms">>}),
+    ?assertMatch(#{<<"request_timeout">> := 3000, <<"max_payload_bytes">> := 1048576, <<"batch_linger">> := 250,
                    <<"reconnect_max_backoff">> := 50, <<"reconnect_min_backoff">> := 50,
                    <<"replay_floor_lag">> := 60000, <<"tls_enable">> := false}, Nif),
     {ok, #{nif := Defaults}} = ?C:parse(#{}),
@@ -156,6 +156,8 @@ core_reasons_use_the_form_names_test() ->
                  ?C:parse(#{<<"write_consistency">> => <<"most">>})),
     ?assertMatch({error, <<"request_timeout: ", _/binary>>},
                  ?C:parse(#{<<"request_timeout">> => <<"31d">>})),
+    ?assertEqual({error, <<"batch_linger: must be at most 1s">>},
+                 ?C:parse(#{<<"batch_linger">> => <<"2s">>})),
     %% TLS off: its fields are not checked.
     ?assertMatch({ok, _}, ?C:parse(#{<<"ssl">> => #{<<"enable">> => false, <<"verify">> => true}})).
 
