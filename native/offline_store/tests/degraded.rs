@@ -259,15 +259,7 @@ async fn writes_refused_for_a_revoked_permission_wait_and_land_once_it_is_grante
     let _cleanup = Cleanup::keyspace(&ks).and_role(role);
     let admin = admin().await;
     common::recreate_keyspace(&admin, &ks, 1).await;
-    let run = |cql: String| {
-        let admin = &admin;
-        async move {
-            admin
-                .query_unpaged(cql.clone(), ())
-                .await
-                .unwrap_or_else(|e| panic!("{cql}: {e}"));
-        }
-    };
+    let run = |cql: String| run_cql(&admin, cql);
     run(offline_store::schema::create_table_cql(&ks)).await;
     run(format!("DROP ROLE IF EXISTS {role}")).await;
     run(format!(

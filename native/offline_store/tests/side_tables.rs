@@ -17,15 +17,7 @@ const PASSWORD: &str = "side-tables-pw";
 /// login role that may only read and write it.
 async fn keyspace_for_a_role_without_create(ks: &str, role: &str, side_tables: bool) -> Session {
     let admin = admin().await;
-    let run = |cql: String| {
-        let admin = &admin;
-        async move {
-            admin
-                .query_unpaged(cql.clone(), ())
-                .await
-                .unwrap_or_else(|e| panic!("{cql}: {e}"));
-        }
-    };
+    let run = |cql: String| run_cql(&admin, cql);
     run(format!("DROP KEYSPACE IF EXISTS {ks}")).await;
     run(format!(
         "CREATE KEYSPACE {ks} WITH replication = {{'class': 'SimpleStrategy', 'replication_factor': '1'}}"
@@ -330,15 +322,7 @@ async fn with_the_floor_off_a_floor_table_the_role_cannot_write_is_named() {
     );
     let _cleanup = Cleanup::keyspace(ks).and_role(role);
     let admin = keyspace_for_a_role_without_create(ks, role, true).await;
-    let run = |cql: String| {
-        let admin = &admin;
-        async move {
-            admin
-                .query_unpaged(cql.clone(), ())
-                .await
-                .unwrap_or_else(|e| panic!("{cql}: {e}"));
-        }
-    };
+    let run = |cql: String| run_cql(&admin, cql);
     // MODIFY on the message table and the index only.
     run(format!("REVOKE MODIFY ON KEYSPACE {ks} FROM {role}")).await;
     for table in [schema::TABLE, schema::INDEX_TABLE] {

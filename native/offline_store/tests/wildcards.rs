@@ -169,10 +169,7 @@ async fn topics_in_the_index_of_earlier_versions_are_found() {
     let _cleanup = Cleanup::keyspace(ks);
     let admin = admin().await;
     recreate_keyspace(&admin, ks, 1).await;
-    let run = |cql: String| {
-        let admin = &admin;
-        async move { admin.query_unpaged(cql, ()).await.unwrap() }
-    };
+    let run = |cql: String| run_cql(&admin, cql);
     run(offline_store::schema::create_table_cql(ks)).await;
     run(format!(
         "CREATE TABLE {ks}.mqtt_msg_topics (root text, topic text, PRIMARY KEY (root, topic))"
@@ -238,15 +235,7 @@ async fn a_former_index_the_role_cannot_read_is_named_at_connect() {
     let _cleanup = Cleanup::keyspace(ks).and_role(role);
     let admin = admin().await;
     recreate_keyspace(&admin, ks, 1).await;
-    let run = |cql: String| {
-        let admin = &admin;
-        async move {
-            admin
-                .query_unpaged(cql.clone(), ())
-                .await
-                .unwrap_or_else(|e| panic!("{cql}: {e}"))
-        }
-    };
+    let run = |cql: String| run_cql(&admin, cql);
     run(offline_store::schema::create_table_cql(ks)).await;
     run(offline_store::schema::create_index_table_cql(ks)).await;
     run(format!(

@@ -57,6 +57,15 @@ pub async fn admin() -> Session {
         .unwrap_or_else(|e| panic!("cannot reach the test Cassandra at {}: {e}", node()))
 }
 
+/// Runs one statement as `admin` (keyspaces, roles, grants); panics with the statement when
+/// Cassandra refuses it.
+pub async fn run_cql(admin: &Session, cql: String) -> scylla::response::query_result::QueryResult {
+    admin
+        .query_unpaged(cql.clone(), ())
+        .await
+        .unwrap_or_else(|e| panic!("{cql}: {e}"))
+}
+
 pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
