@@ -261,13 +261,7 @@ async fn writes_refused_for_a_revoked_permission_wait_and_land_once_it_is_grante
     common::recreate_keyspace(&admin, &ks, 1).await;
     let run = |cql: String| run_cql(&admin, cql);
     run(offline_store::schema::create_table_cql(&ks)).await;
-    run(format!("DROP ROLE IF EXISTS {role}")).await;
-    run(format!(
-        "CREATE ROLE {role} WITH PASSWORD = '{PASSWORD}' AND LOGIN = true"
-    ))
-    .await;
-    run(format!("GRANT SELECT ON KEYSPACE {ks} TO {role}")).await;
-    run(format!("GRANT MODIFY ON KEYSPACE {ks} TO {role}")).await;
+    role_for_keyspace(&admin, &ks, role, PASSWORD).await;
     let store = connect_with(StoreConfig {
         keyspace: ks.clone(),
         username: Some(role.into()),

@@ -28,13 +28,7 @@ async fn keyspace_for_a_role_without_create(ks: &str, role: &str, side_tables: b
         run(schema::create_index_table_cql(ks)).await;
         run(schema::create_floor_table_cql(ks)).await;
     }
-    run(format!("DROP ROLE IF EXISTS {role}")).await;
-    run(format!(
-        "CREATE ROLE {role} WITH PASSWORD = '{PASSWORD}' AND LOGIN = true"
-    ))
-    .await;
-    run(format!("GRANT SELECT ON KEYSPACE {ks} TO {role}")).await;
-    run(format!("GRANT MODIFY ON KEYSPACE {ks} TO {role}")).await;
+    role_for_keyspace(&admin, ks, role, PASSWORD).await;
     admin
 }
 

@@ -66,6 +66,19 @@ pub async fn run_cql(admin: &Session, cql: String) -> scylla::response::query_re
         .unwrap_or_else(|e| panic!("{cql}: {e}"))
 }
 
+/// A fresh login role `role` that may read and write keyspace `ks` (SELECT and MODIFY), and
+/// nothing else: what a DBA gives the plugin.
+pub async fn role_for_keyspace(admin: &Session, ks: &str, role: &str, password: &str) {
+    run_cql(admin, format!("DROP ROLE IF EXISTS {role}")).await;
+    run_cql(
+        admin,
+        format!("CREATE ROLE {role} WITH PASSWORD = '{password}' AND LOGIN = true"),
+    )
+    .await;
+    run_cql(admin, format!("GRANT SELECT ON KEYSPACE {ks} TO {role}")).await;
+    run_cql(admin, format!("GRANT MODIFY ON KEYSPACE {ks} TO {role}")).await;
+}
+
 pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
