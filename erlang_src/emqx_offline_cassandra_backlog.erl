@@ -5,7 +5,10 @@
 %% A wildcard's topics each keep a cursor and a small buffer; take/2 merges
 %% their heads by msgid, so rows come out in msgid (publish) order across
 %% topics, and the position of the whole replay is one msgid: everything up
-%% to it was taken.
+%% to it was taken. The heads are kept sorted (a gb_set of {MsgId, Topic}),
+%% and the topics that must be read before the next pop in a map of their
+%% own, so a row costs O(log topics), not a walk over all of them (a
+%% wildcard may have 10,000).
 %%
 %% Read-ahead: after each take, the topics whose buffer is down to a page
 %% are read in the background (one request for all of them, one such
@@ -44,6 +47,10 @@
     below_ms := integer(),
     page := pos_integer(),
     position := binary() | undefined,
+    %% {Head msgid, Topic} of every topic with buffered rows.
+    heads := gb_sets:set({binary(), binary()}),
+    %% Topics with nothing buffered that are not done: read before a pop.
+    empty := #{binary() => true},
     %% The read-ahead in flight: its request, its topics, and whether it
     %% started after the settle time (a short page is then the end).
     ahead := none | {emqx_offline_cassandra_nif:pending_reply(), [binary()], boolean()}
@@ -60,6 +67,8 @@ open(Filter, Opts, Below, BelowMs) ->
             Page = max(?MIN_PAGE, min(?MAX_PAGE, ?ROW_BUDGET div (2 * N))),
             {ok, #{
                 topics => maps:from_list([{T, {undefined, [], more}} || T <- Topics]),
+                heads => gb_sets:empty(),
+                empty => maps:from_list([{T, true} || T <- Topics]),
                 from => From,
                 below => Below,
                 below_ms => BelowMs,
@@ -80,6 +89,8 @@ skip_to(Position, #{topics := Topics} = B0) ->
     B = cancel_ahead(B0),
     B#{
         topics := maps:map(fun(_T, {_After, _Buf, _Status}) -> {Position, [], more} end, Topics),
+        heads := gb_sets:empty(),
+        empty := maps:map(fun(_T, _) -> true end, Topics),
         position := Position
     }.
 
@@ -115,8 +126,8 @@ take(N, B, Acc, false) ->
 
 %% @doc True when every row below the boundary was taken.
 -spec is_done(backlog()) -> boolean().
-is_done(#{topics := Topics}) ->
-    maps:fold(fun(_T, {_, Buf, Status}, All) -> All andalso Status =:= done andalso Buf =:= [] end, true, Topics).
+is_done(#{heads := Heads, empty := Empty}) ->
+    map_size(Empty) =:= 0 andalso gb_sets:is_empty(Heads).
 
 %% @doc The msgid of the last row taken (undefined before the first).
 -spec position(backlog()) -> binary() | undefined.
@@ -141,14 +152,14 @@ refill(B0, CanWait) ->
         {error, _, _} = Error -> Error
     end.
 
-refill_due(#{topics := Topics} = B, CanWait) ->
+refill_due(#{topics := Topics, empty := Empty, heads := Heads} = B, CanWait) ->
     Now = erlang:system_time(millisecond),
     Settled = Now >= settled_at(B),
-    Due = [{T, After} || {T, {After, [], Status}} <- maps:to_list(Topics), due(Status, Settled)],
-    Buffered = [x || {_, {_, [_ | _], _}} <- maps:to_list(Topics)],
-    Settling = [x || {_, {_, [], settle}} <- maps:to_list(Topics)],
-    case {Due, Buffered, Settling} of
-        {[], [], [_ | _]} when CanWait ->
+    Unread = [{T, maps:get(T, Topics)} || T <- maps:keys(Empty)],
+    Due = [{T, After} || {T, {After, [], Status}} <- Unread, due(Status, Settled)],
+    Settling = [x || {_, {_, [], settle}} <- Unread],
+    case {Due, gb_sets:is_empty(Heads), Settling} of
+        {[], true, [_ | _]} when CanWait ->
             timer:sleep(max(0, settled_at(B) - Now)),
             refill_due(B, CanWait);
         {[], _, _} ->
@@ -170,8 +181,8 @@ read(Due, Settled, B) ->
 pages_request(Due, #{from := From, below := Below, page := Page}) ->
     fun(Pid, Ref) -> emqx_offline_cassandra_nif:replay_pages(Pid, Ref, Due, {From, Below}, Page) end.
 
-fill_all(Pages, Settled, #{topics := Topics, page := Page} = B) ->
-    B#{topics := lists:foldl(fun(P, Acc) -> fill(P, Page, Settled, Acc) end, Topics, Pages)}.
+fill_all(Pages, Settled, B) ->
+    lists:foldl(fun(P, Acc) -> fill(P, Settled, Acc) end, B, Pages).
 
 %% Starts reading the next page of the topics whose buffer is down to a
 %% page and that have more, unless a read-ahead is already in flight.
@@ -194,8 +205,8 @@ read_ahead(B) ->
 %% read again when due.
 collect_ahead(#{ahead := none} = B) ->
     {ok, B};
-collect_ahead(#{ahead := {Pending, AheadTopics, Settled}, topics := Topics} = B) ->
-    Needed = lists:any(fun(T) -> element(2, maps:get(T, Topics)) =:= [] end, AheadTopics),
+collect_ahead(#{ahead := {Pending, AheadTopics, Settled}, empty := Empty} = B) ->
+    Needed = lists:any(fun(T) -> maps:is_key(T, Empty) end, AheadTopics),
     Wait =
         case Needed of
             true -> infinity;
@@ -217,7 +228,7 @@ cancel_ahead(#{ahead := {Pending, _, _}} = B) ->
 %% A full page: more may follow. A short one ends its topic once settled;
 %% before, the topic is read once more after the settle time (only then
 %% can its end be trusted). A read-ahead's rows go behind what is left.
-fill({Topic, Rows}, Page, Settled, Topics) ->
+fill({Topic, Rows}, Settled, #{topics := Topics, heads := Heads, empty := Empty, page := Page} = B) ->
     {After, Buf, _} = maps:get(Topic, Topics),
     Last =
         case Rows of
@@ -230,23 +241,38 @@ fill({Topic, Rows}, Page, Settled, Topics) ->
             Settled -> done;
             true -> settle
         end,
-    Topics#{Topic := {Last, Buf ++ Rows, Status}}.
+    Heads1 =
+        case {Buf, Rows} of
+            {[], [First | _]} -> gb_sets:add({maps:get(msgid, First), Topic}, Heads);
+            _ -> Heads
+        end,
+    Buf1 = Buf ++ Rows,
+    Empty1 =
+        case Buf1 =:= [] andalso Status =/= done of
+            true -> Empty#{Topic => true};
+            false -> maps:remove(Topic, Empty)
+        end,
+    B#{topics := Topics#{Topic := {Last, Buf1, Status}}, heads := Heads1, empty := Empty1}.
 
 settled_at(#{below_ms := BelowMs}) -> BelowMs + ?SETTLE_MS.
 
 %% The oldest head among the topics' buffers, `live' for one its
 %% subscriber got live (not again), and whether its topic must be read
 %% before the next pop (its buffer ran empty, and more may follow).
-pop(#{topics := Topics} = B) ->
-    Heads = [{maps:get(msgid, Row), T} || {T, {_, [Row | _], _}} <- maps:to_list(Topics)],
-    case Heads of
-        [] ->
+pop(#{topics := Topics, heads := Heads, empty := Empty} = B) ->
+    case gb_sets:is_empty(Heads) of
+        true ->
             empty;
-        _ ->
-            {Id, T} = lists:min(Heads),
+        false ->
+            {{Id, T}, Heads1} = gb_sets:take_smallest(Heads),
             {After, [Row | Rest], Status} = maps:get(T, Topics),
-            B1 = B#{topics := Topics#{T := {After, Rest, Status}}, position := Id},
-            Refill = Rest =:= [] andalso Status =/= done,
+            {Heads2, Empty1, Refill} =
+                case Rest of
+                    [Next | _] -> {gb_sets:add({maps:get(msgid, Next), T}, Heads1), Empty, false};
+                    [] when Status =:= done -> {Heads1, Empty, false};
+                    [] -> {Heads1, Empty#{T => true}, true}
+                end,
+            B1 = B#{topics := Topics#{T := {After, Rest, Status}}, heads := Heads2, empty := Empty1, position := Id},
             case is_live(B1, Id) of
                 true -> {live, Refill, B1};
                 false -> {Row, Refill, B1}

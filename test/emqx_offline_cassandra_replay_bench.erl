@@ -10,6 +10,11 @@
 %% once through extsub (6.1.1+). Each figure is the median of BENCH_REPLAY_RUNS runs
 %% (default 3; a run takes seconds, and one run's figures swing by 2x on a shared machine).
 %%
+%% Then a wildcard over BENCH_WILDCARD_TOPICS topics (default 10,000, the
+%% default max_wildcard_topics) with 5 rows each, against one topic with
+%% as many rows, in the same run (5.x path): what merging that many topics
+%% costs.
+%%
 %% Appends a JSON line to bench-results/replay.jsonl.
 %%--------------------------------------------------------------------
 -module(emqx_offline_cassandra_replay_bench).
@@ -23,14 +28,21 @@ run() ->
     N = list_to_integer(os:getenv("BENCH_REPLAY_N", "100000")),
     Runs = list_to_integer(os:getenv("BENCH_REPLAY_RUNS", "3")),
     Results = [{Path, measure(Path, N, Runs)} || Path <- [deliver, extsub]],
+    NT = list_to_integer(os:getenv("BENCH_WILDCARD_TOPICS", "10000")),
+    #{wildcard := Wild, one_topic := One} = wildcard(NT, 5),
     io:format("~nreplay of a ~b-message backlog, delivered and acked, msg/s, median of ~b runs "
               "(target: replay >= 0.5 x live)~n", [N, Runs]),
     io:format("~-8s ~12s ~12s ~8s ~16s~n", ["path", "replay", "live", "ratio", "live, plugin off"]),
     [io:format("~-8s ~12b ~12b ~8.2f ~16b   replay / plugin off ~.2f~n",
                [Path, round(R), round(L), R / L, round(B), R / B])
      || {Path, #{replay := R, live := L, bare := B}} <- Results],
+    io:format("~nwildcard over ~b topics x 5 rows: ~b msg/s; one topic, ~b rows: ~b msg/s; ratio ~.2f~n",
+              [NT, round(Wild), NT * 5, round(One), Wild / One]),
     Line = iolist_to_binary([
         "{\"n\":", integer_to_list(N),
+        ",\"wildcard_topics\":", integer_to_list(NT),
+        ",\"wildcard_replay_msg_s\":", integer_to_list(round(Wild)),
+        ",\"wildcard_one_topic_msg_s\":", integer_to_list(round(One)),
         [[",\"", atom_to_list(P), "_replay_msg_s\":", integer_to_list(round(R)),
           ",\"", atom_to_list(P), "_live_msg_s\":", integer_to_list(round(L)),
           ",\"", atom_to_list(P), "_live_plugin_off_msg_s\":", integer_to_list(round(B))]
@@ -48,6 +60,33 @@ measure(Path, N, Runs) ->
         io:format("~s runs (replay / live / plugin off): ~p~n",
                   [Path, [{round(R), round(L), round(B)} || #{replay := R, live := L, bare := B} <- Samples]]),
         maps:from_list([{K, median([maps:get(K, S) || S <- Samples])} || K <- [replay, live, bare]])
+    after
+        cleanup(Servers)
+    end.
+
+%% The replay of NT topics x R rows through a wildcard, and of NT x R rows
+%% on one topic, msg/s.
+wildcard(NT, R) ->
+    Servers = setup(deliver),
+    try
+        Base = iolist_to_binary(io_lib:format("bench/wild/~b", [erlang:system_time(millisecond)])),
+        hook(<<Base/binary, "/#">>),
+        Topics = [<<Base/binary, "/t/", (integer_to_binary(I))/binary>> || I <- lists:seq(1, NT)],
+        One = <<Base/binary, "/one">>,
+        {ok, #{written := W0}} = ?NIF:stats(),
+        Start = erlang:system_time(microsecond) - 60000000,
+        [store_one(T, <<(Start + J * NT + I):64, 16#BE4C4:48, 0:16>>)
+         || {I, T} <- lists:enumerate(Topics), J <- lists:seq(1, R)],
+        [store_one(One, <<(Start + I):64, 16#BE4C5:48, 0:16>>) || I <- lists:seq(1, NT * R)],
+        wait(fun() -> {ok, #{written := W}} = ?NIF:stats(), W >= W0 + 2 * NT * R end),
+        Replay = fun(Filter, Suffix) ->
+            rate(NT * R, fun() ->
+                Sub = ?D:connect(<<Base/binary, Suffix/binary>>, #{auto_ack => true, log => ids}),
+                ok = ?D:subscribe(Sub, Filter, 1),
+                Sub
+            end)
+        end,
+        #{wildcard => Replay(<<Base/binary, "/t/+">>, <<"-wild">>), one_topic => Replay(One, <<"-one">>)}
     after
         cleanup(Servers)
     end.
