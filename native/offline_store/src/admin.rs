@@ -10,7 +10,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use crate::connection::{Connection, db_err};
+use crate::connection::{Connection, db_err, unpaged_rows};
 use crate::error::StoreError;
 use crate::floor::{ABOVE_ALL, bound_at, now_us, time_of};
 use crate::store::Store;
@@ -70,26 +70,15 @@ async fn count_rows(
     values: impl scylla::serialize::row::SerializeRow,
     timeout: Duration,
 ) -> Result<u64, StoreError> {
-    let result = conn
-        .session
-        .execute_unpaged(stmt, values)
-        .await
-        .map_err(|e| StoreError::from_driver(e, timeout))?
-        .into_rows_result()
-        .map_err(db_err)?;
+    let result = unpaged_rows(conn.session.execute_unpaged(stmt, values), timeout).await?;
     let (n,) = result.single_row::<(i64,)>().map_err(db_err)?;
     Ok(n.max(0) as u64)
 }
 
 /// The coordinator's clock in µs (`toUnixTimestamp(now())`, whole milliseconds).
 async fn cassandra_now_us(conn: &Connection, timeout: Duration) -> Result<i64, StoreError> {
-    let (ms,) = conn
-        .session
-        .execute_unpaged(&conn.clock, ())
-        .await
-        .map_err(|e| StoreError::from_driver(e, timeout))?
-        .into_rows_result()
-        .map_err(db_err)?
+    let (ms,) = unpaged_rows(conn.session.execute_unpaged(&conn.clock, ()), timeout)
+        .await?
         .single_row::<(i64,)>()
         .map_err(db_err)?;
     Ok(ms.saturating_mul(1000))

@@ -23,7 +23,7 @@ use scylla::statement::SerialConsistency;
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlValue, Row};
 
-use crate::connection::{Connection, db_err, prepare_once_visible};
+use crate::connection::{Connection, db_err, prepare_once_visible, unpaged_rows};
 use crate::error::StoreError;
 use crate::schema;
 use crate::store::Store;
@@ -133,16 +133,11 @@ impl Store {
     async fn ensure_claims_table(&self, conn: &Connection) -> Result<(), StoreError> {
         let timeout = self.inner.cfg.request_timeout;
         let ks = schema::keyspace_name(&self.inner.cfg.keyspace);
-        let exists = conn
-            .session
-            .query_unpaged(
+        let exists = unpaged_rows(conn.session.query_unpaged(
                 "SELECT table_name FROM system_schema.tables WHERE keyspace_name = ? AND table_name = ?",
                 (ks.as_str(), schema::CLAIMS_TABLE),
-            )
-            .await
-            .map_err(|e| StoreError::from_driver(e, timeout))?
-            .into_rows_result()
-            .map_err(db_err)?
+            ), timeout)
+            .await?
             .rows_num()
             > 0;
         if exists {
@@ -189,13 +184,7 @@ impl Store {
         values: impl scylla::serialize::row::SerializeRow,
     ) -> Result<(bool, Option<String>), StoreError> {
         let timeout = self.inner.cfg.request_timeout;
-        let result = conn
-            .session
-            .execute_unpaged(stmt, values)
-            .await
-            .map_err(|e| StoreError::from_driver(e, timeout))?
-            .into_rows_result()
-            .map_err(db_err)?;
+        let result = unpaged_rows(conn.session.execute_unpaged(stmt, values), timeout).await?;
         let holder_at = result
             .column_specs()
             .iter()

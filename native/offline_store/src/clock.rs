@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use crate::connection::{Connection, db_err};
+use crate::connection::{Connection, db_err, unpaged_rows};
 use crate::error::StoreError;
 
 /// The latest comparison, read by floor scans and status calls without a lock.
@@ -85,17 +85,9 @@ impl ClockCheck {
         timeout: Duration,
     ) -> Result<i64, StoreError> {
         let before = self.local_now_ms();
-        let result = conn
-            .session
-            .execute_unpaged(&conn.clock, ())
-            .await
-            .map_err(|e| StoreError::from_driver(e, timeout))?;
+        let rows = unpaged_rows(conn.session.execute_unpaged(&conn.clock, ()), timeout).await?;
         let after = self.local_now_ms();
-        let (server,) = result
-            .into_rows_result()
-            .map_err(db_err)?
-            .single_row::<(i64,)>()
-            .map_err(db_err)?;
+        let (server,) = rows.single_row::<(i64,)>().map_err(db_err)?;
         Ok(offset_from(before, server, after))
     }
 }

@@ -9,7 +9,9 @@ use scylla::client::PoolSize;
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
+use scylla::errors::ExecutionError;
 use scylla::policies::load_balancing::DefaultPolicy;
+use scylla::response::query_result::{QueryResult, QueryRowsResult};
 use scylla::statement::prepared::PreparedStatement;
 
 use crate::config::StoreConfig;
@@ -275,14 +277,15 @@ async fn check_or_create_table(session: &Session, cfg: &StoreConfig) -> Result<(
     let timeout = cfg.request_timeout;
     let db = |e| StoreError::from_driver(e, timeout);
 
-    let ks_rows = session
-        .query_unpaged(
+    let keyspaces = unpaged_rows(
+        session.query_unpaged(
             "SELECT keyspace_name FROM system_schema.keyspaces WHERE keyspace_name = ?",
             (&ks,),
-        )
-        .await
-        .map_err(db)?;
-    if ks_rows.into_rows_result().map_err(db_err)?.rows_num() == 0 {
+        ),
+        timeout,
+    )
+    .await?;
+    if keyspaces.rows_num() == 0 {
         return Err(StoreError::KeyspaceMissing(ks));
     }
 
@@ -364,15 +367,11 @@ async fn table_exists(
     table: &str,
     timeout: Duration,
 ) -> Result<bool, StoreError> {
-    let existing = session
-        .query_unpaged(
+    let existing = unpaged_rows(session.query_unpaged(
             "SELECT table_name FROM system_schema.tables WHERE keyspace_name = ? AND table_name = ?",
             (ks, table),
-        )
-        .await
-        .map_err(|e| StoreError::from_driver(e, timeout))?
-        .into_rows_result()
-        .map_err(db_err)?
+        ), timeout)
+        .await?
         .rows_num();
     Ok(existing > 0)
 }
@@ -382,16 +381,15 @@ async fn read_columns(
     ks: &str,
     timeout: Duration,
 ) -> Result<Vec<ColumnInfo>, StoreError> {
-    let result = session
-        .query_unpaged(
+    let result = unpaged_rows(
+        session.query_unpaged(
             "SELECT column_name, kind, position, clustering_order, type \
              FROM system_schema.columns WHERE keyspace_name = ? AND table_name = ?",
             (ks, schema::TABLE),
-        )
-        .await
-        .map_err(|e| StoreError::from_driver(e, timeout))?
-        .into_rows_result()
-        .map_err(db_err)?;
+        ),
+        timeout,
+    )
+    .await?;
     let rows = result
         .rows::<(String, String, i32, String, String)>()
         .map_err(db_err)?;
@@ -703,4 +701,18 @@ async fn prepare_all(session: Session, cfg: &StoreConfig) -> Result<Connection, 
 
 pub(crate) fn db_err(e: impl std::error::Error) -> StoreError {
     StoreError::Db(e.to_string())
+}
+
+/// The rows of an unpaged request (`execute_unpaged` or `query_unpaged`), both its failure and
+/// a response without rows classified for the store; `timeout` is the request timeout it ran
+/// with.
+pub(crate) async fn unpaged_rows(
+    request: impl std::future::Future<Output = Result<QueryResult, ExecutionError>>,
+    timeout: Duration,
+) -> Result<QueryRowsResult, StoreError> {
+    request
+        .await
+        .map_err(|e| StoreError::from_driver(e, timeout))?
+        .into_rows_result()
+        .map_err(db_err)
 }

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use scylla::statement::prepared::PreparedStatement;
 
-use crate::connection::{Connection, FloorStatements, db_err};
+use crate::connection::{Connection, FloorStatements, db_err, unpaged_rows};
 use crate::error::StoreError;
 use crate::msgid::MsgId;
 use crate::shared::{FloorScan, Inner, lock};
@@ -74,13 +74,7 @@ pub(crate) async fn read(
     topic: &str,
     timeout: Duration,
 ) -> Result<Option<String>, StoreError> {
-    let rows = conn
-        .session
-        .execute_unpaged(&f.read, (topic,))
-        .await
-        .map_err(|e| StoreError::from_driver(e, timeout))?
-        .into_rows_result()
-        .map_err(db_err)?;
+    let rows = unpaged_rows(conn.session.execute_unpaged(&f.read, (topic,)), timeout).await?;
     Ok(rows
         .maybe_first_row::<(Option<String>,)>()
         .map_err(db_err)?
@@ -131,13 +125,11 @@ pub(crate) async fn advance(
         return Ok(Advance::Unchanged);
     }
     let first = first_live(&current, &cap, |lo, hi| async move {
-        let rows = conn
-            .session
-            .execute_unpaged(&f.first_live, (topic, lo, hi))
-            .await
-            .map_err(|e| StoreError::from_driver(e, timeout))?
-            .into_rows_result()
-            .map_err(db_err)?;
+        let rows = unpaged_rows(
+            conn.session.execute_unpaged(&f.first_live, (topic, lo, hi)),
+            timeout,
+        )
+        .await?;
         Ok(rows
             .maybe_first_row::<(String,)>()
             .map_err(db_err)?
