@@ -14,8 +14,6 @@ mod common;
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
-use std::path::PathBuf;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -59,21 +57,7 @@ fn contact_points() -> Vec<String> {
 
 /// Runs `cassandra.sh cluster <args>`; panics with its output when it fails.
 fn cluster_script(args: &[&str]) {
-    let script =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../test/cassandra/cassandra.sh");
-    let out = Command::new(&script)
-        .arg("cluster")
-        .args(args)
-        .env("CASSANDRA_CLUSTER_PORT", cluster_port().to_string())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-    assert!(
-        out.status.success(),
-        "cassandra.sh cluster {} failed: {}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::cassandra_sh("cluster", "CASSANDRA_CLUSTER_PORT", cluster_port(), args);
 }
 
 /// The cluster, whole when a test starts. Nodes a test kills are started again when it ends,

@@ -12,8 +12,6 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -50,21 +48,7 @@ fn node(i: u8) -> String {
 
 /// Runs `cassandra.sh dc <args>`; panics with its output when it fails.
 fn dc_script(args: &[&str]) {
-    let script =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../test/cassandra/cassandra.sh");
-    let out = Command::new(&script)
-        .arg("dc")
-        .args(args)
-        .env("CASSANDRA_DC_PORT", dc_port().to_string())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-    assert!(
-        out.status.success(),
-        "cassandra.sh dc {} failed: {}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::cassandra_sh("dc", "CASSANDRA_DC_PORT", dc_port(), args);
 }
 
 /// Both datacenters up when a test starts; a node the test killed is started again when it

@@ -79,6 +79,26 @@ pub async fn role_for_keyspace(admin: &Session, ks: &str, role: &str, password: 
     run_cql(admin, format!("GRANT MODIFY ON KEYSPACE {ks} TO {role}")).await;
 }
 
+/// Runs `test/cassandra/cassandra.sh <group> <args>` (`group`: `cluster` or `dc`) with
+/// `port_var` set to `port`, the nodes' CQL port; panics with its output when it fails.
+pub fn cassandra_sh(group: &str, port_var: &str, port: u16, args: &[&str]) {
+    let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../test/cassandra/cassandra.sh");
+    let out = std::process::Command::new(&script)
+        .arg(group)
+        .args(args)
+        .env(port_var, port.to_string())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    assert!(
+        out.status.success(),
+        "cassandra.sh {group} {} failed: {}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
