@@ -23,7 +23,7 @@ use scylla::statement::SerialConsistency;
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlValue, Row};
 
-use crate::connection::{Connection, db_err, prepare_once_visible, unpaged_rows};
+use crate::connection::{Connection, db_err, prepare_once_visible, table_exists, unpaged_rows};
 use crate::error::StoreError;
 use crate::schema;
 use crate::store::Store;
@@ -133,14 +133,7 @@ impl Store {
     async fn ensure_claims_table(&self, conn: &Connection) -> Result<(), StoreError> {
         let timeout = self.inner.cfg.request_timeout;
         let ks = schema::keyspace_name(&self.inner.cfg.keyspace);
-        let exists = unpaged_rows(conn.session.query_unpaged(
-                "SELECT table_name FROM system_schema.tables WHERE keyspace_name = ? AND table_name = ?",
-                (ks.as_str(), schema::CLAIMS_TABLE),
-            ), timeout)
-            .await?
-            .rows_num()
-            > 0;
-        if exists {
+        if table_exists(&conn.session, &ks, schema::CLAIMS_TABLE, timeout).await? {
             return Ok(());
         }
         conn.session

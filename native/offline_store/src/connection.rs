@@ -361,7 +361,8 @@ async fn ensure_side_table(
     Ok(())
 }
 
-async fn table_exists(
+/// Whether keyspace `ks` (as stored: unquoted) has table `table`, from the schema tables.
+pub(crate) async fn table_exists(
     session: &Session,
     ks: &str,
     table: &str,
