@@ -54,41 +54,33 @@ run() ->
     ok.
 
 measure(Path, N, Runs) ->
-    Servers = setup(Path),
+    Servers = emqx_offline_cassandra_test_util:plugin_setup(Path, #{}),
     try
         Samples = [once(Path, N) || _ <- lists:seq(1, Runs)],
         io:format("~s runs (replay / live / plugin off): ~p~n",
                   [Path, [{round(R), round(L), round(B)} || #{replay := R, live := L, bare := B} <- Samples]]),
         maps:from_list([{K, median([maps:get(K, S) || S <- Samples])} || K <- [replay, live, bare]])
     after
-        cleanup(Servers)
+        emqx_offline_cassandra_test_util:plugin_cleanup(Servers)
     end.
 
 %% The replay of NT topics x R rows through a wildcard, and of NT x R rows
 %% on one topic, msg/s.
 wildcard(NT, R) ->
-    Servers = setup(deliver),
+    Servers = emqx_offline_cassandra_test_util:plugin_setup(deliver, #{}),
     try
         Base = iolist_to_binary(io_lib:format("bench/wild/~b", [erlang:system_time(millisecond)])),
         hook(<<Base/binary, "/#">>),
         Topics = [<<Base/binary, "/t/", (integer_to_binary(I))/binary>> || I <- lists:seq(1, NT)],
         One = <<Base/binary, "/one">>,
-        {ok, #{written := W0}} = ?NIF:stats(),
         Start = erlang:system_time(microsecond) - 60000000,
-        [store_one(T, <<(Start + J * NT + I):64, 16#BE4C4:48, 0:16>>)
-         || {I, T} <- lists:enumerate(Topics), J <- lists:seq(1, R)],
-        [store_one(One, <<(Start + I):64, 16#BE4C5:48, 0:16>>) || I <- lists:seq(1, NT * R)],
-        wait(fun() -> {ok, #{written := W}} = ?NIF:stats(), W >= W0 + 2 * NT * R end),
-        Replay = fun(Filter, Suffix) ->
-            rate(NT * R, fun() ->
-                Sub = ?D:connect(<<Base/binary, Suffix/binary>>, #{auto_ack => true, log => ids}),
-                ok = ?D:subscribe(Sub, Filter, 1),
-                Sub
-            end)
-        end,
-        #{wildcard => Replay(<<Base/binary, "/t/+">>, <<"-wild">>), one_topic => Replay(One, <<"-one">>)}
+        store_rows([{T, <<(Start + J * NT + I):64, 16#BE4C4:48, 0:16>>}
+                    || {I, T} <- lists:enumerate(Topics), J <- lists:seq(1, R)] ++
+                   [{One, <<(Start + I):64, 16#BE4C5:48, 0:16>>} || I <- lists:seq(1, NT * R)]),
+        #{wildcard => replay_rate(NT * R, <<Base/binary, "/t/+">>, <<Base/binary, "-wild">>),
+          one_topic => replay_rate(NT * R, One, <<Base/binary, "-one">>)}
     after
-        cleanup(Servers)
+        emqx_offline_cassandra_test_util:plugin_cleanup(Servers)
     end.
 
 median(Xs) ->
@@ -99,11 +91,7 @@ once(Path, N) ->
     T = iolist_to_binary(io_lib:format("bench/replay/~s/~b", [Path, erlang:system_time(millisecond)])),
     hook(T),
     store_backlog(T, N),
-    Replay = rate(N, fun() ->
-        Sub = ?D:connect(<<T/binary, "-replay">>, #{auto_ack => true, log => ids}),
-        ok = ?D:subscribe(Sub, T, 1),
-        Sub
-    end),
+    Replay = replay_rate(N, T, <<T/binary, "-replay">>),
     %% Live: the same number of messages routed to a subscriber at once,
     %% with the plugin on (stored as published, deleted as acked: what
     %% live traffic costs with the plugin), and with the plugin off.
@@ -118,6 +106,15 @@ live(T, N, Suffix) ->
         Sub = ?D:connect(<<T/binary, Suffix/binary>>, #{auto_ack => true, log => ids, max_mqueue_len => N + 1}),
         ok = ?D:subscribe(Sub, T, 1),
         [?D:publish_message(M) || M <- Msgs],
+        Sub
+    end).
+
+%% msg/s of a replay of N rows to a new QoS 1 subscriber of Filter that
+%% acks as it receives.
+replay_rate(N, Filter, ClientId) ->
+    rate(N, fun() ->
+        Sub = ?D:connect(ClientId, #{auto_ack => true, log => ids}),
+        ok = ?D:subscribe(Sub, Filter, 1),
         Sub
     end).
 
@@ -136,40 +133,21 @@ wait(Pred) ->
         false -> timer:sleep(20), wait(Pred)
     end.
 
-setup(Path) ->
-    Mode = case Path of deliver -> '5.10'; extsub -> '6.2' end,
-    ok = ?D:start(#{mode => Mode}),
-    persistent_term:erase({emqx_offline_cassandra_compat, features}),
-    #{replay_path := Path} = emqx_offline_cassandra_compat:detect(),
-    emqx_offline_cassandra_metrics:init(),
-    Servers = [start_unlinked(M) || M <- [emqx_offline_cassandra_replays, emqx_offline_cassandra_acked]],
-    ok = ?NIF:start(emqx_offline_cassandra_test_util:node_config(emqx_offline_cassandra_test_util:node_addr())),
-    ok = emqx_offline_cassandra_test_util:wait_until(fun() -> ?NIF:status() =:= connected end, 20000),
-    Servers.
-
-cleanup(Servers) ->
-    emqx_offline_cassandra_hooks:unhook(),
-    [begin unlink(P), exit(P, shutdown) end || P <- Servers],
-    ?D:stop(),
-    emqx_offline_cassandra_test_util:stop_nif().
-
-start_unlinked(M) ->
-    {ok, Pid} = M:start_link(),
-    unlink(Pid),
-    Pid.
-
 hook(T) ->
     ok = emqx_offline_cassandra_hooks:set_settings(#{topics => [T], max_returned_count => 0, time_range_ms => 0,
                                                      message_ttl_s => 0}),
     ok = emqx_offline_cassandra_hooks:hook().
 
-%% Stores N rows and waits until all are written (`written' counts every
-%% run's writes, the live runs' too).
 store_backlog(T, N) ->
-    {ok, #{written := W0}} = ?NIF:stats(),
     Base = erlang:system_time(microsecond) - 1000000 - N,
-    [store_one(T, <<(Base + I):64, 16#BE4C4:48, 0:16>>) || I <- lists:seq(1, N)],
-    wait(fun() -> {ok, #{written := W}} = ?NIF:stats(), W >= W0 + N end).
+    store_rows([{T, <<(Base + I):64, 16#BE4C4:48, 0:16>>} || I <- lists:seq(1, N)]).
+
+%% Stores the {Topic, Id} rows and waits until all are written (`written'
+%% counts every run's writes, the live runs' too).
+store_rows(Rows) ->
+    {ok, #{written := W0}} = ?NIF:stats(),
+    [store_one(T, Id) || {T, Id} <- Rows],
+    wait(fun() -> {ok, #{written := W}} = ?NIF:stats(), W >= W0 + length(Rows) end).
 
 store_one(T, Id) ->
     Msg = #{topic => T, msgid => Id, sender => <<"bench-pub">>, qos => 1, retain => false,
