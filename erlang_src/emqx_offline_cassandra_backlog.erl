@@ -173,7 +173,7 @@ due(settle, Settled) -> Settled;
 due(done, _Settled) -> false.
 
 read(Due, Settled, B) ->
-    case emqx_offline_cassandra_nif:await_reply(pages_request(Due, B), ?REPLY_TIMEOUT_MS) of
+    case call(pages_request(Due, B)) of
         {ok, Pages} -> {ok, fill_all(Pages, Settled, B)};
         {error, Reason} -> {error, Reason, B}
     end.
