@@ -65,9 +65,9 @@ impl MsgId {
     /// The 16-byte GUID this id spells (what `emqx_message:id/1` holds): a replayed row's
     /// message gets it without the BEAM decoding hex.
     pub fn guid_bytes(&self) -> [u8; 16] {
+        // Upper-case hex digits by construction (`parse` normalises, the others write them).
         let digit = |c: u8| match c {
             b'0'..=b'9' => c - b'0',
-            b'a'..=b'f' => c - b'a' + 10,
             _ => c - b'A' + 10,
         };
         let mut out = [0u8; 16];
