@@ -491,29 +491,67 @@ cluster_start_node() {
     say "node $i answers on $ADDR:$PORT"
 }
 
-# Once, when every node runs (the nodes that joined streamed their share of system_auth, so
-# the default superuser `cassandra` can log in): system_auth replicated to every node, then
-# root/public created, so that each replica holds its row (no repair needed); and a keyspace
-# for the liveness check. A failure half-way is repaired by `cluster reset`.
+# Node $1's view of system_auth's replication factor, asked as root (empty when root cannot log
+# in there).
+cluster_auth_rf() {
+    cluster_node "$1"
+    cql_as root public -e "SELECT replication FROM system_schema.keyspaces WHERE keyspace_name = 'system_auth'" 2>/dev/null |
+        sed -n "s/.*'replication_factor': '\([0-9]*\)'.*/\1/p"
+}
+
+# Root logs in on every node, and every node sees system_auth on $CLUSTER_AUTH_RF replicas.
+cluster_auth_ready() {
+    local i
+    for ((i = 1; i <= CLUSTER_NODES; i++)); do
+        [ "$(cluster_auth_rf "$i")" = "$CLUSTER_AUTH_RF" ] || return 1
+    done
+}
+
+# Once, when every node runs: root/public created, system_auth replicated to every node, and the
+# roles read at ALL so that read repair copies each role's row to the replicas the new
+# replication added (there is no nodetool here); then a keyspace for the liveness check. Each step
+# is retried until every node confirms it: on a busy machine one cqlsh may time out half-way (an
+# ALTER that never took left system_auth on one replica, and a crashed node then took root's row
+# with it). A failure half-way is repaired by running `cluster start` again, or `cluster reset`.
 cluster_setup_auth() {
     [ -f "$CLUSTER_DIR/.auth" ] && return 0
+    local deadline=$((SECONDS + 180)) out= i repaired=
+    # 1. root, created by the default superuser while system_auth is still on one replica (the
+    #    default superuser logs in at QUORUM, which a freshly widened system_auth can refuse).
     cluster_node 1
-    local deadline=$((SECONDS + 120)) out
-    until out=$(cql_as cassandra cassandra -e "
-        ALTER KEYSPACE system_auth WITH replication = {'class': 'SimpleStrategy', 'replication_factor': $CLUSTER_AUTH_RF};
-        CREATE ROLE IF NOT EXISTS root WITH PASSWORD = 'public' AND SUPERUSER = true AND LOGIN = true;" 2>&1); do
-        # A retry after the role was created logs in as root.
-        if cql_as root public -e "SELECT release_version FROM system.local" >/dev/null 2>&1; then break; fi
-        [ $SECONDS -lt $deadline ] || fail_start "could not set up auth on the cluster: $out"
-        sleep 2
+    until cql_as root public -e "SELECT release_version FROM system.local" >/dev/null 2>&1; do
+        [ $SECONDS -lt $deadline ] || fail_start "could not create role root on the cluster: $out"
+        out=$(cql_as cassandra cassandra -e \
+            "CREATE ROLE IF NOT EXISTS root WITH PASSWORD = 'public' AND SUPERUSER = true AND LOGIN = true;" 2>&1) ||
+            sleep 2
     done
+    # 2. As root, on the first node that lets root in: widen system_auth and read every role at
+    #    ALL (read repair), until that read succeeded and every node sees the new replication.
+    until [ -n "$repaired" ] && cluster_auth_ready; do
+        [ $SECONDS -lt $deadline ] || fail_start "could not replicate system_auth to $CLUSTER_AUTH_RF nodes: $out"
+        repaired=
+        for ((i = 1; i <= CLUSTER_NODES; i++)); do
+            cluster_node "$i"
+            if out=$(cql_as root public -e "
+                ALTER KEYSPACE system_auth WITH replication = {'class': 'SimpleStrategy', 'replication_factor': $CLUSTER_AUTH_RF};
+                CONSISTENCY ALL;
+                SELECT role FROM system_auth.roles;
+                SELECT role FROM system_auth.role_members;
+                SELECT role FROM system_auth.role_permissions;" 2>&1); then
+                repaired=1
+                break
+            fi
+        done
+        [ -n "$repaired" ] || sleep 2
+    done
+    cluster_node 1
     out=$(cql_as root public -e "
         CREATE KEYSPACE IF NOT EXISTS cluster_check
           WITH replication = {'class': 'SimpleStrategy', 'replication_factor': $CLUSTER_NODES};
         CREATE TABLE IF NOT EXISTS cluster_check.up (node int PRIMARY KEY, seen timestamp);" 2>&1) ||
         fail_start "could not create keyspace cluster_check: $out"
     touch "$CLUSTER_DIR/.auth"
-    say "auth set up: root/public, system_auth on $CLUSTER_AUTH_RF replicas"
+    say "auth set up: root/public, system_auth on $CLUSTER_AUTH_RF replicas as every node sees it"
 }
 
 # Every node, as coordinator, writes and reads at consistency ALL a row that every node

@@ -50,8 +50,15 @@ if [ "${1:-}" = cluster ]; then
     done
     token1=$(cluster_cql 1 "SELECT tokens FROM system.local")
     check "node 1 holds the lowest token (evenly spaced, one per node)" contains "$token1" "{'-9223372036854775808'}"
-    auth=$(cluster_cql 2 "SELECT replication FROM system_schema.keyspaces WHERE keyspace_name = 'system_auth'")
-    check "system_auth is on every node (rf $((nodes < 3 ? nodes : 3)))" contains "$auth" "'replication_factor': '$((nodes < 3 ? nodes : 3))'"
+    for ((i = 1; i <= nodes; i++)); do
+        auth=$(cluster_cql "$i" "SELECT replication FROM system_schema.keyspaces WHERE keyspace_name = 'system_auth'")
+        contains "$auth" "'replication_factor': '$((nodes < 3 ? nodes : 3))'" || echo "$auth"
+        check "node $i sees system_auth on every node (rf $((nodes < 3 ? nodes : 3)))" \
+            contains "$auth" "'replication_factor': '$((nodes < 3 ? nodes : 3))'"
+        # Read at ONE through node i: the replica it asks holds root's row.
+        roles=$(cluster_cql "$i" "CONSISTENCY ONE; SELECT role FROM system_auth.roles WHERE role = 'root'")
+        check "node $i answers for root's row at ONE" contains "$roles" "(1 rows)"
+    done
     if CQL_USER=root CQL_PASSWORD=wrong "$C" cluster cqlsh 3 -e "SELECT * FROM system.local" >/dev/null 2>&1; then
         check "cluster: wrong password is refused" false
     else
