@@ -14,7 +14,7 @@ rustler::atoms! {
     degraded, waiting, waited, gave_up, refused_invalid, refused_protocol,
     write_latency_p50_us, write_latency_p99_us, read_latency_p50_us, read_latency_p99_us,
     buffer_capacity, purge, count,
-    spooled, spool_bytes, spool_unsynced, spool_appended, spool_recovered, spool_torn,
+    spooled, spool_bytes, spool_unsynced, spool_appended, spool_held, spool_recovered, spool_torn,
     spool_errors, left_in_spool, spool_max_bytes, spool_failed, none,
     expired, buffered_bytes, buffer_max_bytes,
     claim, refresh, release, held, held_by,

@@ -156,6 +156,7 @@ pub fn stats_term<'a>(env: Env<'a>, store: &Store) -> Term<'a> {
         (atoms::spool_bytes(), s.spool_bytes),
         (atoms::spool_unsynced(), s.spool_unsynced),
         (atoms::spool_appended(), s.spool_appended),
+        (atoms::spool_held(), s.spool_held),
         (atoms::spool_recovered(), s.spool_recovered),
         (atoms::spool_torn(), s.spool_torn),
         (atoms::spool_errors(), s.spool_errors),

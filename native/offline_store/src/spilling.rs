@@ -186,7 +186,11 @@ pub(crate) async fn spill(inner: &Arc<Inner>, all: bool) {
     let backlog = inner.rx.len() >= inner.cfg.buffer_capacity / 2
         || inner.counters.buffered_bytes.load(Ordering::Relaxed)
             >= inner.cfg.buffer_max_bytes as u64 / 2;
-    let staged_loose = all && lock(&inner.staging).items.iter().any(spillable);
+    let staged_loose = all
+        && lock(&inner.staging)
+            .items
+            .iter()
+            .any(Pending::only_in_memory);
     let due = inner.counters.spool_unsynced.load(Ordering::Relaxed) > 0;
     if inner.rx.is_empty() && !staged_loose && !due {
         return;
@@ -207,10 +211,6 @@ pub(crate) async fn spill(inner: &Arc<Inner>, all: bool) {
     .await;
 }
 
-fn spillable(p: &Pending) -> bool {
-    p.done.is_none() && p.ticket.is_none()
-}
-
 /// The blocking part of `spill`.
 fn spill_into(inner: &Inner, spool: &mut Spool, all: bool) -> io::Result<()> {
     let c = &inner.counters;
@@ -224,7 +224,7 @@ fn spill_into(inner: &Inner, spool: &mut Spool, all: bool) -> io::Result<()> {
         let mut staging = lock(&inner.staging);
         let items = std::mem::take(&mut staging.items);
         for p in items {
-            if full || !spillable(&p) {
+            if full || !p.only_in_memory() {
                 staging.items.push_back(p);
                 continue;
             }
@@ -249,8 +249,8 @@ fn spill_into(inner: &Inner, spool: &mut Spool, all: bool) -> io::Result<()> {
             Counters::sub(&c.staged, 1);
             break;
         };
-        if !spillable(&p) || !append(inner, spool, &p)? {
-            full = spillable(&p);
+        if !p.only_in_memory() || !append(inner, spool, &p)? {
+            full = p.only_in_memory();
             kept.push(p);
             continue;
         }
@@ -299,6 +299,36 @@ fn append(inner: &Inner, spool: &mut Spool, p: &Pending) -> io::Result<bool> {
             }
         }
     }
+}
+
+/// Disk mode: each write waiting for its partition (see `waiting`) gets a held copy in the
+/// spool, so that a crash while partitions are down loses none of them. The copies are not
+/// read back while the store runs (the writes are in memory); one goes when its write is done
+/// with, and a stop leaves them for the next start. After the spool was found full, tried
+/// again at most every `SPILL_POLL` (the writer wakes for its upkeep meanwhile).
+pub(crate) async fn keep_waiting(inner: &Arc<Inner>) {
+    if !inner.spills() || inner.waiting_topics.load(Ordering::Relaxed) == 0 {
+        return;
+    }
+    if lock(&inner.spool.full_at).is_some_and(|at| at.elapsed() < SPILL_POLL) {
+        return;
+    }
+    if lock(&inner.waiting).only_in_memory() == 0 {
+        return;
+    }
+    with_spool(inner, |inner, spool| {
+        let mut waiting = lock(&inner.waiting);
+        let kept = waiting.keep_on_disk(|op| spool.append_held(op))?;
+        let full = waiting.only_in_memory() > 0;
+        drop(waiting);
+        Counters::add(&inner.counters.spool_held, kept);
+        *lock(&inner.spool.full_at) = full.then(Instant::now);
+        if spool.unsynced() > 0 && (inner.cfg.spool_sync_interval.is_zero() || spool.sync_due()) {
+            spool.sync()?;
+        }
+        Ok(())
+    })
+    .await;
 }
 
 /// Reads spooled writes back into the staging area while it has room (oldest first), and
@@ -398,7 +428,7 @@ pub(crate) async fn close(inner: &Arc<Inner>, left: Vec<Pending>, keep: bool) ->
         let mut rest = Vec::new();
         let mut result = Ok(());
         for p in left {
-            if !keep || !spillable(&p) || result.is_err() {
+            if !keep || !p.only_in_memory() || result.is_err() {
                 rest.push(p);
                 continue;
             }

@@ -3,7 +3,8 @@
 //! (see docs/design.md, "The disk buffer").
 //!
 //! * Segments are files `<id>.seg` (20 digits, oldest first) in one directory, each starting
-//!   with `MAGIC` and then records (see `record`). Only the newest (the tail) is appended to.
+//!   with `MAGIC` and then records (see `record`). Only the newest (the tail) is appended to;
+//!   held records have a tail of their own.
 //! * Appends go through a buffer and are synced in groups (`sync_interval`, or after every
 //!   append call when it is zero), never one fsync per write.
 //! * Records are read back oldest first; each carries a `Ticket` settled when its write is
@@ -12,6 +13,11 @@
 //!   deletes carry their own write timestamps: sending one twice changes nothing).
 //! * Opening checks every record and cuts a segment at the first record that does not
 //!   check out (a torn tail after a crash), counting it.
+//! * Held records (`append_held`): copies of writes that stay in memory, waiting for their
+//!   partition, kept so that a crash does not lose them. They go to segments of their own
+//!   (two tails: switching kinds never cuts a segment short) that the reader skips while the
+//!   spool is open, since their writes are in memory; such a segment goes once its tickets
+//!   are settled, and after a crash its records are read back like any other.
 //! * `LOCK` (an exclusive file lock) keeps a second store off the same directory.
 //!
 //! Blocking file I/O: called from `spawn_blocking` (see `spilling`).
@@ -67,6 +73,9 @@ pub(crate) struct SpoolSlot {
     pub(crate) retry_at: std::sync::Mutex<Option<tokio::time::Instant>>,
     pub(crate) first_try: std::sync::Mutex<Option<tokio::time::Instant>>,
     pub(crate) last_upkeep: std::sync::Mutex<Option<tokio::time::Instant>>,
+    /// When the spool last had no room for a waiting write's held copy
+    /// (`spilling::keep_waiting`).
+    pub(crate) full_at: std::sync::Mutex<Option<tokio::time::Instant>>,
     pub(crate) open: std::sync::atomic::AtomicBool,
 }
 
@@ -105,6 +114,12 @@ impl Segment {
     }
 }
 
+/// The segment appends of one kind go to, open for writing.
+struct Tail {
+    id: u64,
+    file: BufWriter<File>,
+}
+
 /// Where `read` continues: the oldest segment with unread records, and an open reader.
 struct Cursor {
     id: u64,
@@ -115,9 +130,10 @@ struct Cursor {
 pub(crate) struct Spool {
     cfg: SpoolConfig,
     _lock: File,
-    /// Oldest first; the last one is the tail when `tail` is open.
+    /// Oldest first (by id); the tails are among the last.
     segments: VecDeque<Segment>,
-    tail: Option<BufWriter<File>>,
+    tail: Option<Tail>,
+    held_tail: Option<Tail>,
     cursor: Option<Cursor>,
     next_id: u64,
     bytes: u64,
@@ -188,6 +204,7 @@ impl Spool {
             _lock: lock,
             segments,
             tail: None,
+            held_tail: None,
             cursor: None,
             bytes: found.bytes,
             unread: found.records,
@@ -219,28 +236,76 @@ impl Spool {
 
     /// Appends `op` (buffered; see `sync_due`), or answers `Full` when it does not fit.
     pub(crate) fn append(&mut self, op: &Op) -> io::Result<Appended> {
+        Ok(match self.append_record(op, false)? {
+            Some(_) => Appended::Stored,
+            None => Appended::Full,
+        })
+    }
+
+    /// Appends `op` as a record already handed out, and returns the ticket that settles it
+    /// (`None`: it does not fit, nothing was written). Its write stays in memory; the record
+    /// is read back only by a later open, when the ticket was not settled before a crash or
+    /// a stop.
+    pub(crate) fn append_held(&mut self, op: &Op) -> io::Result<Option<Ticket>> {
+        let Some(i) = self.append_record(op, true)? else {
+            return Ok(None);
+        };
+        let seg = &mut self.segments[i];
+        seg.read += 1;
+        self.unread -= 1;
+        Ok(Some(Ticket(seg.settled.clone())))
+    }
+
+    /// Appends one record to the tail of its kind; the index of its segment, or `None` when
+    /// it does not fit.
+    fn append_record(&mut self, op: &Op, held: bool) -> io::Result<Option<usize>> {
         self.encoded.clear();
         let len = record::encode(op, &mut self.encoded) as u64;
         if self.bytes + len > self.cfg.max_bytes {
-            return Ok(Appended::Full);
+            return Ok(None);
         }
-        let rotate = self.segments.back().is_some_and(|s| {
+        let at = self.tail_of(held).map(|id| self.segment_index(id));
+        let rotate = at.is_some_and(|i| {
+            let s = &self.segments[i];
             s.bytes + len > self.cfg.segment_bytes && s.bytes > MAGIC.len() as u64
         });
-        if self.tail.is_none() || rotate {
-            self.start_segment()?;
-        }
-        let Some(tail) = self.tail.as_mut() else {
+        let i = match at {
+            Some(i) if !rotate => i,
+            _ => self.start_segment(held)?,
+        };
+        let tail = if held {
+            &mut self.held_tail
+        } else {
+            &mut self.tail
+        };
+        let Some(tail) = tail.as_mut() else {
             return Err(io::Error::other("spool has no open segment"));
         };
-        tail.write_all(&self.encoded)?;
-        let seg = self.segments.back_mut().expect("the tail is a segment");
+        tail.file.write_all(&self.encoded)?;
+        let seg = &mut self.segments[i];
         seg.bytes += len;
         seg.records += 1;
         self.bytes += len;
         self.unread += 1;
         self.unsynced += 1;
-        Ok(Appended::Stored)
+        Ok(Some(i))
+    }
+
+    fn tail_of(&self, held: bool) -> Option<u64> {
+        let tail = if held { &self.held_tail } else { &self.tail };
+        tail.as_ref().map(|t| t.id)
+    }
+
+    /// Where segment `id` is (it exists: a tail's segment, or one being read).
+    fn segment_index(&self, id: u64) -> usize {
+        // Tails are at the back: search from there.
+        let from_back = self.segments.iter().rev().position(|s| s.id == id);
+        self.segments.len() - 1 - from_back.expect("a tail is a segment")
+    }
+
+    /// Whether segment `id` is open for appends.
+    fn is_tail(&self, id: u64) -> bool {
+        self.tail_of(false) == Some(id) || self.tail_of(true) == Some(id)
     }
 
     /// Whether the appends not synced yet are due for a sync under `sync_interval`.
@@ -250,20 +315,24 @@ impl Spool {
 
     /// Writes out and syncs what was appended.
     pub(crate) fn sync(&mut self) -> io::Result<()> {
-        if let Some(tail) = self.tail.as_mut() {
-            tail.flush()?;
-            tail.get_ref().sync_data()?;
+        for tail in [self.tail.as_mut(), self.held_tail.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            tail.file.flush()?;
+            tail.file.get_ref().sync_data()?;
         }
         self.unsynced = 0;
         self.last_sync = Instant::now();
         Ok(())
     }
 
-    /// Closes the tail (synced) and opens a new segment file as the tail.
-    fn start_segment(&mut self) -> io::Result<()> {
-        if self.tail.is_some() {
+    /// Closes the tail of that kind (synced) and opens a new segment file as its tail;
+    /// returns the new segment's index.
+    fn start_segment(&mut self, held: bool) -> io::Result<usize> {
+        if self.tail_of(held).is_some() {
             self.sync()?;
-            self.tail = None;
+            *self.tail_slot(held) = None;
         }
         let id = self.next_id;
         let path = segment_path(&self.cfg.dir, id);
@@ -288,8 +357,16 @@ impl Spool {
             read: 0,
             settled: Arc::new(AtomicU64::new(0)),
         });
-        self.tail = Some(file);
-        Ok(())
+        *self.tail_slot(held) = Some(Tail { id, file });
+        Ok(self.segments.len() - 1)
+    }
+
+    fn tail_slot(&mut self, held: bool) -> &mut Option<Tail> {
+        if held {
+            &mut self.held_tail
+        } else {
+            &mut self.tail
+        }
     }
 
     /// Reads up to `max` records (and about `max_bytes`), oldest first, each with the ticket
@@ -307,12 +384,11 @@ impl Spool {
             let Some(i) = self.segments.iter().position(|s| s.read < s.records) else {
                 break;
             };
-            let is_tail = i + 1 == self.segments.len() && self.tail.is_some();
-            if is_tail && let Some(tail) = self.tail.as_mut() {
-                // The reader must see what the writer still buffers.
-                tail.flush()?;
-            }
             let seg_id = self.segments[i].id;
+            if let Some(tail) = self.tail.as_mut().filter(|t| t.id == seg_id) {
+                // The reader must see what the writer still buffers.
+                tail.file.flush()?;
+            }
             if self.cursor.as_ref().is_none_or(|c| c.id != seg_id) {
                 let mut file = File::open(segment_path(&self.cfg.dir, seg_id))?;
                 file.seek(SeekFrom::Start(MAGIC.len() as u64))?;
@@ -344,40 +420,45 @@ impl Spool {
         Ok((out, lost))
     }
 
-    /// Deletes the segments whose records were all read and settled. A drained tail goes
-    /// too (the next append starts a new segment), so a restart does not send it again.
+    /// Deletes the segments whose records were all read and settled, wherever they are (a
+    /// held segment whose partition still waits keeps no drained one behind it). A drained
+    /// tail goes too (the next append starts a new segment), so a restart does not send it
+    /// again.
     pub(crate) fn collect(&mut self) -> io::Result<()> {
-        while let Some(seg) = self.segments.front() {
-            if !seg.done() {
-                break;
+        let mut i = 0;
+        while let Some(seg) = self.segments.get(i) {
+            let (id, records) = (seg.id, seg.records);
+            let is_tail = self.is_tail(id);
+            if !seg.done() || (is_tail && (self.unsynced > 0 || records == 0)) {
+                i += 1;
+                continue;
             }
-            let is_tail = self.segments.len() == 1 && self.tail.is_some();
             if is_tail {
-                if self.unsynced > 0 || seg.records == 0 {
-                    break;
-                }
-                self.tail = None;
+                *self.tail_slot(self.tail_of(true) == Some(id)) = None;
             }
-            self.remove_front()?;
+            self.remove(i)?;
         }
         Ok(())
     }
 
-    /// `drop_oldest`: deletes the oldest segment when none of it was read yet and it is not
-    /// the tail; returns how many records went with it.
+    /// `drop_oldest`: deletes the oldest segment none of which was read yet, unless it is
+    /// a tail; returns how many records went with it.
     pub(crate) fn evict_oldest(&mut self) -> io::Result<Option<u64>> {
-        let evictable = self.segments.len() > 1 && self.segments[0].read == 0;
-        if !evictable {
+        let Some(i) = self
+            .segments
+            .iter()
+            .position(|s| s.read == 0 && s.records > 0 && !self.is_tail(s.id))
+        else {
             return Ok(None);
-        }
-        let records = self.segments[0].records;
+        };
+        let records = self.segments[i].records;
         self.unread -= records;
-        self.remove_front()?;
+        self.remove(i)?;
         Ok(Some(records))
     }
 
-    fn remove_front(&mut self) -> io::Result<()> {
-        let Some(seg) = self.segments.pop_front() else {
+    fn remove(&mut self, i: usize) -> io::Result<()> {
+        let Some(seg) = self.segments.remove(i) else {
             return Ok(());
         };
         if self.cursor.as_ref().is_some_and(|c| c.id == seg.id) {
@@ -547,6 +628,54 @@ mod tests {
         // Appending after a full drain starts a new segment.
         fill(&mut spool, 1);
         assert_eq!(read_all(&mut spool).len(), 1);
+    }
+
+    #[test]
+    fn held_records_are_never_read_back_while_open_and_come_back_after_a_crash() {
+        let dir = TempDir::new("held");
+        let mut held = Vec::new();
+        {
+            let (mut spool, _) = Spool::open(config(&dir, 1 << 20)).unwrap();
+            // Plain and held appends taking turns, across several segments of each kind.
+            for i in 0..2_000 {
+                if i % 2 == 0 {
+                    assert_eq!(spool.append(&insert(i)).unwrap(), Appended::Stored);
+                } else {
+                    held.push(spool.append_held(&insert(i)).unwrap().expect("fits"));
+                }
+            }
+            spool.sync().unwrap();
+            assert_eq!(spool.unread(), 1_000);
+            let read = read_all(&mut spool);
+            let us: Vec<u64> = read
+                .iter()
+                .map(|(op, _)| us_of(op) - 1_700_000_000_000_000)
+                .collect();
+            assert_eq!(us, (0..2_000).step_by(2).collect::<Vec<_>>());
+            // The plain records are done with; their segments go although held segments
+            // older than some of them stay.
+            read.into_iter().for_each(|(_, t)| t.settle());
+            spool.collect().unwrap();
+            let held_bytes = spool.bytes();
+            assert!(held_bytes > 0 && held_bytes < 1_000 * 200, "{held_bytes}");
+            // The first 900 held writes landed; the rest were in memory when the node died.
+            held.drain(..900).for_each(Ticket::settle);
+            spool.collect().unwrap();
+            assert!(spool.bytes() < held_bytes);
+            assert!(read_all(&mut spool).is_empty());
+        }
+        let (mut spool, found) = Spool::open(config(&dir, 1 << 20)).unwrap();
+        let back: Vec<u64> = read_all(&mut spool)
+            .iter()
+            .map(|(op, _)| us_of(op) - 1_700_000_000_000_000)
+            .collect();
+        assert_eq!(found.records, back.len() as u64);
+        // Whole segments go: every unsettled held write is back, in order, and at most a
+        // segment's worth of settled ones with them.
+        let unsettled: Vec<u64> = (1_800..2_000).filter(|i| i % 2 == 1).collect();
+        assert!(back.ends_with(&unsettled), "{back:?}");
+        assert!(back.iter().all(|i| i % 2 == 1));
+        assert!(back.len() < unsettled.len() + 300, "{}", back.len());
     }
 
     #[test]

@@ -85,6 +85,8 @@ pub(crate) struct Counters {
     pub spool_bytes: AtomicU64,
     pub spool_unsynced: AtomicU64,
     pub spool_appended: AtomicU64,
+    /// Waiting writes given a held copy in the disk buffer (see `spilling::keep_waiting`).
+    pub spool_held: AtomicU64,
     pub spool_recovered: AtomicU64,
     pub spool_torn: AtomicU64,
     pub spool_errors: AtomicU64,
@@ -142,6 +144,7 @@ impl Counters {
             spool_bytes: self.spool_bytes.load(Relaxed),
             spool_unsynced: self.spool_unsynced.load(Relaxed),
             spool_appended: self.spool_appended.load(Relaxed),
+            spool_held: self.spool_held.load(Relaxed),
             spool_recovered: self.spool_recovered.load(Relaxed),
             spool_torn: self.spool_torn.load(Relaxed),
             spool_errors: self.spool_errors.load(Relaxed),
@@ -230,6 +233,10 @@ pub struct StatsSnapshot {
     pub spool_unsynced: u64,
     /// Writes moved to the disk buffer (each time).
     pub spool_appended: u64,
+    /// Writes waiting for their partition (see `degraded`) that were given a copy in the
+    /// disk buffer, so that a crash does not lose them (each time; the copy goes when the
+    /// write is done with).
+    pub spool_held: u64,
     /// Writes found in the disk buffer when the store started (from an earlier run).
     pub spool_recovered: u64,
     /// Torn tails (a record cut short by a crash) cut off when the disk buffer was opened.

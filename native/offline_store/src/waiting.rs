@@ -3,20 +3,26 @@
 //! per topic (one partition each) with a backoff of their own, outside the staging area and
 //! without an in-flight slot: a partition whose replicas are down holds up no other one.
 //! A write that waits longer than `write_give_up_after` is failed.
+//!
+//! In disk mode each waiting write also gets a held copy in the spool (`keep_on_disk`), so
+//! that a crash while a partition is down loses nothing; the copy goes when the write is done.
 
 use std::collections::{HashMap, VecDeque};
+use std::io;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use crate::error::StoreError;
-use crate::write::Pending;
+use crate::write::{Op, Pending, Ticket};
 
 /// The writes waiting for a retry, by topic.
 #[derive(Default)]
 pub(crate) struct Waiting {
     topics: HashMap<String, TopicWait>,
     len: usize,
+    /// Writes that are only in memory (`Pending::only_in_memory`), over every topic.
+    only_in_memory: usize,
 }
 
 struct TopicWait {
@@ -28,6 +34,36 @@ struct TopicWait {
     sending: bool,
     /// Why the topic's last attempt could not be written, for a write given up.
     last_reason: String,
+    /// Its writes that are only in memory.
+    only_in_memory: usize,
+}
+
+impl TopicWait {
+    /// `Waiting::keep_on_disk` for one topic; `false` when `keep` had no room.
+    fn keep_on_disk(
+        &mut self,
+        keep: &mut impl FnMut(&Op) -> io::Result<Option<Ticket>>,
+    ) -> io::Result<bool> {
+        let back = self.writes.iter().rev();
+        let from_back = back.take_while(|(_, p)| p.only_in_memory()).count();
+        let n = self.writes.len();
+        let order = (n - from_back..n).rev().chain(0..n - from_back);
+        for i in order {
+            if self.only_in_memory == 0 {
+                break;
+            }
+            let p = &mut self.writes[i].1;
+            if !p.only_in_memory() {
+                continue;
+            }
+            let Some(ticket) = keep(&p.op)? else {
+                return Ok(false);
+            };
+            p.ticket = Some(ticket);
+            self.only_in_memory -= 1;
+        }
+        Ok(true)
+    }
 }
 
 /// Why a batch goes back to wait.
@@ -63,6 +99,34 @@ impl Waiting {
         self.topics.contains_key(topic)
     }
 
+    /// Waiting writes a crash would lose (no copy in the spool).
+    pub(crate) fn only_in_memory(&self) -> usize {
+        self.only_in_memory
+    }
+
+    /// Gives each waiting write that is only in memory the ticket of a held copy made by
+    /// `keep` (the spool's `append_held`), until all have one or `keep` answers `None` (no
+    /// room). Returns how many got one. New writes join a topic at the back and retried ones
+    /// come back at the front, so each topic is looked at from its back, then its front,
+    /// and only until its count is reached.
+    pub(crate) fn keep_on_disk(
+        &mut self,
+        mut keep: impl FnMut(&Op) -> io::Result<Option<Ticket>>,
+    ) -> io::Result<u64> {
+        let mut kept = 0;
+        for wait in self.topics.values_mut().filter(|w| w.only_in_memory > 0) {
+            let before = wait.only_in_memory;
+            let room = wait.keep_on_disk(&mut keep);
+            let n = (before - wait.only_in_memory) as u64;
+            self.only_in_memory -= before - wait.only_in_memory;
+            kept += n;
+            if !room? {
+                break;
+            }
+        }
+        Ok(kept)
+    }
+
     /// Writes that arrive for a waiting topic go behind it: they would be refused too, and
     /// their topic's order stays.
     pub(crate) fn append(&mut self, batch: Vec<Pending>, now: Instant) {
@@ -73,6 +137,9 @@ impl Waiting {
             return;
         };
         self.len += batch.len();
+        let loose = batch.iter().filter(|p| p.only_in_memory()).count();
+        wait.only_in_memory += loose;
+        self.only_in_memory += loose;
         wait.writes.extend(batch.into_iter().map(|p| (now, p)));
     }
 
@@ -100,6 +167,7 @@ impl Waiting {
             backoff: Duration::ZERO,
             sending: false,
             last_reason: why.clone(),
+            only_in_memory: 0,
         });
         match refusal {
             Refusal::Transient { .. } => {
@@ -110,6 +178,9 @@ impl Waiting {
             Refusal::Disconnected => wait.retry_at = now,
         }
         self.len += batch.len();
+        let loose = batch.iter().filter(|p| p.only_in_memory()).count();
+        wait.only_in_memory += loose;
+        self.only_in_memory += loose;
         let since = since.unwrap_or(now);
         for p in batch.into_iter().rev() {
             wait.writes.push_front((since, p));
@@ -165,6 +236,9 @@ impl Waiting {
                 .drain(..)
                 .partition(|(since, _)| now.duration_since(*since) >= give_up);
             wait.writes = keep;
+            let loose = old.iter().filter(|(_, p)| p.only_in_memory()).count();
+            wait.only_in_memory -= loose;
+            self.only_in_memory -= loose;
             let error = StoreError::Db(format!(
                 "write given up after waiting longer than write_give_up_after ({give_up:?}): {}",
                 wait.last_reason
@@ -211,6 +285,10 @@ impl Waiting {
             }
             bytes += size;
             let (at, p) = wait.writes.pop_front()?;
+            if p.only_in_memory() {
+                wait.only_in_memory -= 1;
+                self.only_in_memory -= 1;
+            }
             batch.push(p);
             since = since.max(Some(at));
         }
@@ -237,7 +315,12 @@ impl Waiting {
             .min()?
             .1
             .clone();
-        let (_, p) = self.topics.get_mut(&topic)?.writes.pop_front()?;
+        let wait = self.topics.get_mut(&topic)?;
+        let (_, p) = wait.writes.pop_front()?;
+        if p.only_in_memory() {
+            wait.only_in_memory -= 1;
+            self.only_in_memory -= 1;
+        }
         self.len -= 1;
         self.forget_if_done(&topic);
         Some(p)
@@ -251,6 +334,7 @@ impl Waiting {
             .flat_map(|(_, w)| w.writes.into_iter().map(|(_, p)| p))
             .collect();
         self.len = 0;
+        self.only_in_memory = 0;
         out
     }
 }
@@ -349,6 +433,68 @@ mod tests {
         w.retry_done("down");
         assert!(!w.holds("down"));
         assert_eq!((w.len(), w.topic_count()), (0, 0));
+    }
+
+    /// The µs of the writes `keep_on_disk` copied.
+    type Seen = std::rc::Rc<std::cell::RefCell<Vec<u64>>>;
+
+    /// A keeper with room for `room` copies (each ticket on a counter of its own).
+    fn keeper(room: usize) -> (impl FnMut(&Op) -> io::Result<Option<Ticket>>, Seen) {
+        let seen = Seen::default();
+        let log = seen.clone();
+        let keep = move |op: &Op| {
+            if log.borrow().len() >= room {
+                return Ok(None);
+            }
+            log.borrow_mut().push(match op {
+                Op::Insert(m) => m.msgid.timestamp_us(),
+                Op::Delete { msgid, .. } => msgid.timestamp_us(),
+            });
+            Ok(Some(Ticket(Default::default())))
+        };
+        (keep, seen)
+    }
+
+    #[test]
+    fn waiting_writes_get_a_held_copy_once_wherever_they_joined() {
+        let t0 = Instant::now();
+        let mut w = Waiting::default();
+        w.put_back(
+            vec![write("a", 1), write("a", 2)],
+            None,
+            unavailable(),
+            BACKOFF,
+            t0,
+        );
+        w.append(vec![write("a", 3)], t0);
+        assert_eq!(w.only_in_memory(), 3);
+        // No room after two: the third stays only in memory, and is kept by the next call.
+        let (keep, seen) = keeper(2);
+        assert_eq!(w.keep_on_disk(keep).unwrap(), 2);
+        assert_eq!((w.only_in_memory(), seen.borrow().clone()), (1, vec![3, 2]));
+        let (keep, seen) = keeper(10);
+        assert_eq!(w.keep_on_disk(keep).unwrap(), 1);
+        assert_eq!(*seen.borrow(), [1]);
+        // A retry batch out and back, and a new write behind: only the new one is copied.
+        let (batch, since) = w.take_due(t0 + BACKOFF.min, 2, usize::MAX).unwrap();
+        assert_eq!(w.only_in_memory(), 0);
+        w.put_back(batch, Some(since), unavailable(), BACKOFF, t0 + BACKOFF.min);
+        w.retry_done("a");
+        w.append(vec![write("a", 4)], t0);
+        let (keep, seen) = keeper(10);
+        assert_eq!(w.keep_on_disk(keep).unwrap(), 1);
+        assert_eq!(*seen.borrow(), [4]);
+        // Leaving by any door keeps the count: given up, evicted, drained.
+        w.put_back(vec![write("b", 5)], None, unavailable(), BACKOFF, t0);
+        w.append(vec![write("b", 6)], t0);
+        assert_eq!(w.only_in_memory(), 2);
+        assert_eq!(w.evict_oldest().map(|p| p.ticket.is_some()), Some(true));
+        let later = t0 + Duration::from_secs(1);
+        w.put_back(vec![write("c", 7)], None, unavailable(), BACKOFF, later);
+        assert_eq!(w.expired(later, Duration::from_millis(500)).len(), 5);
+        assert_eq!(w.only_in_memory(), 1);
+        assert_eq!(w.drain().len(), 1);
+        assert_eq!(w.only_in_memory(), 0);
     }
 
     #[test]

@@ -116,6 +116,13 @@ impl Ticket {
 }
 
 impl Pending {
+    /// Whether a crash would lose it: it is not in the disk buffer (no ticket: neither read
+    /// back from it nor kept there as a held copy), and nobody awaits it (a caller that
+    /// awaits a write learns its outcome, so it stays in memory).
+    pub(crate) fn only_in_memory(&self) -> bool {
+        self.done.is_none() && self.ticket.is_none()
+    }
+
     pub(crate) fn finish(self, outcome: Result<(), StoreError>) {
         if let Some(ticket) = self.ticket {
             ticket.settle();

@@ -261,6 +261,7 @@ pub(crate) async fn run_writer(inner: Arc<Inner>) {
                 _ = sleep(spilling::SPILL_POLL), if inner.spool_needs_upkeep() || inner.spills() => {
                     spilling::open(&inner).await;
                     spilling::spill(&inner, true).await;
+                    spilling::keep_waiting(&inner).await;
                 }
             }
             continue;
@@ -273,6 +274,7 @@ pub(crate) async fn run_writer(inner: Arc<Inner>) {
         let retry_due = next_due.is_some_and(|at| at <= Instant::now());
         // A backlog moves to the spool; spooled writes come back when there is room.
         spilling::spill(&inner, false).await;
+        spilling::keep_waiting(&inner).await;
         spilling::drain(&inner).await;
         let staged = inner.refill_staging();
         let lingering = if staged {

@@ -422,3 +422,99 @@ async fn writes_spooled_during_an_outage_are_drained_when_cassandra_answers() {
     assert_eq!(rows_in(&topic).await, ids);
     store.shutdown(Duration::from_secs(1)).await;
 }
+
+/// A crash while a partition refuses writes: the writes waiting for it (in memory, retried
+/// with backoff) have held copies in the spool, so the files as a crash leaves them (copied
+/// while the store runs) give them all to the next store. MODIFY is revoked from the store's
+/// role to make Cassandra refuse every write while the session stays up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_waiting_for_a_refusing_partition_survive_a_crash_in_the_spool() {
+    const PASSWORD: &str = "spool-held-pw";
+    let role = "offline_test_spool_held";
+    let dir = TempDir::new("held");
+    let crash_image = TempDir::new("held_crash_image");
+    let topics: Vec<String> = (0..3).map(|i| unique_topic(&format!("held{i}"))).collect();
+    let _cleanup = Cleanup::topics(&topics).and_role(role);
+    let admin = admin().await;
+    role_for_keyspace(&admin, "mqtt", role, PASSWORD).await;
+    let store = connect_with(StoreConfig {
+        username: Some(role.into()),
+        password: Some(PASSWORD.into()),
+        topic_index: false,
+        replay_floor: false,
+        write_give_up_after: Duration::from_secs(600),
+        ..disk_config(&dir)
+    })
+    .await;
+    run_cql(
+        &admin,
+        format!("REVOKE MODIFY ON KEYSPACE mqtt FROM {role}"),
+    )
+    .await;
+    // Permissions are cached for a moment: writes land until one is refused.
+    let mut ids = Vec::new();
+    let end = Instant::now() + scaled(Duration::from_secs(30));
+    while store.stats().waiting == 0 {
+        assert!(
+            Instant::now() < end,
+            "no write refused: {:?}",
+            store.stats()
+        );
+        ids.extend(publish(&store, &topics[0], 1, b"before the refusal"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for topic in &topics {
+        ids.extend(publish(&store, topic, 300, b"refused, waiting"));
+    }
+    let sent = ids.len() as u64;
+    let kept_on_disk = || {
+        let s = store.stats();
+        let waiting = store.degraded().map_or(0, |d| d.waiting);
+        waiting + s.written == sent && s.spool_held == waiting && s.spool_unsynced == 0
+    };
+    wait_until(
+        "every refused write waits with a held copy, synced",
+        Duration::from_secs(60),
+        kept_on_disk,
+    )
+    .await;
+    let s = store.stats();
+    let waiting = sent - s.written;
+    assert!(waiting >= 900, "{s:?}");
+    assert_eq!((s.failed, s.spool_appended, s.spooled), (0, 0, 0), "{s:?}");
+    // The crash: the spool's files as they are now.
+    std::fs::create_dir_all(&crash_image.0).unwrap();
+    for seg in segments(&dir.0) {
+        std::fs::copy(&seg, crash_image.0.join(seg.file_name().unwrap())).unwrap();
+    }
+    // A stop leaves them there too (counted as left in the spool, not written again).
+    let report = store.shutdown(Duration::from_millis(200)).await;
+    let s = store.stats();
+    assert_eq!(
+        (report.spooled, s.left_in_spool, s.failed),
+        (waiting, waiting, 0),
+        "{s:?}"
+    );
+    assert!(s.is_balanced(), "{s:?}");
+
+    let next = connect_with(disk_config(&crash_image)).await;
+    wait_until(
+        "the held copies are written",
+        Duration::from_secs(60),
+        || {
+            let s = next.stats();
+            s.written == waiting && s.buffered == 0
+        },
+    )
+    .await;
+    let s = next.stats();
+    assert_eq!((s.spool_recovered, s.failed), (waiting, 0), "{s:?}");
+    let mut stored = Vec::new();
+    for topic in &topics {
+        stored.extend(rows_in(topic).await);
+    }
+    stored.sort();
+    ids.sort();
+    assert_eq!(stored, ids);
+    next.shutdown(Duration::from_secs(1)).await;
+}
