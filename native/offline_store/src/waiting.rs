@@ -376,13 +376,14 @@ mod tests {
     }
 
     fn ids(batch: &[Pending]) -> Vec<u64> {
-        batch
-            .iter()
-            .map(|p| match &p.op {
-                Op::Insert(m) => m.msgid.timestamp_us(),
-                Op::Delete { msgid, .. } => msgid.timestamp_us(),
-            })
-            .collect()
+        batch.iter().map(|p| us(&p.op)).collect()
+    }
+
+    fn us(op: &Op) -> u64 {
+        match op {
+            Op::Insert(m) => m.msgid.timestamp_us(),
+            Op::Delete { msgid, .. } => msgid.timestamp_us(),
+        }
     }
 
     #[test]
@@ -446,10 +447,7 @@ mod tests {
             if log.borrow().len() >= room {
                 return Ok(None);
             }
-            log.borrow_mut().push(match op {
-                Op::Insert(m) => m.msgid.timestamp_us(),
-                Op::Delete { msgid, .. } => msgid.timestamp_us(),
-            });
+            log.borrow_mut().push(us(op));
             Ok(Some(Ticket(Default::default())))
         };
         (keep, seen)
