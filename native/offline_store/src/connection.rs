@@ -407,11 +407,21 @@ async fn read_columns(
     .collect()
 }
 
-/// Prepares `cql`, trying again for up to 10 s while Cassandra answers that its table does
-/// not exist. A side table another store has just created can be listed in system_schema
-/// (and pass schema agreement) a moment before the coordinator prepares statements on it
-/// ("does not exist" in 5.0, "unconfigured table" in 4.x): seen with two stores connecting
-/// or claiming at once against a fresh keyspace on a loaded machine.
+/// Whether a failed prepare says its table is not ready yet on the coordinator: not known
+/// ("does not exist" in 5.0, "unconfigured table" in 4.x), or known to the schema but its
+/// storage not set up yet (a server error, `IllegalArgumentException: Unknown CF <table id>`,
+/// seen in CI when two stores created and prepared the floor table at once on a fresh node).
+fn table_not_ready(error: &str) -> bool {
+    ["does not exist", "unconfigured table", "Unknown CF "]
+        .iter()
+        .any(|words| error.contains(words))
+}
+
+/// Prepares `cql`, trying again for up to 10 s while Cassandra answers that its table is not
+/// ready (`table_not_ready`). A side table another store has just created can be listed in
+/// system_schema (and pass schema agreement) a moment before the coordinator prepares
+/// statements on it: seen with two stores connecting or claiming at once against a fresh
+/// keyspace on a loaded machine.
 pub(crate) async fn prepare_once_visible(
     session: &Session,
     cql: &str,
@@ -422,10 +432,7 @@ pub(crate) async fn prepare_once_visible(
         match session.prepare(cql).await {
             Ok(stmt) => return Ok(stmt),
             Err(e) => {
-                let text = e.to_string();
-                let missing =
-                    text.contains("does not exist") || text.contains("unconfigured table");
-                if !missing || tokio::time::Instant::now() >= deadline {
+                if !table_not_ready(&e.to_string()) || tokio::time::Instant::now() >= deadline {
                     return Err(StoreError::from_driver(e, timeout));
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -716,4 +723,29 @@ pub(crate) async fn unpaged_rows(
         .map_err(|e| StoreError::from_driver(e, timeout))?
         .into_rows_result()
         .map_err(db_err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::table_not_ready;
+
+    #[test]
+    fn a_table_being_created_is_waited_for_and_other_refusals_are_not() {
+        for words in [
+            "Database returned an error: The query is syntactically correct but invalid, \
+             Error message: table mqtt_msg_floor does not exist",
+            "Error message: unconfigured table mqtt_msg_floor",
+            "Database returned an error: Internal server error. This indicates a server-side \
+             bug, Error message: java.lang.IllegalArgumentException: Unknown CF \
+             0b009830-eb52-11f1-a426-75ab38c81c59",
+        ] {
+            assert!(table_not_ready(words), "{words}");
+        }
+        for words in [
+            "User offline_test has no SELECT permission on <table mqtt.mqtt_msg_floor>",
+            "Internal server error: java.lang.NullPointerException",
+        ] {
+            assert!(!table_not_ready(words), "{words}");
+        }
+    }
 }
