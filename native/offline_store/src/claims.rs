@@ -23,10 +23,11 @@ use scylla::statement::SerialConsistency;
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlValue, Row};
 
-use crate::connection::{Connection, db_err, prepare_once_visible, table_exists, unpaged_rows};
+use crate::connection::{Connection, db_err, prepare_once_visible, unpaged_rows};
 use crate::error::StoreError;
 use crate::schema;
 use crate::store::Store;
+use crate::table_checks::table_exists;
 
 /// The outcome of a claim.
 #[derive(Debug, Clone, PartialEq, Eq)]

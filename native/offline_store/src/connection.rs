@@ -1,4 +1,5 @@
-//! One connection attempt: build the driver session, check the schema, prepare statements.
+//! One connection attempt: build the driver session, check the schema (see
+//! `table_checks`), prepare statements.
 //! Retrying belongs to the caller (`Store`'s supervisor task).
 
 use std::time::Duration;
@@ -18,7 +19,8 @@ use crate::config::StoreConfig;
 use crate::consistency::{self, Scope};
 use crate::error::StoreError;
 use crate::expiry::ExpiryLimit;
-use crate::schema::{self, ColumnInfo};
+use crate::schema;
+use crate::table_checks::{self, table_exists};
 
 /// A live session and the statements prepared on it. Statements are built from the
 /// validated keyspace identifier only; every value is a bind marker.
@@ -166,7 +168,7 @@ pub(crate) async fn connect_once(cfg: &StoreConfig) -> Result<Connection, StoreE
         })?;
 
     check_datacenters(&session, cfg)?;
-    check_or_create_table(&session, cfg).await?;
+    table_checks::check_or_create_table(&session, cfg).await?;
     let expiry_limit = read_expiry_limit(&session).await;
     let mut conn = prepare_all(session, cfg).await?;
     conn.expiry_limit = expiry_limit;
@@ -270,141 +272,6 @@ async fn text_column(session: &Session, cql: &str) -> Option<Vec<String>> {
         .ok()?
         .map(|row| row.ok().and_then(|(v,)| v))
         .collect()
-}
-
-async fn check_or_create_table(session: &Session, cfg: &StoreConfig) -> Result<(), StoreError> {
-    let ks = schema::keyspace_name(&cfg.keyspace);
-    let timeout = cfg.request_timeout;
-    let db = |e| StoreError::from_driver(e, timeout);
-
-    let keyspaces = unpaged_rows(
-        session.query_unpaged(
-            "SELECT keyspace_name FROM system_schema.keyspaces WHERE keyspace_name = ?",
-            (&ks,),
-        ),
-        timeout,
-    )
-    .await?;
-    if keyspaces.rows_num() == 0 {
-        return Err(StoreError::KeyspaceMissing(ks));
-    }
-
-    let mut columns = read_columns(session, &ks, timeout).await?;
-    if columns.is_empty() {
-        if !cfg.create_table_if_missing {
-            return Err(StoreError::TableMissing(ks));
-        }
-        session
-            .query_unpaged(schema::create_table_cql(&ks), ())
-            .await
-            .map_err(db)?;
-        session
-            .await_schema_agreement()
-            .await
-            .map_err(|e| StoreError::from_driver(e, timeout))?;
-        columns = read_columns(session, &ks, timeout).await?;
-    }
-    schema::check_columns(&columns).map_err(StoreError::SchemaMismatch)?;
-
-    if cfg.topic_index {
-        let cql = schema::create_index_table_cql(&ks);
-        let table = schema::INDEX_TABLE;
-        ensure_side_table(
-            session,
-            &ks,
-            table,
-            cql,
-            timeout,
-            StoreError::IndexUnavailable,
-        )
-        .await?;
-    }
-    if cfg.replay_floor {
-        let cql = schema::create_floor_table_cql(&ks);
-        let table = schema::FLOOR_TABLE;
-        ensure_side_table(
-            session,
-            &ks,
-            table,
-            cql,
-            timeout,
-            StoreError::FloorUnavailable,
-        )
-        .await?;
-    }
-    Ok(())
-}
-
-/// Makes sure one of the product's own side tables exists. A table a DBA created is used
-/// as it is: Cassandra checks the CREATE permission before `IF NOT EXISTS`, so a role with
-/// only SELECT/MODIFY must never send the CREATE. A refusal becomes `unavailable`, whose
-/// message says how to do without the table.
-async fn ensure_side_table(
-    session: &Session,
-    ks: &str,
-    table: &str,
-    cql: String,
-    timeout: Duration,
-    unavailable: fn(String) -> StoreError,
-) -> Result<(), StoreError> {
-    if table_exists(session, ks, table, timeout).await? {
-        return Ok(());
-    }
-    session
-        .query_unpaged(cql, ())
-        .await
-        .map_err(|e| unavailable(StoreError::from_driver(e, timeout).to_string()))?;
-    session
-        .await_schema_agreement()
-        .await
-        .map_err(|e| StoreError::from_driver(e, timeout))?;
-    Ok(())
-}
-
-/// Whether keyspace `ks` (as stored: unquoted) has table `table`, from the schema tables.
-pub(crate) async fn table_exists(
-    session: &Session,
-    ks: &str,
-    table: &str,
-    timeout: Duration,
-) -> Result<bool, StoreError> {
-    let existing = unpaged_rows(session.query_unpaged(
-            "SELECT table_name FROM system_schema.tables WHERE keyspace_name = ? AND table_name = ?",
-            (ks, table),
-        ), timeout)
-        .await?
-        .rows_num();
-    Ok(existing > 0)
-}
-
-async fn read_columns(
-    session: &Session,
-    ks: &str,
-    timeout: Duration,
-) -> Result<Vec<ColumnInfo>, StoreError> {
-    let result = unpaged_rows(
-        session.query_unpaged(
-            "SELECT column_name, kind, position, clustering_order, type \
-             FROM system_schema.columns WHERE keyspace_name = ? AND table_name = ?",
-            (ks, schema::TABLE),
-        ),
-        timeout,
-    )
-    .await?;
-    let rows = result
-        .rows::<(String, String, i32, String, String)>()
-        .map_err(db_err)?;
-    rows.map(|row| {
-        let (name, kind, position, clustering_order, cql_type) = row.map_err(db_err)?;
-        Ok(ColumnInfo {
-            name,
-            kind,
-            position,
-            clustering_order,
-            cql_type,
-        })
-    })
-    .collect()
 }
 
 /// Whether a failed prepare says its table is not ready yet on the coordinator: not known

@@ -46,6 +46,7 @@ mod statements;
 mod stats;
 mod store;
 mod supervisor;
+mod table_checks;
 pub mod tls;
 pub mod topic;
 mod types;
