@@ -27,7 +27,7 @@ use crate::connection::{Connection, db_err, prepare_once_visible, unpaged_rows};
 use crate::error::StoreError;
 use crate::schema;
 use crate::store::Store;
-use crate::table_checks::table_exists;
+use crate::table_checks::ensure_side_table;
 
 /// The outcome of a claim.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,23 +132,16 @@ impl Store {
     }
 
     async fn ensure_claims_table(&self, conn: &Connection) -> Result<(), StoreError> {
-        let timeout = self.inner.cfg.request_timeout;
-        let ks = schema::keyspace_name(&self.inner.cfg.keyspace);
-        if table_exists(&conn.session, &ks, schema::CLAIMS_TABLE, timeout).await? {
-            return Ok(());
-        }
-        conn.session
-            .query_unpaged(
-                schema::create_claims_table_cql(&self.inner.cfg.keyspace),
-                (),
-            )
-            .await
-            .map_err(|e| StoreError::from_driver(e, timeout))?;
-        conn.session
-            .await_schema_agreement()
-            .await
-            .map_err(|e| StoreError::from_driver(e, timeout))?;
-        Ok(())
+        let cfg = &self.inner.cfg;
+        ensure_side_table(
+            &conn.session,
+            &schema::keyspace_name(&cfg.keyspace),
+            schema::CLAIMS_TABLE,
+            schema::create_claims_table_cql(&cfg.keyspace),
+            cfg.request_timeout,
+            |e| e,
+        )
+        .await
     }
 
     async fn claim_statement(

@@ -54,27 +54,17 @@ pub(crate) async fn check_or_create_table(
     if cfg.topic_index {
         let cql = schema::create_index_table_cql(&ks);
         let table = schema::INDEX_TABLE;
-        ensure_side_table(
-            session,
-            &ks,
-            table,
-            cql,
-            timeout,
-            StoreError::IndexUnavailable,
-        )
+        ensure_side_table(session, &ks, table, cql, timeout, |e| {
+            StoreError::IndexUnavailable(e.to_string())
+        })
         .await?;
     }
     if cfg.replay_floor {
         let cql = schema::create_floor_table_cql(&ks);
         let table = schema::FLOOR_TABLE;
-        ensure_side_table(
-            session,
-            &ks,
-            table,
-            cql,
-            timeout,
-            StoreError::FloorUnavailable,
-        )
+        ensure_side_table(session, &ks, table, cql, timeout, |e| {
+            StoreError::FloorUnavailable(e.to_string())
+        })
         .await?;
     }
     Ok(())
@@ -82,15 +72,15 @@ pub(crate) async fn check_or_create_table(
 
 /// Makes sure one of the product's own side tables exists. A table a DBA created is used
 /// as it is: Cassandra checks the CREATE permission before `IF NOT EXISTS`, so a role with
-/// only SELECT/MODIFY must never send the CREATE. A refusal becomes `unavailable`, whose
-/// message says how to do without the table.
-async fn ensure_side_table(
+/// only SELECT/MODIFY must never send the CREATE. A refusal of the CREATE goes through
+/// `unavailable` (for the index and the floor: an error that says how to do without them).
+pub(crate) async fn ensure_side_table(
     session: &Session,
     ks: &str,
     table: &str,
     cql: String,
     timeout: Duration,
-    unavailable: fn(String) -> StoreError,
+    unavailable: fn(StoreError) -> StoreError,
 ) -> Result<(), StoreError> {
     if table_exists(session, ks, table, timeout).await? {
         return Ok(());
@@ -98,7 +88,7 @@ async fn ensure_side_table(
     session
         .query_unpaged(cql, ())
         .await
-        .map_err(|e| unavailable(StoreError::from_driver(e, timeout).to_string()))?;
+        .map_err(|e| unavailable(StoreError::from_driver(e, timeout)))?;
     session
         .await_schema_agreement()
         .await
