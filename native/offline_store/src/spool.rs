@@ -106,6 +106,8 @@ struct Segment {
     read: u64,
     /// Records whose tickets were settled.
     settled: Arc<AtomicU64>,
+    /// Appended in this run as held records (recovered segments are plain: read back).
+    held: bool,
 }
 
 impl Segment {
@@ -137,6 +139,9 @@ pub(crate) struct Spool {
     cursor: Option<Cursor>,
     next_id: u64,
     bytes: u64,
+    /// Bytes of the held segments: at most half of `max_bytes`, so that writes kept only
+    /// here always have the other half.
+    held_bytes: u64,
     unread: u64,
     /// Records appended since the last sync.
     unsynced: u64,
@@ -193,6 +198,7 @@ impl Spool {
                 records,
                 read: 0,
                 settled: Arc::new(AtomicU64::new(0)),
+                held: false,
             });
         }
         if found.torn > 0 {
@@ -207,6 +213,7 @@ impl Spool {
             held_tail: None,
             cursor: None,
             bytes: found.bytes,
+            held_bytes: 0,
             unread: found.records,
             unsynced: 0,
             last_sync: Instant::now(),
@@ -243,9 +250,9 @@ impl Spool {
     }
 
     /// Appends `op` as a record already handed out, and returns the ticket that settles it
-    /// (`None`: it does not fit, nothing was written). Its write stays in memory; the record
-    /// is read back only by a later open, when the ticket was not settled before a crash or
-    /// a stop.
+    /// (`None`: it does not fit, nothing was written; held records fill at most half of
+    /// `max_bytes`). Its write stays in memory; the record is read back only by a later
+    /// open, when the ticket was not settled before a crash or a stop.
     pub(crate) fn append_held(&mut self, op: &Op) -> io::Result<Option<Ticket>> {
         let Some(i) = self.append_record(op, true)? else {
             return Ok(None);
@@ -261,7 +268,9 @@ impl Spool {
     fn append_record(&mut self, op: &Op, held: bool) -> io::Result<Option<usize>> {
         self.encoded.clear();
         let len = record::encode(op, &mut self.encoded) as u64;
-        if self.bytes + len > self.cfg.max_bytes {
+        if self.bytes + len > self.cfg.max_bytes
+            || (held && self.held_bytes + len > self.cfg.max_bytes / 2)
+        {
             return Ok(None);
         }
         let at = self.tail_of(held).map(|id| self.segment_index(id));
@@ -286,6 +295,9 @@ impl Spool {
         seg.bytes += len;
         seg.records += 1;
         self.bytes += len;
+        if held {
+            self.held_bytes += len;
+        }
         self.unread += 1;
         self.unsynced += 1;
         Ok(Some(i))
@@ -350,12 +362,16 @@ impl Spool {
         sync_dir(&self.cfg.dir)?;
         self.next_id += 1;
         self.bytes += MAGIC.len() as u64;
+        if held {
+            self.held_bytes += MAGIC.len() as u64;
+        }
         self.segments.push_back(Segment {
             id,
             bytes: MAGIC.len() as u64,
             records: 0,
             read: 0,
             settled: Arc::new(AtomicU64::new(0)),
+            held,
         });
         *self.tail_slot(held) = Some(Tail { id, file });
         Ok(self.segments.len() - 1)
@@ -465,6 +481,9 @@ impl Spool {
             self.cursor = None;
         }
         self.bytes -= seg.bytes;
+        if seg.held {
+            self.held_bytes -= seg.bytes;
+        }
         fs::remove_file(segment_path(&self.cfg.dir, seg.id))
     }
 }
@@ -676,6 +695,35 @@ mod tests {
         assert!(back.ends_with(&unsettled), "{back:?}");
         assert!(back.iter().all(|i| i % 2 == 1));
         assert!(back.len() < unsettled.len() + 300, "{}", back.len());
+    }
+
+    #[test]
+    fn held_copies_fill_at_most_half_and_leave_the_rest_to_writes_kept_only_here() {
+        let dir = TempDir::new("held_half");
+        let max = 1 << 20;
+        let (mut spool, _) = Spool::open(config(&dir, max)).unwrap();
+        let mut held = Vec::new();
+        while let Some(ticket) = spool.append_held(&insert(held.len() as u64)).unwrap() {
+            held.push(ticket);
+        }
+        let half = spool.bytes();
+        assert!(half <= max / 2 && half > max / 2 - 1_000, "{half}");
+        let mut plain = 0;
+        while spool.append(&insert(plain)).unwrap() == Appended::Stored {
+            plain += 1;
+        }
+        assert!(spool.bytes() > max - 1_000, "{}", spool.bytes());
+        assert!(
+            plain as usize >= held.len() - 10,
+            "{plain} plain, {} held",
+            held.len()
+        );
+        // Settled and collected, the held segments give their half back.
+        spool.sync().unwrap();
+        held.into_iter().for_each(Ticket::settle);
+        spool.collect().unwrap();
+        assert!(spool.bytes() <= max - half + 200_000, "{}", spool.bytes());
+        assert!(spool.append_held(&insert(0)).unwrap().is_some());
     }
 
     #[test]
