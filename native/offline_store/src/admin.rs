@@ -10,9 +10,10 @@
 use std::future::Future;
 use std::time::Duration;
 
-use crate::connection::{Connection, db_err, unpaged_rows};
+use crate::connection::Connection;
 use crate::error::StoreError;
 use crate::floor::{ABOVE_ALL, bound_at, now_us, time_of};
+use crate::rows::{db_err, unpaged_rows};
 use crate::store::Store;
 
 /// First width of a counting slice: one second of publish time.

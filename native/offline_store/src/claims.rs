@@ -23,8 +23,9 @@ use scylla::statement::SerialConsistency;
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlValue, Row};
 
-use crate::connection::{Connection, db_err, prepare_once_visible, unpaged_rows};
+use crate::connection::{Connection, prepare_once_visible};
 use crate::error::StoreError;
+use crate::rows::{db_err, unpaged_rows};
 use crate::schema;
 use crate::store::Store;
 use crate::table_checks::ensure_side_table;

@@ -15,8 +15,9 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use crate::connection::{Connection, db_err, unpaged_rows};
+use crate::connection::Connection;
 use crate::error::StoreError;
+use crate::rows::{db_err, unpaged_rows};
 
 /// The latest comparison, read by floor scans and status calls without a lock.
 #[derive(Default)]

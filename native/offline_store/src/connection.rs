@@ -10,9 +10,7 @@ use scylla::client::PoolSize;
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
-use scylla::errors::ExecutionError;
 use scylla::policies::load_balancing::DefaultPolicy;
-use scylla::response::query_result::{QueryResult, QueryRowsResult};
 use scylla::statement::prepared::PreparedStatement;
 
 use crate::config::StoreConfig;
@@ -572,24 +570,6 @@ async fn prepare_all(session: Session, cfg: &StoreConfig) -> Result<Connection, 
         clock,
         expiry_limit: ExpiryLimit::Before2038,
     })
-}
-
-pub(crate) fn db_err(e: impl std::error::Error) -> StoreError {
-    StoreError::Db(e.to_string())
-}
-
-/// The rows of an unpaged request (`execute_unpaged` or `query_unpaged`), both its failure and
-/// a response without rows classified for the store; `timeout` is the request timeout it ran
-/// with.
-pub(crate) async fn unpaged_rows(
-    request: impl std::future::Future<Output = Result<QueryResult, ExecutionError>>,
-    timeout: Duration,
-) -> Result<QueryRowsResult, StoreError> {
-    request
-        .await
-        .map_err(|e| StoreError::from_driver(e, timeout))?
-        .into_rows_result()
-        .map_err(db_err)
 }
 
 #[cfg(test)]

@@ -26,9 +26,10 @@ use std::time::Duration;
 
 use scylla::statement::prepared::PreparedStatement;
 
-use crate::connection::{Connection, FloorStatements, db_err, unpaged_rows};
+use crate::connection::{Connection, FloorStatements};
 use crate::error::StoreError;
 use crate::msgid::MsgId;
+use crate::rows::{db_err, unpaged_rows};
 use crate::shared::{FloorScan, Inner, lock};
 use crate::stats::Counters;
 use crate::write::{Op, Pending};

@@ -11,9 +11,10 @@ use std::time::Duration;
 use futures::stream::{self, StreamExt};
 use scylla::response::{PagingState, PagingStateResponse};
 
-use crate::connection::{Connection, IndexStatements, db_err};
+use crate::connection::{Connection, IndexStatements};
 use crate::error::StoreError;
 use crate::index_keys::{self, BUCKETS, KeyRange};
+use crate::rows::db_err;
 use crate::schema::ROOTS_PARTITION;
 use crate::stats::Counters;
 

@@ -37,6 +37,7 @@ mod replay_limit;
 mod replay_reads;
 mod requests;
 mod retries;
+mod rows;
 pub mod schema;
 mod sending;
 mod shared;

@@ -7,10 +7,11 @@ use scylla::response::{PagingState, PagingStateResponse};
 use scylla::serialize::row::SerializeRow;
 use scylla::value::CqlTimestamp;
 
-use crate::connection::{Connection, db_err};
+use crate::connection::Connection;
 use crate::error::StoreError;
 use crate::msgid::MsgId;
 use crate::payload;
+use crate::rows::db_err;
 use crate::shared::{Inner, lock};
 use crate::stats::Counters;
 use crate::store::Store;

@@ -9,9 +9,9 @@
 
 use scylla::response::{PagingState, PagingStateResponse};
 
-use crate::connection::db_err;
 use crate::error::StoreError;
 use crate::msgid::MsgId;
+use crate::rows::db_err;
 use crate::stats::Counters;
 use crate::store::Store;
 use crate::types::StoredMessage;

@@ -7,8 +7,8 @@ use std::time::Duration;
 use scylla::client::session::Session;
 
 use crate::config::StoreConfig;
-use crate::connection::{db_err, unpaged_rows};
 use crate::error::StoreError;
+use crate::rows::{db_err, unpaged_rows};
 use crate::schema::{self, ColumnInfo};
 
 /// The keyspace must exist; `mqtt_msg` must have the fixed structure (created first when
