@@ -62,6 +62,31 @@ impl Inner {
     }
 }
 
+/// Disk mode keeps the waiting area (writes of partitions that refuse them, see `waiting`)
+/// under this share of `buffer_capacity`: the newest waiting writes beyond it move to the
+/// spool (`overflow_waiting`), and reading the spool back adds at most up to it.
+const WAITING_SHARE: usize = 4;
+
+impl Inner {
+    /// How many writes reading the spool back may add now (0: pause). Writes read back for a
+    /// partition that still refuses join its queue in memory: reading resumes only once the
+    /// waiting area is under half its share, and never adds more than the rest of the share,
+    /// so that what `overflow_waiting` moved out does not come straight back (nothing goes
+    /// back and forth), and a partition that stays down cannot pull the spool into memory
+    /// and push new writes out while the disk has room. Nor does it read while half of
+    /// `buffer_max_bytes` is held.
+    fn read_back_room(&self) -> usize {
+        let c = &self.counters;
+        let share = self.cfg.buffer_capacity / WAITING_SHARE;
+        let waiting = c.waiting.load(Ordering::Relaxed) as usize;
+        let bytes = c.buffered_bytes.load(Ordering::Relaxed);
+        if waiting >= share / 2 || bytes >= self.cfg.buffer_max_bytes as u64 / 2 {
+            return 0;
+        }
+        share - waiting
+    }
+}
+
 /// Runs `f` on the open spool off the async threads; a failure closes the spool (memory
 /// takes over). `None` when no spool is open or it failed.
 async fn with_spool<R: Send + 'static>(
@@ -274,6 +299,11 @@ fn spill_into(inner: &Inner, spool: &mut Spool, all: bool) -> io::Result<()> {
 /// memory (`drop_new`, or `drop_oldest` with nothing unread to evict). `drop_oldest` evicts
 /// the oldest unread segment, counted like writes evicted from memory.
 fn append(inner: &Inner, spool: &mut Spool, p: &Pending) -> io::Result<bool> {
+    append_or_evict(inner, spool, p, true)
+}
+
+/// `append`; with `evict` false a full spool keeps the write in memory whatever the policy.
+fn append_or_evict(inner: &Inner, spool: &mut Spool, p: &Pending, evict: bool) -> io::Result<bool> {
     let c = &inner.counters;
     loop {
         match spool.append(&p.op)? {
@@ -287,7 +317,7 @@ fn append(inner: &Inner, spool: &mut Spool, p: &Pending) -> io::Result<bool> {
                 return Ok(true);
             }
             Appended::Full => {
-                if inner.cfg.overflow_policy == OverflowPolicy::DropNew {
+                if !evict || inner.cfg.overflow_policy == OverflowPolicy::DropNew {
                     return Ok(false);
                 }
                 let Some(n) = spool.evict_oldest()? else {
@@ -331,6 +361,28 @@ pub(crate) async fn keep_waiting(inner: &Arc<Inner>) {
     .await;
 }
 
+/// Disk mode: moves the newest waiting writes beyond `WAITING_SHARE` of `buffer_capacity` to
+/// the spool, as plain records read back later (see `Inner::read_back_room`); their old
+/// record, if any, can go. A full spool keeps them in memory (no eviction for this).
+pub(crate) async fn overflow_waiting(inner: &Arc<Inner>) {
+    let share = inner.cfg.buffer_capacity / WAITING_SHARE;
+    let over = (inner.counters.waiting.load(Ordering::Relaxed) as usize).saturating_sub(share);
+    if !inner.spills() || over == 0 {
+        return;
+    }
+    with_spool(inner, move |inner, spool| {
+        let moved = inner
+            .with_waiting(|w| w.move_newest(over, |p| append_or_evict(inner, spool, p, false)))?;
+        Counters::sub(&inner.counters.waiting, moved.len() as u64);
+        moved.into_iter().for_each(Pending::superseded);
+        if inner.cfg.spool_sync_interval.is_zero() && spool.unsynced() > 0 {
+            spool.sync()?;
+        }
+        Ok(())
+    })
+    .await;
+}
+
 /// Reads spooled writes back into the staging area while it has room (oldest first), and
 /// deletes drained segments and syncs when due. Called by a connected writer.
 pub(crate) async fn drain(inner: &Arc<Inner>) {
@@ -342,12 +394,13 @@ pub(crate) async fn drain(inner: &Arc<Inner>) {
         open(inner).await;
     }
     let spooled = c.spooled.load(Ordering::Relaxed) > 0;
-    let room = if spooled {
+    let staging_room = if spooled {
         DRAIN_STEP.saturating_sub(lock(&inner.staging).items.len())
     } else {
         0
     };
-    let read = spooled && room >= DRAIN_STEP / 2;
+    let room = staging_room.min(inner.read_back_room());
+    let read = spooled && staging_room >= DRAIN_STEP / 2 && room > 0;
     if !read && !upkeep_due {
         return;
     }

@@ -326,6 +326,53 @@ impl Waiting {
         Some(p)
     }
 
+    /// Takes out up to `n` of the newest waiting writes, from the topics with the most
+    /// first, each handed to `store` (the spool) before it goes: `Ok(false)` (no room) puts
+    /// it back and ends the move. Writes someone awaits stay (and the writes before them).
+    /// Returns the writes stored; their retries were theirs, and a topic left empty stops
+    /// waiting.
+    pub(crate) fn move_newest(
+        &mut self,
+        n: usize,
+        mut store: impl FnMut(&Pending) -> io::Result<bool>,
+    ) -> io::Result<Vec<Pending>> {
+        let mut by_size: Vec<(usize, String)> = self
+            .topics
+            .iter()
+            .map(|(t, w)| (w.writes.len(), t.clone()))
+            .collect();
+        by_size.sort_unstable_by(|a, b| b.cmp(a));
+        let mut moved = Vec::new();
+        'topics: for (_, topic) in by_size {
+            let Some(wait) = self.topics.get_mut(&topic) else {
+                continue;
+            };
+            while moved.len() < n {
+                let Some((_, p)) = wait.writes.back() else {
+                    break;
+                };
+                if p.done.is_some() {
+                    break;
+                }
+                if !store(p)? {
+                    break 'topics;
+                }
+                let (_, p) = wait.writes.pop_back().expect("looked at");
+                if p.only_in_memory() {
+                    wait.only_in_memory -= 1;
+                    self.only_in_memory -= 1;
+                }
+                self.len -= 1;
+                moved.push(p);
+            }
+            self.forget_if_done(&topic);
+            if moved.len() >= n {
+                break;
+            }
+        }
+        Ok(moved)
+    }
+
     /// Every waiting write, for shutdown or a handover.
     pub(crate) fn drain(&mut self) -> Vec<Pending> {
         let out: Vec<Pending> = self
@@ -493,6 +540,52 @@ mod tests {
         assert_eq!(w.only_in_memory(), 1);
         assert_eq!(w.drain().len(), 1);
         assert_eq!(w.only_in_memory(), 0);
+    }
+
+    #[test]
+    fn the_newest_writes_of_the_longest_queues_move_out_until_the_store_is_full() {
+        let t0 = Instant::now();
+        let mut w = Waiting::default();
+        w.put_back(
+            (1..=5).map(|i| write("big", i)).collect(),
+            None,
+            unavailable(),
+            BACKOFF,
+            t0,
+        );
+        w.put_back(vec![write("small", 10)], None, unavailable(), BACKOFF, t0);
+        let mut awaited = write("small", 11);
+        awaited.done = Some(tokio::sync::oneshot::channel().0);
+        w.append(vec![awaited, write("small", 12)], t0);
+        let moved = w.move_newest(3, |_| Ok(true)).unwrap();
+        assert_eq!(ids(&moved), [5, 4, 3]);
+        assert_eq!(
+            (w.len(), w.only_in_memory()),
+            (5, 4),
+            "the awaited one is not counted"
+        );
+        // An awaited write stays, and so do the writes before it.
+        let moved = w.move_newest(10, |_| Ok(true)).unwrap();
+        assert_eq!(ids(&moved), [12, 2, 1], "the longer queue first");
+        assert!(!w.holds("big"), "a topic left empty stops waiting");
+        assert_eq!(w.len(), 2);
+        // No room: the write stays where it was.
+        let mut w = Waiting::default();
+        w.put_back(
+            vec![write("t", 1), write("t", 2)],
+            None,
+            unavailable(),
+            BACKOFF,
+            t0,
+        );
+        let mut room = 1;
+        let moved = w
+            .move_newest(2, |_| {
+                room -= 1;
+                Ok(room >= 0)
+            })
+            .unwrap();
+        assert_eq!((ids(&moved), w.len()), (vec![2], 1));
     }
 
     #[test]

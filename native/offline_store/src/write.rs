@@ -123,6 +123,14 @@ impl Pending {
         self.done.is_none() && self.ticket.is_none()
     }
 
+    /// Drops the write once a new record in the disk buffer stands for it: its old record
+    /// (a held copy, or the one it was read back from) can go.
+    pub(crate) fn superseded(self) {
+        if let Some(ticket) = self.ticket {
+            ticket.settle();
+        }
+    }
+
     pub(crate) fn finish(self, outcome: Result<(), StoreError>) {
         if let Some(ticket) = self.ticket {
             ticket.settle();

@@ -261,6 +261,7 @@ pub(crate) async fn run_writer(inner: Arc<Inner>) {
                 _ = sleep(spilling::SPILL_POLL), if inner.spool_needs_upkeep() || inner.spills() => {
                     spilling::open(&inner).await;
                     spilling::spill(&inner, true).await;
+                    spilling::overflow_waiting(&inner).await;
                     spilling::keep_waiting(&inner).await;
                 }
             }
@@ -274,6 +275,7 @@ pub(crate) async fn run_writer(inner: Arc<Inner>) {
         let retry_due = next_due.is_some_and(|at| at <= Instant::now());
         // A backlog moves to the spool; spooled writes come back when there is room.
         spilling::spill(&inner, false).await;
+        spilling::overflow_waiting(&inner).await;
         spilling::keep_waiting(&inner).await;
         spilling::drain(&inner).await;
         let staged = inner.refill_staging();

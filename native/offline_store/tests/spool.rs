@@ -516,3 +516,96 @@ async fn writes_waiting_for_a_refusing_partition_survive_a_crash_in_the_spool() 
     assert_eq!(stored, ids);
     next.shutdown(Duration::from_secs(1)).await;
 }
+
+/// A partition that refuses its writes while a backlog of them is on disk: reading the spool
+/// back must not pull that backlog into memory, nor may new writes for it pile up there (they
+/// would wait past the buffer's bounds and push other writes out). At most a quarter of the
+/// buffer waits; the rest goes to disk until the partition takes writes again, and then all
+/// of it lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusing_partition_does_not_pull_the_spool_into_memory() {
+    const PASSWORD: &str = "spool-bounded-pw";
+    const CAPACITY: usize = 4_000;
+    let role = "offline_test_spool_bounded";
+    let dir = TempDir::new("bounded");
+    let topic = unique_topic("bounded");
+    let _cleanup = Cleanup::topics(&[&topic]).and_role(role);
+    let admin = admin().await;
+    role_for_keyspace(&admin, "mqtt", role, PASSWORD).await;
+    let store = connect_with(StoreConfig {
+        username: Some(role.into()),
+        password: Some(PASSWORD.into()),
+        topic_index: false,
+        replay_floor: false,
+        buffer_capacity: CAPACITY,
+        write_give_up_after: Duration::from_secs(600),
+        ..disk_config(&dir)
+    })
+    .await;
+    run_cql(
+        &admin,
+        format!("REVOKE MODIFY ON KEYSPACE mqtt FROM {role}"),
+    )
+    .await;
+    let mut ids = Vec::new();
+    let end = Instant::now() + scaled(Duration::from_secs(30));
+    while store.stats().waiting == 0 {
+        assert!(
+            Instant::now() < end,
+            "no write refused: {:?}",
+            store.stats()
+        );
+        ids.extend(publish(&store, &topic, 1, b"before the refusal"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Ten times the buffer, in steps the writer can move to disk as they come.
+    let mut most_waiting = 0;
+    for _ in 0..40 {
+        for _ in 0..CAPACITY / 4 {
+            let m = message(&topic, b"refused, on disk");
+            ids.push(m.msgid.to_string());
+            if let Err(e) = store.submit_store(m) {
+                panic!("{e}: {:?}, degraded {:?}", store.stats(), store.degraded());
+            }
+        }
+        for _ in 0..5 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            most_waiting = most_waiting.max(store.stats().waiting);
+        }
+    }
+    let sent = ids.len() as u64;
+    wait_until(
+        "every write is on disk or waits",
+        Duration::from_secs(30),
+        || {
+            let s = store.stats();
+            s.buffered + s.written == sent && s.spool_unsynced == 0
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let s = store.stats();
+    most_waiting = most_waiting.max(s.waiting);
+    println!(
+        "{sent} sent: at most {most_waiting} waited in memory; now {} waiting, {} spooled",
+        s.waiting, s.spooled
+    );
+    assert_eq!((s.dropped, s.failed), (0, 0), "{s:?}");
+    assert!(
+        most_waiting <= (CAPACITY / 4 + 1_100) as u64,
+        "{most_waiting} writes waited in memory at once (buffer {CAPACITY}): {s:?}"
+    );
+    assert!(s.spooled >= sent - s.written - most_waiting, "{s:?}");
+
+    run_cql(&admin, format!("GRANT MODIFY ON KEYSPACE mqtt TO {role}")).await;
+    wait_until(
+        "every write landed after the grant",
+        Duration::from_secs(120),
+        || store.stats().written == sent,
+    )
+    .await;
+    let s = store.stats();
+    assert_eq!((s.buffered, s.failed, s.dropped), (0, 0, 0), "{s:?}");
+    assert_eq!(rows_in(&topic).await.len() as u64, sent);
+    store.shutdown(Duration::from_secs(1)).await;
+}
