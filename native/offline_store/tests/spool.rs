@@ -423,35 +423,29 @@ async fn writes_spooled_during_an_outage_are_drained_when_cassandra_answers() {
     store.shutdown(Duration::from_secs(1)).await;
 }
 
-/// A crash while a partition refuses writes: the writes waiting for it (in memory, retried
-/// with backoff) have held copies in the spool, so the files as a crash leaves them (copied
-/// while the store runs) give them all to the next store. MODIFY is revoked from the store's
-/// role to make Cassandra refuse every write while the session stays up.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn writes_waiting_for_a_refusing_partition_survive_a_crash_in_the_spool() {
-    const PASSWORD: &str = "spool-held-pw";
-    let role = "offline_test_spool_held";
-    let dir = TempDir::new("held");
-    let crash_image = TempDir::new("held_crash_image");
-    let topics: Vec<String> = (0..3).map(|i| unique_topic(&format!("held{i}"))).collect();
-    let _cleanup = Cleanup::topics(&topics).and_role(role);
-    let admin = admin().await;
-    role_for_keyspace(&admin, "mqtt", role, PASSWORD).await;
+/// The password of the roles `refusing_store` logs in as.
+const REFUSED_PASSWORD: &str = "spool-refused-pw";
+
+/// A store on `cfg`, logged in as `role` (created here), which keeps reading `mqtt` but may
+/// no longer write it: MODIFY is revoked once it is connected. Writes go to `topic` until
+/// Cassandra refuses one (permissions are cached for a moment); returns their msgids.
+async fn refusing_store(
+    admin: &scylla::client::session::Session,
+    role: &str,
+    cfg: StoreConfig,
+    topic: &str,
+) -> (Store, Vec<String>) {
+    role_for_keyspace(admin, "mqtt", role, REFUSED_PASSWORD).await;
     let store = connect_with(StoreConfig {
         username: Some(role.into()),
-        password: Some(PASSWORD.into()),
+        password: Some(REFUSED_PASSWORD.into()),
         topic_index: false,
         replay_floor: false,
         write_give_up_after: Duration::from_secs(600),
-        ..disk_config(&dir)
+        ..cfg
     })
     .await;
-    run_cql(
-        &admin,
-        format!("REVOKE MODIFY ON KEYSPACE mqtt FROM {role}"),
-    )
-    .await;
-    // Permissions are cached for a moment: writes land until one is refused.
+    run_cql(admin, format!("REVOKE MODIFY ON KEYSPACE mqtt FROM {role}")).await;
     let mut ids = Vec::new();
     let end = Instant::now() + scaled(Duration::from_secs(30));
     while store.stats().waiting == 0 {
@@ -460,9 +454,25 @@ async fn writes_waiting_for_a_refusing_partition_survive_a_crash_in_the_spool() 
             "no write refused: {:?}",
             store.stats()
         );
-        ids.extend(publish(&store, &topics[0], 1, b"before the refusal"));
+        ids.extend(publish(&store, topic, 1, b"before the refusal"));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    (store, ids)
+}
+
+/// A crash while a partition refuses writes: the writes waiting for it (in memory, retried
+/// with backoff) have held copies in the spool, so the files as a crash leaves them (copied
+/// while the store runs) give them all to the next store. MODIFY is revoked from the store's
+/// role to make Cassandra refuse every write while the session stays up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_waiting_for_a_refusing_partition_survive_a_crash_in_the_spool() {
+    let role = "offline_test_spool_held";
+    let dir = TempDir::new("held");
+    let crash_image = TempDir::new("held_crash_image");
+    let topics: Vec<String> = (0..3).map(|i| unique_topic(&format!("held{i}"))).collect();
+    let _cleanup = Cleanup::topics(&topics).and_role(role);
+    let admin = admin().await;
+    let (store, mut ids) = refusing_store(&admin, role, disk_config(&dir), &topics[0]).await;
     for topic in &topics {
         ids.extend(publish(&store, topic, 300, b"refused, waiting"));
     }
@@ -524,40 +534,17 @@ async fn writes_waiting_for_a_refusing_partition_survive_a_crash_in_the_spool() 
 /// of it lands.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refusing_partition_does_not_pull_the_spool_into_memory() {
-    const PASSWORD: &str = "spool-bounded-pw";
     const CAPACITY: usize = 4_000;
     let role = "offline_test_spool_bounded";
     let dir = TempDir::new("bounded");
     let topic = unique_topic("bounded");
     let _cleanup = Cleanup::topics(&[&topic]).and_role(role);
     let admin = admin().await;
-    role_for_keyspace(&admin, "mqtt", role, PASSWORD).await;
-    let store = connect_with(StoreConfig {
-        username: Some(role.into()),
-        password: Some(PASSWORD.into()),
-        topic_index: false,
-        replay_floor: false,
+    let cfg = StoreConfig {
         buffer_capacity: CAPACITY,
-        write_give_up_after: Duration::from_secs(600),
         ..disk_config(&dir)
-    })
-    .await;
-    run_cql(
-        &admin,
-        format!("REVOKE MODIFY ON KEYSPACE mqtt FROM {role}"),
-    )
-    .await;
-    let mut ids = Vec::new();
-    let end = Instant::now() + scaled(Duration::from_secs(30));
-    while store.stats().waiting == 0 {
-        assert!(
-            Instant::now() < end,
-            "no write refused: {:?}",
-            store.stats()
-        );
-        ids.extend(publish(&store, &topic, 1, b"before the refusal"));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    };
+    let (store, mut ids) = refusing_store(&admin, role, cfg, &topic).await;
     // Ten times the buffer, in steps the writer can move to disk as they come.
     let mut most_waiting = 0;
     for _ in 0..40 {
