@@ -578,6 +578,7 @@ async fn a_refusing_partition_does_not_pull_the_spool_into_memory() {
         s.waiting, s.spooled
     );
     assert_eq!((s.dropped, s.failed), (0, 0), "{s:?}");
+    assert!(s.is_balanced(), "{s:?}");
     assert!(
         most_waiting <= (CAPACITY / 4 + 1_100) as u64,
         "{most_waiting} writes waited in memory at once (buffer {CAPACITY}): {s:?}"
@@ -593,6 +594,7 @@ async fn a_refusing_partition_does_not_pull_the_spool_into_memory() {
     .await;
     let s = store.stats();
     assert_eq!((s.buffered, s.failed, s.dropped), (0, 0, 0), "{s:?}");
+    assert!(s.is_balanced(), "{s:?}");
     assert_eq!(rows_in(&topic).await.len() as u64, sent);
     store.shutdown(Duration::from_secs(1)).await;
 }
