@@ -578,7 +578,6 @@ async fn a_refusing_partition_does_not_pull_the_spool_into_memory() {
         s.waiting, s.spooled
     );
     assert_eq!((s.dropped, s.failed), (0, 0), "{s:?}");
-    assert!(s.is_balanced(), "{s:?}");
     assert!(
         most_waiting <= (CAPACITY / 4 + 1_100) as u64,
         "{most_waiting} writes waited in memory at once (buffer {CAPACITY}): {s:?}"
