@@ -68,23 +68,36 @@ impl Inner {
 const WAITING_SHARE: usize = 4;
 
 impl Inner {
-    /// How many writes reading the spool back may add now (0: pause). Writes read back for a
-    /// partition that still refuses join its queue in memory: reading resumes only once the
-    /// waiting area is under half its share, and never adds more than the rest of the share,
-    /// so that what `overflow_waiting` moved out does not come straight back (nothing goes
-    /// back and forth), and a partition that stays down cannot pull the spool into memory
-    /// and push new writes out while the disk has room. Nor does it read while half of
-    /// `buffer_max_bytes` is held.
+    /// How many writes reading the spool back may add now (see `read_back_room`).
     fn read_back_room(&self) -> usize {
         let c = &self.counters;
-        let share = self.cfg.buffer_capacity / WAITING_SHARE;
-        let waiting = c.waiting.load(Ordering::Relaxed) as usize;
-        let bytes = c.buffered_bytes.load(Ordering::Relaxed);
-        if waiting >= share / 2 || bytes >= self.cfg.buffer_max_bytes as u64 / 2 {
-            return 0;
-        }
-        share - waiting
+        read_back_room(
+            self.cfg.buffer_capacity,
+            self.cfg.buffer_max_bytes as u64,
+            c.waiting.load(Ordering::Relaxed) as usize,
+            c.buffered_bytes.load(Ordering::Relaxed),
+        )
     }
+}
+
+/// The waiting area's share of a buffer of `capacity` writes (at least one).
+fn waiting_share(capacity: usize) -> usize {
+    (capacity / WAITING_SHARE).max(1)
+}
+
+/// How many writes reading the spool back may add (0: pause), with `waiting` writes waiting
+/// and `bytes` held. Writes read back for a partition that still refuses join its queue in
+/// memory: reading resumes only once the waiting area is under half its share, and never
+/// adds more than the rest of the share, so that what `overflow_waiting` moved out does not
+/// come straight back (nothing goes back and forth), and a partition that stays down cannot
+/// pull the spool into memory and push new writes out while the disk has room. Nor does it
+/// read while half of `max_bytes` is held.
+fn read_back_room(capacity: usize, max_bytes: u64, waiting: usize, bytes: u64) -> usize {
+    let share = waiting_share(capacity);
+    if waiting >= (share / 2).max(1) || bytes >= max_bytes / 2 {
+        return 0;
+    }
+    share - waiting
 }
 
 /// Runs `f` on the open spool off the async threads; a failure closes the spool (memory
@@ -365,7 +378,7 @@ pub(crate) async fn keep_waiting(inner: &Arc<Inner>) {
 /// the spool, as plain records read back later (see `Inner::read_back_room`); their old
 /// record, if any, can go. A full spool keeps them in memory (no eviction for this).
 pub(crate) async fn overflow_waiting(inner: &Arc<Inner>) {
-    let share = inner.cfg.buffer_capacity / WAITING_SHARE;
+    let share = waiting_share(inner.cfg.buffer_capacity);
     let over = (inner.counters.waiting.load(Ordering::Relaxed) as usize).saturating_sub(share);
     if !inner.spills() || over == 0 {
         return;
@@ -514,4 +527,31 @@ pub(crate) async fn close(inner: &Arc<Inner>, left: Vec<Pending>, keep: bool) ->
         });
     }
     rest
+}
+
+#[cfg(test)]
+mod tests {
+    use super::read_back_room;
+
+    #[test]
+    fn reading_back_pauses_while_the_waiting_area_is_full_and_never_for_a_small_buffer() {
+        let (cap, max) = (100_000, 1 << 30);
+        assert_eq!(read_back_room(cap, max, 0, 0), 25_000);
+        assert_eq!(read_back_room(cap, max, 12_499, 0), 12_501);
+        assert_eq!(
+            read_back_room(cap, max, 12_500, 0),
+            0,
+            "half the share waits"
+        );
+        assert_eq!(
+            read_back_room(cap, max, 0, max / 2),
+            0,
+            "half the bytes are held"
+        );
+        // The smallest buffers still read back, one write at a time.
+        for cap in 1..8 {
+            assert!(read_back_room(cap, max, 0, 0) >= 1, "buffer of {cap}");
+            assert_eq!(read_back_room(cap, max, 1, 0), 0, "buffer of {cap}");
+        }
+    }
 }
