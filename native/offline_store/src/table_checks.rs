@@ -20,7 +20,6 @@ pub(crate) async fn check_or_create_table(
 ) -> Result<(), StoreError> {
     let ks = schema::keyspace_name(&cfg.keyspace);
     let timeout = cfg.request_timeout;
-    let db = |e| StoreError::from_driver(e, timeout);
 
     let keyspaces = unpaged_rows(
         session.query_unpaged(
@@ -39,14 +38,7 @@ pub(crate) async fn check_or_create_table(
         if !cfg.create_table_if_missing {
             return Err(StoreError::TableMissing(ks));
         }
-        session
-            .query_unpaged(schema::create_table_cql(&ks), ())
-            .await
-            .map_err(db)?;
-        session
-            .await_schema_agreement()
-            .await
-            .map_err(|e| StoreError::from_driver(e, timeout))?;
+        create_table(session, schema::create_table_cql(&ks), timeout, |e| e).await?;
         columns = read_columns(session, &ks, timeout).await?;
     }
     schema::check_columns(&columns).map_err(StoreError::SchemaMismatch)?;
@@ -85,10 +77,21 @@ pub(crate) async fn ensure_side_table(
     if table_exists(session, ks, table, timeout).await? {
         return Ok(());
     }
+    create_table(session, cql, timeout, unavailable).await
+}
+
+/// Sends a CREATE TABLE (its refusal through `refused`) and waits until the nodes agree on
+/// the schema, so that statements prepared next find the table.
+async fn create_table(
+    session: &Session,
+    cql: String,
+    timeout: Duration,
+    refused: fn(StoreError) -> StoreError,
+) -> Result<(), StoreError> {
     session
         .query_unpaged(cql, ())
         .await
-        .map_err(|e| unavailable(StoreError::from_driver(e, timeout)))?;
+        .map_err(|e| refused(StoreError::from_driver(e, timeout)))?;
     session
         .await_schema_agreement()
         .await
