@@ -257,14 +257,11 @@ impl Spool {
         let Some(i) = self.append_record(op, true)? else {
             return Ok(None);
         };
-        let seg = &mut self.segments[i];
-        seg.read += 1;
-        self.unread -= 1;
-        Ok(Some(Ticket(seg.settled.clone())))
+        Ok(Some(Ticket(self.segments[i].settled.clone())))
     }
 
-    /// Appends one record to the tail of its kind; the index of its segment, or `None` when
-    /// it does not fit.
+    /// Appends one record to the tail of its kind (a held one counts as read at once); the
+    /// index of its segment, or `None` when it does not fit.
     fn append_record(&mut self, op: &Op, held: bool) -> io::Result<Option<usize>> {
         self.encoded.clear();
         let len = record::encode(op, &mut self.encoded) as u64;
@@ -296,9 +293,11 @@ impl Spool {
         seg.records += 1;
         self.bytes += len;
         if held {
+            seg.read += 1;
             self.held_bytes += len;
+        } else {
+            self.unread += 1;
         }
-        self.unread += 1;
         self.unsynced += 1;
         Ok(Some(i))
     }
